@@ -1,0 +1,148 @@
+"""``cycleaug``: the command line. ``cycleaug run`` runs the Prefect flow; one subcommand per step
+(``ingest``, ``train``, ``generate``, ``validate``, ``publish``) runs that step alone with no
+orchestrator, which is what the ``dvc.yaml`` stages call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cyclegan_core.config import DIRECTIONS, Config, ConfigError, load_config
+
+
+class _Bars:
+    """tqdm bars for the step subcommands, one per named piece of work."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.bars: dict = {}
+
+    def __call__(self, name: str, done: int, total: int, *extra) -> None:
+        bar = self.bars.get(name)
+        if bar is None:
+            bar = self.bars[name] = self._tqdm(total=total, desc=name, dynamic_ncols=True, mininterval=1.0)
+        bar.update(done - bar.n)
+        if extra and isinstance(extra[0], dict):
+            bar.set_postfix({k: f"{v:.3f}" for k, v in extra[0].items() if k in ("G", "D_A", "D_B")}, refresh=False)
+        if done >= total:
+            bar.close()
+
+
+def _summary(cfg: Config) -> str:
+    reports = Path(cfg.paths.reports)
+    lines = [f"dataset:  {cfg.paths.published}/ (Parquet shards in data/, manifest.json, README.md)",
+             f"metrics:  {reports / 'metrics.json'}",
+             f"pictures: {', '.join(str(p) for p in sorted(reports.glob('*.png')))}"]
+    metrics_path = reports / "metrics.json"
+    if metrics_path.exists():
+        m = json.loads(metrics_path.read_text(encoding="utf-8"))
+        for d in DIRECTIONS:
+            f = m[d]
+            acc = "n/a" if f.get("label_accuracy") is None else f"{f['label_accuracy']:.3f}"
+            base = f.get("label_accuracy_untranslated")
+            base_s = "" if base is None else f" (untranslated {base:.3f})"
+            lines.append(
+                f"{d}: published {m['published']['rows'][d]}, dropped {m['published']['dropped'][d]}; held-out "
+                f"cycle PSNR {f['mean_cycle_psnr']:.2f} dB, realism {f['mean_realism']:.3f}, "
+                f"label accuracy {acc}{base_s}, FID(domain features) {f['fid_domain_features']:.2f}"
+            )
+    return "\n".join(lines)
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.augment import augment
+
+    state = augment(params=args.params, overrides=list(args.set), return_state=True)
+    if state.is_failed():
+        print(f"\nrun failed: {state.message}", file=sys.stderr)
+        if (Path(cfg.paths.reports) / "validation.json").exists():
+            print(f"figures and pictures of the failed run: {cfg.paths.reports}/", file=sys.stderr)
+        return 1
+    result = state.result()
+    print(f"\nCycleAug finished in {result['seconds']:.1f} s "
+          f"({'model reused' if result['train']['reused'] else 'model trained'}).")
+    print(_summary(cfg))
+    return 0
+
+
+def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
+    from cyclegan_core import pipeline
+    from cyclegan_core.validate import GateFailed
+
+    bars = _Bars()
+    step = args.command
+    if step == "default-data":
+        _print(pipeline.step_default_data(cfg))
+    elif step == "ingest":
+        _print({d: r.to_dict() for d, r in pipeline.step_ingest(cfg, bars).items()})
+    elif step == "train":
+        r = pipeline.step_train(cfg, bars)
+        print(f"{'reused' if r.reused else 'trained'} model {r.fingerprint[:12]} ({r.steps} steps)", file=sys.stderr)
+        _print(r.to_dict())
+    elif step == "generate":
+        _print(pipeline.step_generate(cfg, bars).to_dict())
+    elif step == "validate":
+        r = pipeline.step_validate(cfg)
+        _print({"passed": r.passed, "failures": r.failures, "figures": r.figures})
+        if not r.passed and args.strict:
+            print("quality gate failed: " + "; ".join(r.failures), file=sys.stderr)
+            return 1
+    elif step == "publish":
+        try:
+            _print(pipeline.step_publish(cfg).to_dict())
+        except GateFailed as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        print(_summary(cfg), file=sys.stderr)
+    elif step == "verify":
+        from cyclegan_core.publish import verify
+
+        problems = verify(cfg.paths.published)
+        print("\n".join(problems) or f"{cfg.paths.published}: every shard matches manifest.json")
+        return 1 if problems else 0
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cycleaug", description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable), e.g. --set train.steps=200")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the whole pipeline as a Prefect flow")
+    sub.add_parser("default-data", help="make the bundled default collections (handwritten and typed digits)")
+    sub.add_parser("ingest", help="read, check and normalize both collections into manifests")
+    sub.add_parser("train", help="train a model for the current data and config, or reuse the stored one")
+    sub.add_parser("generate", help="translate A->B and B->A with reconstructions")
+    v = sub.add_parser("validate", help="score translations and evaluate the quality gate")
+    v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
+    sub.add_parser("publish", help="write the passing rows as a Parquet dataset (refused if the gate failed)")
+    sub.add_parser("verify", help="check the published dataset against its manifest")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.params, tuple(args.set))
+    except ConfigError as err:
+        print(f"cycleaug: {err}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return cmd_run(cfg, args)
+    return cmd_step(cfg, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

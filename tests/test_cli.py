@@ -1,0 +1,46 @@
+"""The ``cycleaug`` step commands as ``dvc.yaml`` calls them: separate processes, one per step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cycleaug(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_step_commands_in_sequence(params_file, tmp_path):
+    for step in ("ingest", "train", "generate", "validate", "publish"):
+        r = _cycleaug("--params", str(params_file), step, cwd=tmp_path)
+        assert r.returncode == 0, f"{step}: {r.stderr[-2000:]}"
+    out = json.loads(_cycleaug("--params", str(params_file), "train", cwd=tmp_path).stdout)
+    assert out["reused"] is True
+    assert len(pd.read_parquet(tmp_path / "work" / "published" / "data")) == 48
+    r = _cycleaug("--params", str(params_file), "verify", cwd=tmp_path)
+    assert r.returncode == 0 and "every shard matches" in r.stdout
+
+
+def test_bad_config_is_exit_2_with_the_key(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("model:\n  norm: group\n")
+    r = _cycleaug("--params", str(bad), "ingest", cwd=tmp_path)
+    assert r.returncode == 2 and "model.norm" in r.stderr and "'instance'" in r.stderr
+
+
+def test_gate_failure_blocks_publish(params_file, tmp_path):
+    for step in ("ingest", "train", "generate"):
+        assert _cycleaug("--params", str(params_file), step, cwd=tmp_path).returncode == 0
+    bound = ["--set", "validate.run.BtoA.min_mean_cycle_psnr=99"]
+    r = _cycleaug("--params", str(params_file), *bound, "validate", "--strict", cwd=tmp_path)
+    assert r.returncode == 1 and "BtoA.mean_cycle_psnr" in r.stderr
+    r = _cycleaug("--params", str(params_file), *bound, "publish", cwd=tmp_path)
+    assert r.returncode == 1 and "nothing published" in r.stderr
+    assert not (tmp_path / "work" / "published").exists()

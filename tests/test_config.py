@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from cyclegan_core.config import Config, ConfigError, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_valid_and_complete():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.data.image_size == 32 and cfg.train.steps > 0
+    # params.yaml spells out every section, so a person tunes the pipeline in one place.
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw) == {"data", "model", "train", "generate", "validate", "publish", "paths"}
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.stepz: unknown key"):
+        load_config(p)
+
+
+def test_bad_choice_names_allowed_values(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("data:\n  mode: CMYK\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "data.mode" in str(err.value) and "'L'" in str(err.value) and "'RGB'" in str(err.value)
+
+
+def test_malformed_yaml_and_wrong_top_level(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_sizes_must_fit_the_networks():
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        load_config(None, ["data.image_size=30"])
+    with pytest.raises(ConfigError, match="n_layers_d"):
+        load_config(None, ["data.image_size=16", "model.n_layers_d=3"])
+    assert load_config(None, ["data.image_size=16", "model.n_layers_d=2"]).data.image_size == 16
+
+
+def test_overrides_are_yaml_typed():
+    assert parse_overrides(["train.steps=10", "generate.splits=[test]"]) == {
+        "train": {"steps": 10}, "generate": {"splits": ["test"]}
+    }
+    cfg = load_config(None, ["train.steps=10", "validate.run.AtoB.min_pass_rate=0.5"])
+    assert cfg.train.steps == 10 and cfg.validate_.run["AtoB"].min_pass_rate == 0.5
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["nonsense"])
+
+
+def test_section_hash_tracks_only_named_sections():
+    a, b = Config(), load_config(None, ["publish.grid_samples=3"])
+    assert a.section_hash("train") == b.section_hash("train")
+    assert a.section_hash("publish") != b.section_hash("publish")

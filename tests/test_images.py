@@ -1,0 +1,49 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cyclegan_core.images import BadImage, decode_image, decode_png, encode_png, to_tensor, to_uint8
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def test_modes_are_normalized():
+    rgb = Image.new("RGB", (20, 10), (255, 0, 0))
+    out = decode_image(_png(rgb), "L", 8, 10**6)
+    assert out.shape == (8, 8, 1) and out.dtype == np.uint8
+    assert decode_image(_png(rgb), "RGB", 8, 10**6).shape == (8, 8, 3)
+    # Transparent pixels become white, not black.
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert decode_image(_png(rgba), "L", 8, 10**6).min() == 255
+    # 16-bit gray is scaled to the 8-bit range.
+    g16 = Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    assert g16.mode.startswith("I;16")
+    out = decode_image(_png(g16), "L", 8, 10**6)
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_bad_inputs_raise_with_reason():
+    with pytest.raises(BadImage, match="empty"):
+        decode_image(b"", "L", 8, 10**6)
+    with pytest.raises(BadImage, match="not an image"):
+        decode_image(b"hello, not a picture", "L", 8, 10**6)
+    good = _png(Image.new("L", (64, 64), 7))
+    with pytest.raises(BadImage, match="corrupt or truncated"):
+        decode_image(good[: len(good) // 2], "L", 8, 10**6)
+    with pytest.raises(BadImage, match="too large"):
+        decode_image(good, "L", 8, 100)
+
+
+def test_png_and_tensor_round_trips():
+    arr = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    assert np.array_equal(decode_png(encode_png(arr[0])), arr[0])
+    assert encode_png(arr[0]) == encode_png(arr[0].copy())  # deterministic bytes
+    t = to_tensor(arr)
+    assert t.shape == (4, 1, 8, 8) and float(t.min()) >= -1 and float(t.max()) <= 1
+    assert np.array_equal(to_uint8(t), arr)
