@@ -82,11 +82,11 @@ def validate(cfg: Config, generated: dict) -> dict:
 def publish(cfg: Config, validated: dict, flow_run_id: str | None) -> dict:
     del validated
     result = pipeline.step_publish(cfg, flow_run_id)
-    card = read_json(result.manifest)
+    manifest = read_json(result.manifest)
     create_markdown_artifact(
         (Path(cfg.paths.published) / "README.md").read_text(encoding="utf-8").split("---", 2)[-1],
         key="dataset-card", description="The published dataset's card",
     )
     get_run_logger().info("published %s rows (%s dropped by the gate) in %d shards to %s", result.rows,
-                          result.dropped, len(card["shards"]), result.out_dir)
+                          result.dropped, len(manifest["shards"]), result.out_dir)
     return result.to_dict()
