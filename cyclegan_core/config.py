@@ -35,6 +35,48 @@ class DefaultDataConfig(_Strict):
     seed: int = 0
 
 
+class AudioConfig(_Strict):
+    """Audio clips as spectrogram pictures (used when a collection holds sound, not images)."""
+
+    sample_rate: int = Field(16_000, ge=1_000, le=192_000, description="Hz after resampling (soxr).")
+    n_fft: int = Field(512, ge=16, description="STFT window and FFT size, samples (even).")
+    hop_length: int = Field(160, ge=1, description="STFT hop, samples (160 = 10 ms at 16 kHz).")
+    frames: int = Field(64, ge=4, description="Picture width in STFT frames (multiple of 4); sets the clip length.")
+    representation: Literal["mel", "linear"] = "mel"
+    n_mels: int = Field(64, ge=4, description="Mel bands (picture height) when representation is mel.")
+    fmin: float = Field(0.0, ge=0.0)
+    fmax: float | None = Field(None, gt=0.0, description="Highest mel frequency; default sample_rate / 2.")
+    db_min: float = Field(-80.0, description="Magnitude (dB) mapped to black; quieter is clipped.")
+    db_max: float = Field(30.0, description="Magnitude (dB) mapped to white; louder is clipped.")
+    inversion: Literal["griffin_lim", "source_phase"] = "griffin_lim"
+    griffin_lim_iters: int = Field(32, ge=1)
+    max_seconds: float = Field(60.0, gt=0.0, description="Longer files are quarantined without being decoded.")
+    extensions: tuple[str, ...] = (".wav", ".flac", ".ogg")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> AudioConfig:
+        if self.n_fft % 2:
+            raise ValueError(f"n_fft={self.n_fft} must be even")
+        if self.frames % 4:
+            raise ValueError(f"frames={self.frames} must be a multiple of 4 (the generators downsample twice)")
+        if self.bins % 4:
+            raise ValueError(f"the picture height ({self.bins} bins) must be a multiple of 4: "
+                             "choose n_mels, or n_fft / 2 for linear spectrograms, accordingly")
+        if self.db_max <= self.db_min:
+            raise ValueError(f"db_max={self.db_max} must be above db_min={self.db_min}")
+        return self
+
+    @property
+    def bins(self) -> int:
+        """Picture height: mel bands, or the STFT bins without the Nyquist bin."""
+        return self.n_mels if self.representation == "mel" else self.n_fft // 2
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples per clip, so that a centred STFT has exactly ``frames`` frames."""
+        return self.hop_length * (self.frames - 1)
+
+
 class DataConfig(_Strict):
     """Where the two unpaired collections are and what the pipeline turns them into."""
 
@@ -50,6 +92,7 @@ class DataConfig(_Strict):
         40_000_000, ge=1, description="Images with more pixels are quarantined, never decoded."
     )
     default: DefaultDataConfig = DefaultDataConfig()
+    audio: AudioConfig = AudioConfig()
 
     @property
     def channels(self) -> int:
