@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -253,3 +254,58 @@ def picture_png(picture: np.ndarray, scale: int = 2) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --- a page to listen to ---------------------------------------------------------------------
+LISTEN_KINDS = ("source", "translation", "cycle")
+
+
+def listening_page(rows: list[dict], out_dir: str | Path, title: str = "CycleAug audio translations") -> Path:
+    """Write ``index.html`` with spectrograms and ``<audio>`` players, the WAV and PNG files beside it.
+
+    Each row holds ``direction``, ``sample_id``, ``<kind>_wav`` bytes and ``<kind>_picture`` arrays
+    for kind in source / translation / cycle, and optional ``label``, ``pred_label`` and ``metrics``
+    (name -> float). The page is self-contained with relative links, so the folder can be copied,
+    attached to a Prefect artifact link, or opened from disk.
+    """
+    from html import escape
+
+    from .storage import atomic_dir
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "clips").mkdir()
+        body = []
+        for direction in sorted({r["direction"] for r in rows}):
+            src, dst = direction[0], direction[-1]
+            body.append(f"<h2>{escape(direction)}</h2><table><tr><th>sample</th>"
+                        f"<th>source ({src})</th><th>translation ({src}&rarr;{dst})</th>"
+                        f"<th>cycle ({dst}&rarr;{src})</th><th>figures</th></tr>")
+            for r in (r for r in rows if r["direction"] == direction):
+                sid = str(r["sample_id"])[:16]
+                cells = [f"<td><code>{escape(sid)}</code></td>"]
+                for kind in LISTEN_KINDS:
+                    stem = f"clips/{direction}_{sid}_{kind}"
+                    (tmp / f"{stem}.wav").write_bytes(r[f"{kind}_wav"])
+                    (tmp / f"{stem}.png").write_bytes(picture_png(r[f"{kind}_picture"]))
+                    cells.append(f'<td><img src="{stem}.png" alt="{kind} spectrogram"><br>'
+                                 f'<audio controls preload="none" src="{stem}.wav"></audio></td>')
+                figs = dict(r.get("metrics", {}))
+                if r.get("label") is not None:
+                    figs["label"] = r["label"]
+                if r.get("pred_label") is not None:
+                    figs["predicted"] = r["pred_label"]
+                text = "<br>".join(f"{escape(k)}: {v:.2f}" if isinstance(v, float) else f"{escape(k)}: {v}"
+                                   for k, v in figs.items())
+                cells.append(f"<td>{text}</td>")
+                body.append("<tr>" + "".join(cells) + "</tr>")
+            body.append("</table>")
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{escape(title)}</title><style>body{{font-family:sans-serif}}"
+            "td{vertical-align:top;padding:4px}img{image-rendering:pixelated}</style></head><body>"
+            f"<h1>{escape(title)}</h1><p>Spectrograms: low frequencies at the bottom, time to the right.</p>"
+            + "".join(body) + "</body></html>\n"
+        )
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+    return out_dir / "index.html"

@@ -177,6 +177,27 @@ def test_config_rejects_shapes_the_models_cannot_take():
         config_from_dict({"data": {"audio": {"representation": "cqt"}}})
 
 
+def test_listening_page_links_every_clip(tmp_path):
+    import re
+
+    from cyclegan_core.audio import listening_page
+
+    spec = Spectrogram(CFG)
+    x = fit_length(tone(0.5, 16_000), CFG.clip_samples)[0]
+    pic = spec.picture(x[None])[0]
+    rows = [{"direction": d, "sample_id": f"{d}{i}" + "0" * 20, "label": 3, "pred_label": 3,
+             "metrics": {"cycle_si_sdr": 12.5}, **{f"{k}_wav": encode_wav(x, 16_000) for k in ("source", "translation",
+                                                                                           "cycle")},
+             **{f"{k}_picture": pic for k in ("source", "translation", "cycle")}}
+            for d in ("AtoB", "BtoA") for i in range(2)]
+    page = listening_page(rows, tmp_path / "listen")
+    html = page.read_text(encoding="utf-8")
+    links = re.findall(r'src="([^"]+)"', html)
+    assert len(links) == 4 * 3 * 2 and all((page.parent / link).is_file() for link in links)
+    assert "<audio controls" in html and "cycle_si_sdr: 12.50" in html
+    assert decode_wav((page.parent / links[1]).read_bytes())[1] == 16_000
+
+
 # --- the speech preset -------------------------------------------------------------------------
 espeak = pytest.importorskip("espeakng_loader")
 
