@@ -185,10 +185,10 @@ def test_listening_page_links_every_clip(tmp_path):
     spec = Spectrogram(CFG)
     x = fit_length(tone(0.5, 16_000), CFG.clip_samples)[0]
     pic = spec.picture(x[None])[0]
+    kinds = ("source", "translation", "cycle")
+    clips = {f"{k}_wav": encode_wav(x, 16_000) for k in kinds} | {f"{k}_picture": pic for k in kinds}
     rows = [{"direction": d, "sample_id": f"{d}{i}" + "0" * 20, "label": 3, "pred_label": 3,
-             "metrics": {"cycle_si_sdr": 12.5}, **{f"{k}_wav": encode_wav(x, 16_000) for k in ("source", "translation",
-                                                                                           "cycle")},
-             **{f"{k}_picture": pic for k in ("source", "translation", "cycle")}}
+             "metrics": {"cycle_si_sdr": 12.5}, **clips}
             for d in ("AtoB", "BtoA") for i in range(2)]
     page = listening_page(rows, tmp_path / "listen")
     html = page.read_text(encoding="utf-8")
