@@ -162,6 +162,22 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
     return fs, root, sorted(files), sorted(refused)
 
 
+def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, int]:
+    """Fail before any work if a collection is missing, not a folder or has no image files at all.
+
+    Returns the number of candidate image files per domain. Called for both collections before
+    either is ingested, so a typo in the second one does not cost the first one's ingest.
+    """
+    counts = {}
+    for domain, url in urls.items():
+        _, _, files, _ = list_images(url, cfg)
+        if not files:
+            raise CollectionError(f"collection {domain} ({redact_url(url)}): empty, no files ending in "
+                                  f"{', '.join(cfg.extensions)}")
+        counts[domain] = len(files)
+    return counts
+
+
 def _load_previous(manifest: Path, key: str) -> dict[str, dict]:
     """Rows of the last manifest by sample id, if it was made with the same processing."""
     if not manifest.exists():

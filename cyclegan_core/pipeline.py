@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .generate import GenerateResult, generate
-from .ingest import IngestResult, ingest_collection, manifest_digest, manifest_images, read_manifest
+from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
 from .report import dataset_card, loss_curves, sample_grid
 from .storage import read_json, sha256_file, write_json_atomic
@@ -37,6 +37,7 @@ def step_default_data(cfg: Config) -> dict:
 
 def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, IngestResult]:
     urls = {"A": cfg.data.domain_a, "B": cfg.data.domain_b}
+    check_collections(urls, cfg.data)  # both usable before either is ingested
     return {
         d: ingest_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data,
                              (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None)
