@@ -50,6 +50,9 @@ def _local_path_inside_project(value: str) -> str:
 
 
 def _storage_url(value: str) -> str:
+    if is_remote(value) and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError("credentials do not belong in a URL in params.yaml; set them in the environment "
+                         "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     try:
         check_url(value)
     except StorageError as err:
@@ -219,9 +222,9 @@ class PathsConfig(_Strict):
     def _publish_storage(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
-            raise ValueError("credentials do not belong in a URL in params.yaml; set them in the environment "
-                             "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        if not is_remote(value):
+            raise ValueError(f"{value!r} is not a URL; paths.published is the local copy, publish_url a remote "
+                             "one such as s3://bucket/prefix")
         return _storage_url(value)
 
 

@@ -17,7 +17,7 @@ from .generate import GenerateResult, generate
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
 from .report import dataset_card, loss_curves, sample_grid
-from .storage import read_json, sha256_file, write_json_atomic
+from .storage import read_json, redact_url, sha256_file, upload_dir, write_json_atomic
 from .train import LOSSES_FILE, MODEL_FILE, MODEL_JSON, Trainer, TrainResult, code_version, model_fingerprint
 from .validate import ValidateResult, check_gate, nan_to_none, validate
 
@@ -112,11 +112,15 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         f = summary["directions"][d]
         rows[d], dropped[d] = f["passed"], f["dropped"]
     card = dataset_card(rows=rows, dropped=dropped, figures=summary["directions"], provenance=provenance,
-                        source_a=cfg.data.domain_a, source_b=cfg.data.domain_b, size=cfg.data.image_size,
+                        source_a=redact_url(cfg.data.domain_a), source_b=redact_url(cfg.data.domain_b),
+                        size=cfg.data.image_size,
                         mode=cfg.data.mode, shards=2 * cfg.generate.shards)
     result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, shards=cfg.generate.shards,
                      provenance={k: v for k, v in provenance.items() if k != "model_fingerprint"},
                      mode=cfg.data.mode, size=cfg.data.image_size, card=card)
+    if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
+        upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
+                   backoff_s=cfg.data.retry_backoff_s)
     shutil.copyfile(model_dir / LOSSES_FILE, reports / LOSSES_FILE)
     if (model_dir / "losses.png").exists():
         shutil.copyfile(model_dir / "losses.png", reports / "losses.png")
@@ -124,7 +128,8 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         "gate_passed": True,
         "model": {"fingerprint": model["fingerprint"], "steps": model["steps"],
                   "train_seconds": model["train_seconds"]},
-        "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards},
+        "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards,
+                      "url": redact_url(cfg.paths.publish_url) if cfg.paths.publish_url else None},
         **{d: summary["directions"][d] for d in DIRECTIONS},
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))

@@ -24,6 +24,7 @@ import fsspec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+_sleep = time.sleep  # looked up at each retry, so a test can record the waits
 
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
@@ -83,7 +84,7 @@ def check_url(url: str) -> None:
     proto = protocol_of(url)
     if proto in LOCAL_PROTOCOLS:
         return
-    known = set(fsspec.available_protocols())
+    known = set(fsspec.available_protocols()) | set(fsspec.registry)
     if proto not in known:
         common = ", ".join(p for p in ("file", "memory", "s3", "gcs", "az", "http", "https") if p in known)
         raise StorageError(f"unknown storage scheme {proto}:// in {redact_url(url)!r}; "
@@ -166,7 +167,7 @@ def backoff_delays(retries: int, base_s: float, max_s: float = 30.0, rng: random
 
 
 def with_retries(fn: Callable[[], T], *, what: str, retries: int = 4, backoff_s: float = 0.5,
-                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> T:
+                 max_backoff_s: float = 30.0, sleep: Callable[[float], None] | None = None) -> T:
     """``fn()``, retried up to ``retries`` times on transient errors with exponential backoff.
 
     A permanent error (missing file, permission) is raised at once; the last transient one is
@@ -184,7 +185,7 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 4, backoff_s:
                                        f"{type(err).__name__}: {err}") from err
             log.warning("transient error on %s (attempt %d of %d), retrying in %.2f s: %s", redact_url(what),
                         attempt + 1, retries + 1, delays[attempt], type(err).__name__)
-            sleep(delays[attempt])
+            (sleep or _sleep)(delays[attempt])
     raise AssertionError("unreachable")
 
 
@@ -305,7 +306,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 # --- copies to fsspec URLs --------------------------------------------------------------------
 
 def upload_dir(local: str | Path, url: str, *, commit_file: str = "manifest.json", retries: int = 4,
-               backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> list[str]:
+               backoff_s: float = 0.5, sleep: Callable[[float], None] | None = None) -> list[str]:
     """Copy a finished local folder to an fsspec URL, ``commit_file`` last; returns the keys written.
 
     Object stores write each object whole, so a reader sees an old or a new shard, never part of
