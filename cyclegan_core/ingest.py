@@ -144,7 +144,13 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
         raise CollectionError(f"{shown}: not a folder")
     exts = tuple(e.lower() for e in cfg.extensions)
     local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
-    found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
+    try:
+        found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
+    except RecursionError:
+        # A filesystem whose listing follows folder links can walk a loop forever.
+        raise CollectionError(f"{shown}: listing never ends (a folder symlink loop?); remove the loop") from None
+    except OSError as err:
+        raise CollectionError(f"{shown}: cannot list the collection: {type(err).__name__}: {err}") from None
     files: list[tuple[str, int]] = []
     refused: list[tuple[str, str]] = []
     for full, info in found.items():

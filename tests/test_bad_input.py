@@ -309,3 +309,27 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, corpus):
     params.write_text(yaml.safe_dump(raw, allow_unicode=True))
     r = cli("ingest")
     assert r.returncode == 2 and "data.domain_b: unknown storage scheme nope://" in r.stderr
+
+
+def test_a_listing_that_never_ends_is_a_clear_error(tmp_path):
+    """A filesystem that follows folder links into a loop recurses until Python stops it."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class LoopingFS(MemoryFileSystem):
+        protocol = ("loopy8",)
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(path.replace("loopy8://", "memory://", 1))
+
+        def find(self, path, *args, **kw):
+            return self.find(path + "/loop", *args, **kw)
+
+    fsspec.register_implementation("loopy8", LoopingFS, clobber=True)
+    fsspec.filesystem("memory").pipe_file("/loopy8/x.png", b"x")
+    try:
+        with pytest.raises(CollectionError, match=r"loopy8://loopy8: listing never ends \(a folder symlink loop\?\)"):
+            ingest_collection("loopy8://loopy8", "A", tmp_path / "out", DataConfig())
+    finally:
+        fsspec.filesystem("memory").rm("/loopy8", recursive=True)
