@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .storage import StorageError, check_url, escapes, is_remote
 
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -75,6 +79,25 @@ class AudioConfig(_Strict):
     def clip_samples(self) -> int:
         """Samples per clip, so that a centred STFT has exactly ``frames`` frames."""
         return self.hop_length * (self.frames - 1)
+def _local_path_inside_project(value: str) -> str:
+    """Relative paths are from the project folder and may not climb out of it with ``../``."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if not is_remote(value) and escapes(value):
+        raise ValueError(f"{value!r} leaves the project folder through '../'; relative paths must stay inside "
+                         "it (write an absolute path to use a folder elsewhere)")
+    return value
+
+
+def _storage_url(value: str) -> str:
+    if is_remote(value) and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError("credentials do not belong in a URL in params.yaml; set them in the environment "
+                         "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    try:
+        check_url(value)
+    except StorageError as err:
+        raise ValueError(str(err)) from None
+    return _local_path_inside_project(value)
 
 
 class DataConfig(_Strict):
@@ -91,8 +114,35 @@ class DataConfig(_Strict):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Images with more pixels are quarantined, never decoded."
     )
+    min_image_side: int = Field(
+        8, ge=1, description="Images with a narrower side are quarantined: too little to translate."
+    )
+    max_file_bytes: int = Field(
+        256 * 2**20, ge=1, description="Files larger than this are quarantined without being read."
+    )
+    retries: int = Field(
+        4, ge=0, le=20, description="Retries of a storage call failing with a transient error (network, 5xx)."
+    )
+    retry_backoff_s: float = Field(
+        0.5, ge=0.0, le=60.0, description="First wait before a retry; it doubles each time (with jitter)."
+    )
     default: DefaultDataConfig = DefaultDataConfig()
     audio: AudioConfig = AudioConfig()
+
+    @field_validator("domain_a", "domain_b")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        return _storage_url(value)
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one extension is needed, e.g. [.png, .jpg]")
+        bad = [e for e in value if not e.startswith(".") or len(e) < 2]
+        if bad:
+            raise ValueError(f"extensions start with a dot, e.g. .png (got {bad})")
+        return value
 
     @property
     def channels(self) -> int:
@@ -195,6 +245,28 @@ class PathsConfig(_Strict):
     validated: str = "data/validated"
     published: str = "data/augmented"
     reports: str = "reports"
+    publish_url: str | None = Field(
+        None, description="fsspec URL (s3://bucket/prefix, memory://x) each published version is copied to, "
+        "manifest.json last; credentials come from the environment, never from this file."
+    )
+
+    @field_validator("ingest", "models", "judges", "generated", "validated", "published", "reports")
+    @classmethod
+    def _inside_project(cls, value: str) -> str:
+        if is_remote(value):
+            raise ValueError(f"{value!r}: step outputs are local folders; use paths.publish_url to publish to "
+                             "remote storage")
+        return _local_path_inside_project(value)
+
+    @field_validator("publish_url")
+    @classmethod
+    def _publish_storage(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not is_remote(value):
+            raise ValueError(f"{value!r} is not a URL; paths.published is the local copy, publish_url a remote "
+                             "one such as s3://bucket/prefix")
+        return _storage_url(value)
 
 
 class Config(_Strict):
@@ -269,15 +341,68 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic section class inside an annotation (``X``, ``X | None``, ``dict[K, X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _section_at(loc: tuple) -> tuple[type[BaseModel] | None, bool]:
+    """The section class a location points into, and whether the last step was a dict key."""
+    model: type[BaseModel] | None = Config
+    keyed = False
+    for part in loc:
+        if model is None:
+            return None, False
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        field = fields.get(str(part))
+        if field is None:
+            if keyed:  # e.g. validate.sample.AtoB: a key of a dict of sections
+                keyed = False
+                continue
+            return None, False
+        keyed = typing.get_origin(field.annotation) is dict
+        model = _model_of(field.annotation)
+    return model, keyed
+
+
+def _keys_of(model: type[BaseModel]) -> str:
+    return ", ".join(f.alias or n for n, f in model.model_fields.items())
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _describe(err: ValidationError, source: str) -> str:
+    """One line per problem: the dotted key, what is wrong, what is allowed and what was given."""
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
+        loc = tuple(e["loc"])
+        msg, kind, given = e["msg"], e["type"], e.get("input")
+        if loc and loc[-1] == "[key]":  # a bad key of a mapping such as validate.sample
+            loc, msg = loc[:-2], f"key {loc[-2]!r}: {msg}"
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if kind == "extra_forbidden":
+            parent, _ = _section_at(loc[:-1])
+            msg = "unknown key" + (f"; allowed keys here: {_keys_of(parent)}" if parent else "")
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            section, keyed = _section_at(loc)
+            if section is not None and not keyed:
+                msg = f"expected a section (mapping) with keys {_keys_of(section)}; got {_shown(given)}"
+            else:
+                msg = f"{msg}; got {_shown(given)}"
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif kind == "literal_error" or kind.endswith("_type") \
+                or not isinstance(given, (dict, list, tuple, types.NoneType)):
+            msg = f"{msg} (got {_shown(given)})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

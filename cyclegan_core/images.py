@@ -35,11 +35,13 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_image(data: bytes, mode: str, size: int, max_pixels: int) -> np.ndarray:
+def decode_image(data: bytes, mode: str, size: int, max_pixels: int, min_side: int = 1) -> np.ndarray:
     """Decode ``data`` into a ``size`` x ``size`` uint8 array in ``mode`` (``L`` or ``RGB``).
 
-    Applies EXIF orientation, flattens transparency on white, scales 16-bit gray, resizes the
-    shorter side to ``size`` and centre-crops. Raises :class:`BadImage` with the reason.
+    Applies EXIF orientation, flattens transparency on white, scales 16-bit gray, converts CMYK
+    and palettes, resizes the shorter side to ``size`` and centre-crops. The size in the header is
+    checked before any pixel is decoded, so a file claiming huge dimensions allocates nothing.
+    Raises :class:`BadImage` with the reason.
     """
     if not data:
         raise BadImage("empty file (0 bytes)")
@@ -49,7 +51,10 @@ def decode_image(data: bytes, mode: str, size: int, max_pixels: int) -> np.ndarr
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
-                raise BadImage(f"too large: {w}x{h} = {w * h} pixels > max_image_pixels={max_pixels}")
+                raise BadImage(f"too large: {w}x{h} = {w * h} pixels > data.max_image_pixels={max_pixels}, "
+                               "refused before decoding")
+            if min(w, h) < min_side:
+                raise BadImage(f"too small: {w}x{h}, a side under data.min_image_side={min_side} px")
             # verify() checks chunk CRCs and the end marker, which load() alone lets through.
             im.verify()
             im = Image.open(io.BytesIO(data))
@@ -59,7 +64,7 @@ def decode_image(data: bytes, mode: str, size: int, max_pixels: int) -> np.ndarr
     except UnidentifiedImageError:
         raise BadImage("not an image (no decoder recognises the content)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"refused as a decompression bomb: {err}") from None
+        raise BadImage(f"refused before decoding (decompression bomb): {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImage(f"corrupt or truncated image: {err}") from None
     if w < 1 or h < 1:

@@ -2,16 +2,20 @@
 
 Every file is hashed (sha256 of its bytes, the sample id), decoded, checked and converted to the
 configured mode and size; the normalized PNG is kept in the manifest so later steps never touch
-the source storage again. Files that cannot be used go to a quarantine list with the reason. On a
-re-run, samples already in the previous manifest (same bytes, same processing) are not decoded
-again.
+the source storage again. Files that cannot be used go to a quarantine list with the reason
+(``quarantine.csv``: path, reason) and the run goes on; a collection with nothing usable is a
+:class:`CollectionError` before any later step starts. Storage calls are retried on transient
+errors. On a re-run, samples already in the previous manifest (same bytes, same processing) are
+not decoded again.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +27,7 @@ import pyarrow.parquet as pq
 
 from .config import DataConfig
 from .images import BadImage, decode_image, decode_png, encode_png
-from .storage import atomic_path, open_fs, sha256_bytes
+from .storage import StorageError, atomic_path, escapes, open_fs, redact_url, sha256_bytes, with_retries
 
 Progress = Callable[[int, int], None]
 
@@ -69,7 +73,7 @@ class IngestResult:
 def processing_key(cfg: DataConfig) -> str:
     """What a normalized image depends on besides the source bytes."""
     return json.dumps({"mode": cfg.mode, "size": cfg.image_size, "max_pixels": cfg.max_image_pixels,
-                       "decoder": 1}, sort_keys=True)
+                       "min_side": cfg.min_image_side, "decoder": 2}, sort_keys=True)
 
 
 def _split_of(relpath: str, sample_id: str, test_fraction: float) -> str:
@@ -80,36 +84,104 @@ def _split_of(relpath: str, sample_id: str, test_fraction: float) -> str:
     return "test" if int(sample_id[:8], 16) / 2**32 < test_fraction else "train"
 
 
-def _read_labels(fs, root: str) -> dict[str, int]:
+def _has_split_dir(relpath: str) -> bool:
+    return "/" in relpath and relpath.split("/", 1)[0].lower() in SPLIT_DIRS
+
+
+def _read_labels(fs, root: str, cfg: DataConfig) -> dict[str, int]:
     path = posixpath.join(root, "labels.csv")
-    if not fs.exists(path):
+    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
+    if not with_retries(lambda: fs.exists(path), what=path, **retry):
         return {}
-    text = fs.cat_file(path).decode("utf-8")
+    text = with_retries(lambda: fs.cat_file(path), what=path, **retry).decode("utf-8", errors="replace")
     labels: dict[str, int] = {}
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
-            labels[row["path"].strip()] = int(row["label"])
-        except (KeyError, TypeError, ValueError):
-            raise CollectionError(f"{path}, line {n}: expected columns path,label with an integer label") from None
+            rel, label = row["path"].strip(), int(row["label"])
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise CollectionError(f"{redact_url(path)}, line {n}: expected columns path,label with an integer "
+                                  "label") from None
+        if escapes(rel) or rel.startswith("/"):
+            raise CollectionError(f"{redact_url(path)}, line {n}: path {rel!r} leaves the collection; paths are "
+                                  "relative to the folder labels.csv is in")
+        labels[rel] = label
     return labels
 
 
-def list_images(url: str, extensions: tuple[str, ...]) -> tuple[object, str, list[str]]:
-    """The filesystem, its root and the sorted relative paths of image files under ``url``."""
-    fs, root = open_fs(url)
-    if not fs.exists(root):
-        raise CollectionError(f"{url}: collection not found")
-    if not fs.isdir(root):
-        raise CollectionError(f"{url}: not a folder")
-    exts = tuple(e.lower() for e in extensions)
-    rels = []
-    for full in fs.find(root, withdirs=False):
+def _local_link_problem(full: str, root: str) -> str | None:
+    """Why a local symlink cannot be ingested (loop, points out of the collection, a folder), or None."""
+    if not os.path.islink(full):
+        return None
+    try:
+        target = os.path.realpath(full, strict=True)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself), skipped"
+        return f"broken symlink (target missing: {os.readlink(full)})"
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, target]) != real_root:
+        return "symlink pointing outside the collection folder, refused"
+    if os.path.isdir(target):
+        return "symlink to a folder, not followed (its files are not ingested)"
+    return None
+
+
+def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str, int]], list[tuple[str, str]]]:
+    """The filesystem, its root, sorted ``(relative path, size)`` of image files, and refused entries.
+
+    Local symlinks are checked without following them into loops: fsspec's local ``find`` lists a
+    link to a folder as a file, so a loop or a link out of the collection is refused with a reason.
+    """
+    try:
+        fs, root = open_fs(url)
+    except StorageError as err:
+        raise CollectionError(f"{redact_url(url)}: {err}") from None
+    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
+    shown = redact_url(url)
+    if not with_retries(lambda: fs.exists(root), what=url, **retry):
+        raise CollectionError(f"{shown}: collection not found")
+    if not with_retries(lambda: fs.isdir(root), what=url, **retry):
+        raise CollectionError(f"{shown}: not a folder")
+    exts = tuple(e.lower() for e in cfg.extensions)
+    local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
+    try:
+        found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
+    except RecursionError:
+        # A filesystem whose listing follows folder links can walk a loop forever.
+        raise CollectionError(f"{shown}: listing never ends (a folder symlink loop?); remove the loop") from None
+    except OSError as err:
+        raise CollectionError(f"{shown}: cannot list the collection: {type(err).__name__}: {err}") from None
+    files: list[tuple[str, int]] = []
+    refused: list[tuple[str, str]] = []
+    for full, info in found.items():
         rel = posixpath.relpath(full, root) if root else full
         name = posixpath.basename(rel)
-        if name.startswith(".") or not name.lower().endswith(exts):
+        if name.startswith(".") or rel.startswith("."):
             continue
-        rels.append(rel)
-    return fs, root, sorted(rels)
+        problem = _local_link_problem(full, root) if local else None
+        if problem:
+            refused.append((rel, problem))
+            continue
+        if not name.lower().endswith(exts):
+            continue
+        files.append((rel, int(info.get("size") or 0)))
+    return fs, root, sorted(files), sorted(refused)
+
+
+def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, int]:
+    """Fail before any work if a collection is missing, not a folder or has no image files at all.
+
+    Returns the number of candidate image files per domain. Called for both collections before
+    either is ingested, so a typo in the second one does not cost the first one's ingest.
+    """
+    counts = {}
+    for domain, url in urls.items():
+        _, _, files, _ = list_images(url, cfg)
+        if not files:
+            raise CollectionError(f"collection {domain} ({redact_url(url)}): empty, no files ending in "
+                                  f"{', '.join(cfg.extensions)}")
+        counts[domain] = len(files)
+    return counts
 
 
 def _load_previous(manifest: Path, key: str) -> dict[str, dict]:
@@ -131,18 +203,24 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
     key = processing_key(cfg)
     previous = _load_previous(manifest_path, key)
 
-    fs, root, rels = list_images(url, cfg.extensions)
-    labels = _read_labels(fs, root)
+    fs, root, files, quarantine = list_images(url, cfg)
+    labels = _read_labels(fs, root, cfg)
     rows: list[dict] = []
-    quarantine: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     decoded = reused = 0
-    for i, rel in enumerate(rels):
-        uri = fs.unstrip_protocol(posixpath.join(root, rel)) if root else rel
+    source = redact_url(url)
+    for i, (rel, size) in enumerate(files):
+        full = posixpath.join(root, rel) if root else rel
+        uri = redact_url(fs.unstrip_protocol(full))
+        if size > cfg.max_file_bytes:
+            quarantine.append((rel, f"file too large: {size} bytes > data.max_file_bytes={cfg.max_file_bytes}, "
+                                    "not read"))
+            continue
         try:
-            data = fs.cat_file(posixpath.join(root, rel))
+            data = with_retries(lambda p=full: fs.cat_file(p), what=uri, retries=cfg.retries,
+                                backoff_s=cfg.retry_backoff_s)
         except OSError as err:
-            quarantine.append((rel, f"unreadable: {err}"))
+            quarantine.append((rel, f"unreadable: {type(err).__name__}: {err}"))
             continue
         sid = sha256_bytes(data)
         if sid in seen:
@@ -154,7 +232,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
             reused += 1
         else:
             try:
-                arr = decode_image(data, cfg.mode, cfg.image_size, cfg.max_image_pixels)
+                arr = decode_image(data, cfg.mode, cfg.image_size, cfg.max_image_pixels, cfg.min_image_side)
             except BadImage as err:
                 quarantine.append((rel, str(err)))
                 continue
@@ -171,14 +249,22 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
             "orig_width": w, "orig_height": h, "orig_mode": mode, "size_bytes": len(data), "image": png,
         })
         if progress:
-            progress(i + 1, len(rels))
+            progress(i + 1, len(files))
+    quarantine.sort()
     if not rows:
         detail = f"; {len(quarantine)} file(s) quarantined, see {quarantine_path}" if quarantine else ""
         _write_quarantine(quarantine_path, quarantine)
-        raise CollectionError(f"{url}: no usable images (looked for {', '.join(cfg.extensions)}){detail}")
+        raise CollectionError(f"{source}: no usable images (looked for {', '.join(cfg.extensions)}){detail}")
+    if not any(r["split"] == "train" for r in rows) and not any(_has_split_dir(r["relpath"]) for r in rows):
+        # A tiny collection split by hash can land wholly in test; training needs at least one sample.
+        min(rows, key=lambda r: r["sample_id"])["split"] = "train"
+    if not any(r["split"] == "train" for r in rows):
+        _write_quarantine(quarantine_path, quarantine)
+        raise CollectionError(f"{source}: no training images: all {len(rows)} usable images are in held-out "
+                              "folders (test/, val/); put some under train/")
 
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    table = table.replace_schema_metadata({"cycleaug.processing": key, "cycleaug.source": url})
+    table = table.replace_schema_metadata({"cycleaug.processing": key, "cycleaug.source": source})
     with atomic_path(manifest_path) as tmp:
         pq.write_table(table, tmp)
     _write_quarantine(quarantine_path, quarantine)

@@ -14,10 +14,10 @@ from pathlib import Path
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .generate import GenerateResult, generate
-from .ingest import IngestResult, ingest_collection, manifest_digest, manifest_images, read_manifest
+from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
 from .report import dataset_card, loss_curves, sample_grid
-from .storage import read_json, sha256_file, write_json_atomic
+from .storage import read_json, redact_url, sha256_file, upload_dir, write_json_atomic
 from .train import LOSSES_FILE, MODEL_FILE, MODEL_JSON, Trainer, TrainResult, code_version, model_fingerprint
 from .validate import ValidateResult, check_gate, nan_to_none, validate
 
@@ -37,6 +37,7 @@ def step_default_data(cfg: Config) -> dict:
 
 def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, IngestResult]:
     urls = {"A": cfg.data.domain_a, "B": cfg.data.domain_b}
+    check_collections(urls, cfg.data)  # both usable before either is ingested
     return {
         d: ingest_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data,
                              (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None)
@@ -111,11 +112,15 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         f = summary["directions"][d]
         rows[d], dropped[d] = f["passed"], f["dropped"]
     card = dataset_card(rows=rows, dropped=dropped, figures=summary["directions"], provenance=provenance,
-                        source_a=cfg.data.domain_a, source_b=cfg.data.domain_b, size=cfg.data.image_size,
+                        source_a=redact_url(cfg.data.domain_a), source_b=redact_url(cfg.data.domain_b),
+                        size=cfg.data.image_size,
                         mode=cfg.data.mode, shards=2 * cfg.generate.shards)
     result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, shards=cfg.generate.shards,
                      provenance={k: v for k, v in provenance.items() if k != "model_fingerprint"},
                      mode=cfg.data.mode, size=cfg.data.image_size, card=card)
+    if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
+        upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
+                   backoff_s=cfg.data.retry_backoff_s)
     shutil.copyfile(model_dir / LOSSES_FILE, reports / LOSSES_FILE)
     if (model_dir / "losses.png").exists():
         shutil.copyfile(model_dir / "losses.png", reports / "losses.png")
@@ -123,7 +128,8 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         "gate_passed": True,
         "model": {"fingerprint": model["fingerprint"], "steps": model["steps"],
                   "train_seconds": model["train_seconds"]},
-        "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards},
+        "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards,
+                      "url": redact_url(cfg.paths.publish_url) if cfg.paths.publish_url else None},
         **{d: summary["directions"][d] for d in DIRECTIONS},
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))

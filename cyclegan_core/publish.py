@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .config import DIRECTIONS
 from .generate import read_generated, shard_of
-from .storage import atomic_dir, sha256_file, write_json_atomic
+from .storage import PathEscape, atomic_dir, confined, sha256_file, write_json_atomic
 from .validate import read_validated
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -137,7 +137,11 @@ def verify(out_dir: str | Path) -> list[str]:
     manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     problems = []
     for shard in manifest["shards"]:
-        path = out_dir / shard["file"]
+        try:  # a tampered manifest must not make verify read files outside the dataset
+            path = confined(out_dir, shard["file"], "shard file")
+        except PathEscape as err:
+            problems.append(str(err))
+            continue
         if not path.exists():
             problems.append(f"{shard['file']}: missing")
         elif sha256_file(path) != shard["sha256"]:

@@ -141,7 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return cmd_run(cfg, args)
-    return cmd_step(cfg, args)
+    return _reported(cmd_step, cfg, args)
+
+
+def _reported(fn, cfg: Config, args: argparse.Namespace) -> int:
+    """Known failures as one clear line on stderr and exit 1, not a traceback."""
+    import errno
+
+    from cyclegan_core.ingest import CollectionError
+    from cyclegan_core.storage import PathEscape, StorageError
+
+    try:
+        return fn(cfg, args)
+    except (CollectionError, StorageError, PathEscape) as err:
+        print(f"cycleaug {args.command}: {err}", file=sys.stderr)
+    except OSError as err:
+        full = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        why = "out of disk space or over a file-size limit" if full else "file or storage error"
+        print(f"cycleaug {args.command}: {why}: {err}; outputs written before are left as they were",
+              file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

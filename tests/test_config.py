@@ -66,3 +66,36 @@ def test_section_hash_tracks_only_named_sections():
     a, b = Config(), load_config(None, ["publish.grid_samples=3"])
     assert a.section_hash("train") == b.section_hash("train")
     assert a.section_hash("publish") != b.section_hash("publish")
+
+
+def test_errors_name_the_key_the_allowed_values_and_what_was_given(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("data:\n  imgsize: 32\n  mode: rgb\n  retries: -1\npaths:\n  reportz: r\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    text = str(err.value)
+    assert text.startswith(f"{p}: invalid configuration")
+    assert "data.imgsize: unknown key; allowed keys here: domain_a, domain_b, image_size, mode" in text
+    assert "data.mode: Input should be 'L' or 'RGB' (got 'rgb')" in text
+    assert "data.retries: Input should be greater than or equal to 0 (got -1)" in text
+    assert "paths.reportz: unknown key; allowed keys here: ingest, models" in text and "publish_url" in text
+    p.write_text("validate:\n  run:\n    AtoB:\n      min_psnr: 3\n")
+    with pytest.raises(ConfigError, match=r"validate\.run\.AtoB\.min_psnr: unknown key; allowed keys here: "
+                                          r"min_mean_cycle_psnr, min_mean_realism"):
+        load_config(p)
+    p.write_text("model: [16, 16]\n")
+    with pytest.raises(ConfigError, match=r"model: expected a section \(mapping\) with keys ngf, ndf"):
+        load_config(p)
+
+
+def test_storage_settings_are_checked_when_read():
+    cfg = load_config(None, ["paths.publish_url=s3://bucket/datasets/digits", "data.domain_b=memory://b"])
+    assert cfg.paths.publish_url == "s3://bucket/datasets/digits" and cfg.data.retries == 4
+    with pytest.raises(ConfigError, match="paths.publish_url: 'data/out' is not a URL"):
+        load_config(None, ["paths.publish_url=data/out"])
+    with pytest.raises(ConfigError, match="data.domain_b: unknown storage scheme s4://"):
+        load_config(None, ["data.domain_b=s4://bucket/b"])
+    with pytest.raises(ConfigError, match="data.extensions: extensions start with a dot"):
+        load_config(None, ["data.extensions=[png]"])
+    with pytest.raises(ConfigError, match=r"data.retry_backoff_s: Input should be less than or equal to 60"):
+        load_config(None, ["data.retry_backoff_s=600"])

@@ -47,3 +47,17 @@ def test_png_and_tensor_round_trips():
     t = to_tensor(arr)
     assert t.shape == (4, 1, 8, 8) and float(t.min()) >= -1 and float(t.max()) <= 1
     assert np.array_equal(to_uint8(t), arr)
+
+
+def test_exif_orientation_is_applied_and_sizes_are_checked_before_decoding():
+    stored = np.full((16, 16), 255, np.uint8)
+    stored[:8, :8] = 0  # dark top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 counter-clockwise to display": top-left goes to bottom-left
+    out = decode_image(_png(Image.fromarray(stored), exif=exif), "L", 16, 10**6)[:, :, 0]
+    assert out[:8, :8].mean() > 250 and out[8:, :8].mean() < 5 and out[:, 8:].min() == 255
+    with pytest.raises(BadImage, match=r"too small: 1x1, a side under data.min_image_side=4 px"):
+        decode_image(_png(Image.new("L", (1, 1))), "L", 8, 10**6, min_side=4)
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (8, 8), (0, 0, 0, 255)).save(cmyk, format="JPEG", quality=95)
+    assert decode_image(cmyk.getvalue(), "L", 8, 10**6).max() < 10  # full black ink -> black
