@@ -268,12 +268,49 @@ class Geometry(Op):
                 outs[i], effects[i] = s, e
         return outs, effects
 
+    @staticmethod
+    def _pixel_exact(mats: torch.Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[str | None]:
+        """Per sample: "identity" or "hflip" where the matrix only moves whole pixels, else None.
+
+        Those cases are done by indexing (and their matrix snapped to exact values): a warp through
+        normalized coordinates is off by rounding, so a flip applied twice would not give the
+        input back bit for bit.
+        """
+        if in_hw != out_hw:
+            return [None] * len(mats)
+        eye = torch.eye(3, dtype=mats.dtype, device=mats.device)
+        flip = eye.clone()
+        flip[0, 0], flip[0, 2] = -1.0, in_hw[1] - 1.0
+        kinds: list[str | None] = []
+        for m in mats:
+            if torch.allclose(m, eye, atol=1e-5, rtol=0):
+                kinds.append("identity")
+            elif torch.allclose(m, flip, atol=1e-5, rtol=0):
+                kinds.append("hflip")
+            else:
+                kinds.append(None)
+        return kinds
+
     def _warp(self, samples: list[PairedSample], mats: torch.Tensor, in_hw, device):
         oh, ow = self.out_size(in_hw)
         n = len(samples)
+        kinds = self._pixel_exact(mats, in_hw, (oh, ow))
+        mats = mats.clone()
+        for i, kind in enumerate(kinds):
+            if kind is not None:
+                mats[i] = torch.eye(3, dtype=mats.dtype, device=mats.device)
+                if kind == "hflip":
+                    mats[i, 0, 0], mats[i, 0, 2] = -1.0, ow - 1.0
         new: list[dict[str, Any]] = [{} for _ in range(n)]
+
+        def exact(x: torch.Tensor, kind: str) -> torch.Tensor:
+            return x.flip(-1) if kind == "hflip" else x.clone()
+
         for key, mode in (("image", "bilinear"), ("mask", "nearest")):
-            have = [i for i, s in enumerate(samples) if getattr(s, key) is not None]
+            have = [i for i, s in enumerate(samples) if getattr(s, key) is not None and kinds[i] is None]
+            for i, s in enumerate(samples):
+                if getattr(s, key) is not None and kinds[i] is not None:
+                    new[i][key] = exact(getattr(s, key).to(device), kinds[i])
             if not have:
                 continue
             batch = torch.stack([getattr(samples[i], key) for i in have]).to(device)
@@ -283,7 +320,10 @@ class Geometry(Op):
                                       align_corners=True)
             for k, i in enumerate(have):
                 new[i][key] = warped[k, 0].round().long() if key == "mask" else warped[k]
-        have = [i for i, s in enumerate(samples) if s.video is not None]
+        for i, s in enumerate(samples):
+            if s.video is not None and kinds[i] is not None:
+                new[i]["video"] = exact(s.video.to(device), kinds[i])
+        have = [i for i, s in enumerate(samples) if s.video is not None and kinds[i] is None]
         if have:
             counts = torch.tensor([samples[i].video.shape[0] for i in have], device=device)
             frames = torch.cat([samples[i].video for i in have]).to(device)
