@@ -131,3 +131,4 @@ def test_replay_of_the_json_record_is_exact(seed, hflip_p, affine_p, jitter_p, n
     for out, record in aug.augment(sources, seed, [f"{s.sample_id}.x" for s in sources]):
         again = replay(by_id[record["source_id"]], rec.loads(rec.dumps(record)), by_id)
         assert out.equals(again), (out.differences(again), [e["op"] for e in record["ops"]])
+        out.validate()  # every output is a well-formed sample (lengths, shapes, flags)

@@ -30,7 +30,7 @@ FLOATS = pa.list_(pa.float32())
 PAIRED_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
     ("source_id", pa.string()),
-    ("copy", pa.int32()),
+    ("copy_index", pa.int32()),
     ("image", MEDIA),
     ("mask", MEDIA),
     ("boxes", pa.list_(FLOATS)),
@@ -56,7 +56,7 @@ def _hf_features() -> dict:
     seq = lambda dtype: {"_type": "Sequence", "feature": {**value, "dtype": dtype}}  # noqa: E731
     return {
         "sample_id": {**value, "dtype": "string"}, "source_id": {**value, "dtype": "string"},
-        "copy": {**value, "dtype": "int32"}, "image": {"_type": "Image"}, "mask": {"_type": "Image"},
+        "copy_index": {**value, "dtype": "int32"}, "image": {"_type": "Image"}, "mask": {"_type": "Image"},
         "boxes": {"_type": "Sequence", "feature": seq("float32")}, "box_labels": seq("int64"),
         "box_mask_ids": seq("int64"), "keypoints": {"_type": "Sequence", "feature": seq("float32")},
         "keypoint_visible": seq("bool"), "caption": {**value, "dtype": "string"},
@@ -122,7 +122,7 @@ def sample_to_row(s: PairedSample, record: dict | None = None, source_id: str | 
 
     sid = s.sample_id
     return {
-        "sample_id": sid, "source_id": source_id, "copy": copy,
+        "sample_id": sid, "source_id": source_id, "copy_index": copy,
         "image": None if s.image is None else {"bytes": _image_png(s.image), "path": f"{sid}.png"},
         "mask": None if s.mask is None else {"bytes": _mask_png(s.mask), "path": f"{sid}.mask.png"},
         "boxes": lst(s.boxes), "box_labels": lst(s.box_labels), "box_mask_ids": lst(s.box_mask_ids),

@@ -507,8 +507,9 @@ class Mixup(Op):
     """Convex mix of two samples with one lambda for image, video, audio, text embedding and soft labels.
 
     ``lam`` ~ Beta(alpha, alpha). Modalities that cannot be interpolated (mask, boxes, keypoints,
-    caption) come from the dominant sample (``lam >= 0.5`` keeps the first); the effects list what
-    was mixed and what was kept. ``params["partner"]`` is the partner's own replay record, so a
+    caption) come from the dominant sample (``lam >= 0.5`` keeps the first), and the other audio
+    track is cut or zero-padded to the dominant one's length; the effects list what was mixed and
+    what was kept. ``params["partner"]`` is the partner's own replay record, so a
     replay rebuilds the partner from its source first.
     """
 
@@ -535,7 +536,11 @@ class Mixup(Op):
                 changes[key] = getattr(dominant, key)
                 continue
             if key == "audio" and x.shape[0] == y.shape[0] and x.shape[1] != y.shape[1]:
-                y = _audio_window(y, 0, x.shape[1])  # the partner's track fitted to this sample's length
+                # The other track is fitted to the dominant one, whose video (and timeline) is kept.
+                if dominant is a:
+                    y = _audio_window(y, 0, x.shape[1])
+                else:
+                    x = _audio_window(x, 0, y.shape[1])
             if x.shape != y.shape:
                 kept.append(key)
                 changes[key] = getattr(dominant, key)

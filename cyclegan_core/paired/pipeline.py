@@ -101,7 +101,7 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
                     record.update(seed=seed, batch=b, copy=copy)
                     ops.update(e["op"] for e in record["ops"])
                     dropped.update(out.dropped)
-                    buffer.append(sample_to_row(out.to("cpu"), record, src.sample_id, copy))
+                    buffer.append(sample_to_row(out.to("cpu").validate(), record, src.sample_id, copy))
                     if len(buffer) >= cfg.shard_rows:
                         flush()
             done += len(batch)
