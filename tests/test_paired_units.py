@@ -120,3 +120,17 @@ def test_paired_config_defaults_match_params_yaml_and_reject_bad_values():
         config_from_dict({"paired": {"dropout": {"sound": 0.2}}})
     with pytest.raises(ConfigError, match="paired.device"):
         config_from_dict({"paired": {"device": "tpu"}})
+
+
+def test_photometric_and_noise_touch_only_the_signal_modalities(scenes):
+    from cyclegan_core.paired.ops import AudioNoise, Photometric, PixelNoise
+
+    rng = np.random.default_rng(5)
+    for op in (Photometric(p=1.0, brightness=0.5, hue=0.2), PixelNoise(p=1.0, std=(0.1, 0.1)),
+               AudioNoise(p=1.0, snr_db=(5.0, 5.0))):
+        outs, _ = op.apply(scenes, op.draw(scenes, rng))
+        signal = {"image", "video"} if not isinstance(op, AudioNoise) else {"audio"}
+        for src, out in zip(scenes, outs, strict=True):
+            assert set(src.differences(out)) == signal, op.name
+            if "image" in signal:
+                assert float(out.image.min()) >= 0.0 and float(out.image.max()) <= 1.0
