@@ -81,9 +81,16 @@ def test_paired_augment_command(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["rows"] == 16 and out["sources"] == 8
-    r = _cycleaug("--params", str(params), "--set", f"paired.input={tmp_path / 'missing'}", "paired-augment",
-                  cwd=tmp_path)
-    assert r.returncode == 1 and "missing" in r.stderr and "no such" in r.stderr
+
+
+def test_paired_augment_command_names_a_missing_input(tmp_path, capsys):
+    from flows.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paired": tiny_paired(tmp_path / "work")}))
+    assert main(["--params", str(params), "--set", f"paired.input={tmp_path / 'missing'}", "paired-augment"]) == 1
+    err = capsys.readouterr().err
+    assert "missing" in err and "no such" in err
 
 
 @pytest.mark.slow
