@@ -240,6 +240,18 @@ class PairedDropoutConfig(_Strict):
     keep_one: bool = Field(True, description="Never mask every modality of a sample.")
 
 
+class PairedAlignmentConfig(_Strict):
+    """Checks that a draw kept the pair aligned; failing draws are redrawn, then kept or dropped."""
+
+    enabled: bool = Field(True, description="Run the alignment checks after the synchronized ops.")
+    min_object_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Share of each annotated object's "
+                                       "area (mask, else box) that must stay in the frame.")
+    min_keypoint_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Share of the visible keypoints "
+                                         "that must stay visible.")
+    max_redraws: int = Field(3, ge=0, le=100, description="Redraws of a failing sample before on_fail.")
+    on_fail: Literal["keep", "drop"] = Field("keep", description="keep: the unaugmented sample; drop: no output.")
+
+
 class PairedDemoConfig(_Strict):
     """The generated scenes the demo writes to ``paired.input`` when it is missing."""
 
@@ -266,6 +278,7 @@ class PairedConfig(_Strict):
     temporal: PairedTemporalConfig = PairedTemporalConfig()
     mixup: PairedMixupConfig = PairedMixupConfig()
     dropout: PairedDropoutConfig = PairedDropoutConfig()
+    alignment: PairedAlignmentConfig = PairedAlignmentConfig()
     demo: PairedDemoConfig = PairedDemoConfig()
 
 

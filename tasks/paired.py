@@ -31,7 +31,11 @@ def paired_augment(cfg: Config, demo: dict | None = None) -> dict:
         "augmented %d samples x %d copies = %d rows in %.1f s into %s (%d shards); ops applied %s; masked %s",
         result.sources, cfg.paired.copies, result.rows, result.seconds, result.out_dir, result.shards, result.ops,
         result.dropped or "none")
+    log = get_run_logger()
+    log.info("alignment checks: rejected draws per check %s; outcomes %s", result.rejected_draws or "none",
+             result.outcomes)
     create_table_artifact([{"op": k, "samples": v} for k, v in sorted(result.ops.items())] +
-                          [{"op": f"dropout:{k}", "samples": v} for k, v in sorted(result.dropped.items())],
+                          [{"op": f"dropout:{k}", "samples": v} for k, v in sorted(result.dropped.items())] +
+                          [{"op": f"rejected:{k}", "samples": v} for k, v in sorted(result.rejected_draws.items())],
                           key="paired-ops", description="How many outputs each op was applied to")
     return result.to_dict()

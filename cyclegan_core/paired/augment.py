@@ -1,5 +1,7 @@
 """The synchronized augmenter (batched, one draw per sample) and replay of its records.
 
+Alignment checks (``align.py``) run after the synchronized ops and before mixup and dropout.
+
 :class:`SyncAugmenter` runs the ops in a fixed order -- temporal crop, speed, geometry, photometric
 jitter, pixel noise, audio noise, mixup, modality dropout -- over a batch, drawing every op's
 parameters once per sample, and returns each output with its replay record. :func:`replay`
@@ -9,6 +11,7 @@ rebuilds an output from its source and record alone, through the same ``apply`` 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from . import record as rec
+from .align import AlignmentPolicy, check_alignment
 from .ops import (
     AudioNoise,
     Geometry,
@@ -35,8 +39,9 @@ class SyncAugmenter:
     """Synchronized augmentation of paired samples, built from ``paired`` settings (see ``config.py``)."""
 
     def __init__(self, ops: Sequence[Op], mixup: Mixup | None = None, dropout: ModalityDropout | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", alignment: AlignmentPolicy | None = None) -> None:
         self.ops = list(ops)
+        self.alignment = alignment
         self.mixup = mixup
         self.dropout = dropout
         self.device = torch.device(device)
@@ -60,24 +65,33 @@ class SyncAugmenter:
         drop = cfg.dropout
         probs = {m: getattr(drop, m) for m in ("image", "video", "audio", "caption", "text_embedding")}
         dropout = ModalityDropout(p=probs, keep_one=drop.keep_one) if any(probs.values()) else None
-        return cls(ops, mixup, dropout, device=device or resolve_device(cfg.device))
+        al = cfg.alignment
+        alignment = AlignmentPolicy(al.min_object_fraction, al.min_keypoint_fraction, al.max_redraws, al.on_fail) \
+            if al.enabled else None
+        return cls(ops, mixup, dropout, device=device or resolve_device(cfg.device), alignment=alignment)
 
     def augment(self, samples: Sequence[PairedSample], seed: int,
                 out_ids: Sequence[str] | None = None) -> list[tuple[PairedSample, dict]]:
-        """Augment a batch once; every sample gets one draw per op. Returns (output, record) pairs."""
+        """Augment a batch once; every sample gets one draw per op. Returns (output, record) pairs; the
+        output is None for a sample the alignment checks dropped."""
         rng = np.random.default_rng(seed)
-        cur = [s.validate() for s in samples]
+        sources = [s.validate() for s in samples]
         ids = list(out_ids) if out_ids is not None else [f"{s.sample_id}.aug" for s in samples]
-        records = [rec.new_record(s.sample_id, i) for s, i in zip(cur, ids, strict=True)]
+        records = [rec.new_record(s.sample_id, i) for s, i in zip(sources, ids, strict=True)]
+        cur = list(sources)
         for op in self.ops:
             cur = _run_op(op, cur, records, rng, self.device)
+        active = [True] * len(cur)  # False: kept unaugmented, or dropped, by the alignment checks
+        dropped_idx: set[int] = set()
+        if self.alignment is not None:
+            cur, records, active, dropped_idx = self._align(sources, cur, records, ids, rng)
         if self.mixup is not None:
             before = list(cur)
             ops_before = [copy.deepcopy(r["ops"]) for r in records]
             for i, s in enumerate(before):
-                if rng.random() >= self.mixup.spec["p"]:
+                if not active[i] or rng.random() >= self.mixup.spec["p"]:
                     continue
-                partners = [j for j, o in enumerate(before) if j != i and _mixable(s, o)]
+                partners = [j for j, o in enumerate(before) if j != i and active[j] and _mixable(s, o)]
                 if not partners:
                     continue
                 j = partners[int(rng.integers(len(partners)))]
@@ -87,8 +101,53 @@ class SyncAugmenter:
                 records[i]["ops"].append({"op": Mixup.name, "spec": self.mixup.spec,
                                           "params": {"lam": lam, "partner": partner}, "effects": effects})
         if self.dropout is not None:
-            cur = _run_op(self.dropout, cur, records, rng, self.device)
-        return [(s.replace(sample_id=i), r) for s, i, r in zip(cur, ids, records, strict=True)]
+            idx = [i for i in range(len(cur)) if active[i]]
+            part = _run_op(self.dropout, [cur[i] for i in idx], [records[i] for i in idx], rng, self.device)
+            for i, o in zip(idx, part, strict=True):
+                cur[i] = o
+        return [(None if k in dropped_idx else s.replace(sample_id=i), r)
+                for k, (s, i, r) in enumerate(zip(cur, ids, records, strict=True))]
+
+    def _align(self, sources: list[PairedSample], cur: list[PairedSample], records: list[dict], ids: list[str],
+               rng: np.random.Generator):
+        """Redraw the synchronized ops of samples failing an alignment check, up to ``max_redraws``
+        times; then keep the source unaugmented or drop the sample (the record says which and why)."""
+        policy = self.alignment
+        rejected: list[Counter[str]] = [Counter() for _ in cur]
+        reasons: list[dict[str, str]] = [{} for _ in cur]
+        failing = list(range(len(cur)))
+        for attempt in range(policy.max_redraws + 1):
+            still = []
+            for i in failing:
+                failed = check_alignment(sources[i], cur[i], records[i], policy)
+                if failed:
+                    rejected[i].update(failed.keys())
+                    reasons[i] = failed
+                    still.append(i)
+            failing = still
+            if not failing or attempt == policy.max_redraws:
+                break
+            sub_records = [rec.new_record(sources[i].sample_id, ids[i]) for i in failing]
+            sub = [sources[i] for i in failing]
+            for op in self.ops:
+                sub = _run_op(op, sub, sub_records, rng, self.device)
+            for i, o, r in zip(failing, sub, sub_records, strict=True):
+                cur[i], records[i] = o, r
+        active = [True] * len(cur)
+        dropped: set[int] = set()
+        for i in range(len(cur)):
+            outcome = "augmented"
+            if i in failing:
+                active[i] = False
+                outcome = "kept_source" if policy.on_fail == "keep" else "dropped"
+                cur[i] = sources[i]
+                records[i]["ops"] = []
+                if policy.on_fail == "drop":
+                    dropped.add(i)
+            if rejected[i]:
+                records[i]["alignment"] = {"rejected": dict(rejected[i]), "outcome": outcome,
+                                           **({"reasons": reasons[i]} if outcome != "augmented" else {})}
+        return cur, records, active, dropped
 
 
 def _mixable(a: PairedSample, b: PairedSample) -> bool:

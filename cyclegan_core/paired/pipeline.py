@@ -38,6 +38,8 @@ class PairedAugmentResult:
     seconds: float
     ops: dict[str, int]
     dropped: dict[str, int]
+    rejected_draws: dict[str, int]
+    outcomes: dict[str, int]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +75,8 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
     seen: set[str] = set()
     ops: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
     listing: list[dict] = []
     done = rows = 0
     with atomic_dir(cfg.output) as tmp:
@@ -99,13 +103,18 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
                 outs = augmenter.augment(sources, seed, [f"{s.sample_id}.aug{copy:03d}" for s in sources])
                 for (out, record), src in zip(outs, sources, strict=True):
                     record.update(seed=seed, batch=b, copy=copy)
+                    alignment = record.get("alignment", {})
+                    rejected.update(alignment.get("rejected", {}))
+                    outcomes[alignment.get("outcome", "augmented")] += 1
+                    if out is None:
+                        continue
                     ops.update(e["op"] for e in record["ops"])
                     dropped.update(out.dropped)
                     buffer.append(sample_to_row(out.to("cpu").validate(), record, src.sample_id, copy))
+                    rows += 1
                     if len(buffer) >= cfg.shard_rows:
                         flush()
             done += len(batch)
-            rows = done * cfg.copies
             if progress:
                 progress("paired augment", done, total)
         if buffer or not listing:
@@ -115,8 +124,10 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
             "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "input": str(cfg.input), "sources": done, "copies": cfg.copies, "rows": rows,
             "ops": dict(sorted(ops.items())), "dropped": dict(sorted(dropped.items())),
+            "alignment": {"rejected_draws": dict(sorted(rejected.items())), "outcomes": dict(sorted(outcomes.items()))},
             "shards": listing, "config": cfg.model_dump(mode="json"),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
     return PairedAugmentResult(str(cfg.output), str(Path(cfg.output) / "manifest.json"), done, rows, len(listing),
-                               round(time.perf_counter() - t0, 2), dict(ops), dict(dropped))
+                               round(time.perf_counter() - t0, 2), dict(ops), dict(dropped), dict(rejected),
+                               dict(outcomes))
