@@ -1,5 +1,6 @@
 """Caption-oracle accuracy on generated scenes: how often the augmented caption still says what the
-transformed ground truth says, per family of geometric ops, with the reasons for each miss.
+transformed ground truth says, per family of geometric ops, with the reasons for each miss; and the
+share of draws the alignment checks rejected, per check.
 
     PYTHONPATH=$PWD python benchmarks/scene_oracle.py [--scenes 256 --size 64]
 """
@@ -20,6 +21,7 @@ FAMILIES = {
     "affine (p=1)": {"hflip_p": 0.0, "crop": False, "affine_p": 1.0},
     "defaults": {},
 }
+ALIGNMENT = {"checks off": {"enabled": False}, "checks on": {}}
 
 
 def main() -> None:
@@ -30,14 +32,21 @@ def main() -> None:
     args = p.parse_args()
     scenes = make_scenes(args.scenes, seed=args.seed, size=args.size, frames=1)
     print(f"{args.scenes} generated scenes {args.size}x{args.size}; default paired settings except the geometry shown")
-    print(f"{'geometry':<14} {'checked':>7} {'correct':>8} {'accuracy':>9}  misses")
+    print(f"{'geometry':<14} {'alignment':<10} {'checked':>7} {'correct':>8} {'accuracy':>9}  misses / rejected draws")
     for name, geometry in FAMILIES.items():
-        cfg = PairedConfig(geometry=geometry, mixup={"p": 0.0}, dropout={"caption": 0.0})
-        aug = SyncAugmenter.from_config(cfg)
-        checks = [c for o, r in aug.augment(scenes, args.seed) if (c := check_caption(o, r)) is not None]
-        ok = sum(c.ok for c in checks)
-        misses = Counter(c.reason for c in checks if not c.ok)
-        print(f"{name:<14} {len(checks):>7} {ok:>8} {ok / len(checks):>9.3f}  {dict(misses) or ''}")
+        for al_name, alignment in ALIGNMENT.items():
+            cfg = PairedConfig(geometry=geometry, alignment=alignment, mixup={"p": 0.0}, dropout={"caption": 0.0})
+            outs = SyncAugmenter.from_config(cfg).augment(scenes, args.seed)
+            checks = [c for o, r in outs if o is not None and (c := check_caption(o, r)) is not None]
+            ok = sum(c.ok for c in checks)
+            misses = Counter(c.reason for c in checks if not c.ok)
+            rejected: Counter[str] = Counter()
+            for _, r in outs:
+                rejected.update(r.get("alignment", {}).get("rejected", {}))
+            draws = len(outs) + sum(rejected.values())  # every rejection cost one more draw
+            share = {k: f"{v}/{draws} = {v / draws:.3f}" for k, v in rejected.items()}
+            print(f"{name:<14} {al_name:<10} {len(checks):>7} {ok:>8} {ok / len(checks):>9.3f}  "
+                  f"{dict(misses) or ''} {share if alignment.get('enabled', True) else ''}")
 
 
 if __name__ == "__main__":
