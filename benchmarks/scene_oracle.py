@@ -12,7 +12,7 @@ from collections import Counter
 
 from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import SyncAugmenter
-from cyclegan_core.paired.oracle import check_caption
+from cyclegan_core.paired.oracle import check_caption, check_colours
 from cyclegan_core.paired.scenes import make_scenes
 
 FAMILIES = {
@@ -47,6 +47,16 @@ def main() -> None:
             share = {k: f"{v}/{draws} = {v / draws:.3f}" for k, v in rejected.items()}
             print(f"{name:<14} {al_name:<10} {len(checks):>7} {ok:>8} {ok / len(checks):>9.3f}  "
                   f"{dict(misses) or ''} {share if alignment.get('enabled', True) else ''}")
+
+    # Colour words under large hue shifts (geometry off, so captions keep their order).
+    cfg = PairedConfig(geometry={"hflip_p": 0.0, "crop": False, "affine_p": 0.0}, mixup={"p": 0.0},
+                       dropout={"caption": 0.0}, photometric={"jitter_p": 1.0, "brightness": 0.0, "contrast": 0.0,
+                                                              "saturation": 0.0, "hue": 0.5})
+    outs = SyncAugmenter.from_config(cfg).augment(scenes, args.seed)
+    pairs = [p for o, _ in outs if o is not None for p in check_colours(o)]
+    ok = sum(a == b for a, b in pairs)
+    print(f"hue shift up to +-180 deg: {ok}/{len(pairs)} colour words name the colour the object now has "
+          f"({ok / len(pairs):.3f}); misses {Counter(f'{a}->{b}' for a, b in pairs if a != b).most_common(4)}")
 
 
 if __name__ == "__main__":

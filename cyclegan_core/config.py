@@ -272,6 +272,8 @@ class PairedConfig(_Strict):
     seed: int = 0
     batch_size: int = Field(32, ge=1, description="Samples augmented together (kornia batches, mixup partners).")
     shard_rows: int = Field(1024, ge=1, description="Rows per output Parquet shard.")
+    text_policy: str | None = Field(None, description="YAML caption-edit policy (mirror, hue, speed words); "
+                                    "null uses the bundled cyclegan_core/paired/text_policy.yaml.")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda[:N] or auto.")
     geometry: PairedGeometryConfig = PairedGeometryConfig()
     photometric: PairedPhotometricConfig = PairedPhotometricConfig()

@@ -52,12 +52,12 @@ class SyncAugmenter:
         g, ph, t = cfg.geometry, cfg.photometric, cfg.temporal
         ops: list[Op] = [
             TemporalCrop(p=t.crop_p, fraction=t.crop_fraction),
-            SpeedChange(p=t.speed_p, rate=t.speed),
+            SpeedChange(p=t.speed_p, rate=t.speed, text_policy=cfg.text_policy),
             Geometry(hflip_p=g.hflip_p, crop=g.crop, crop_scale=g.crop_scale, crop_ratio=g.crop_ratio,
                      output_size=g.output_size, affine_p=g.affine_p, degrees=g.degrees, translate=g.translate,
-                     scale=g.scale, shear=g.shear, min_box_area=g.min_box_area),
+                     scale=g.scale, shear=g.shear, min_box_area=g.min_box_area, text_policy=cfg.text_policy),
             Photometric(p=ph.jitter_p, brightness=ph.brightness, contrast=ph.contrast, saturation=ph.saturation,
-                        hue=ph.hue),
+                        hue=ph.hue, text_policy=cfg.text_policy),
             PixelNoise(p=ph.pixel_noise_p, std=ph.pixel_noise_std),
             AudioNoise(p=ph.audio_noise_p, snr_db=ph.audio_snr_db),
         ]

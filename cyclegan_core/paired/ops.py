@@ -27,7 +27,7 @@ from kornia.geometry.transform import warp_perspective
 
 from .record import merge_params, slice_params
 from .sample import DROPPABLE, PairedSample
-from .text import hflip_caption
+from .text import load_policy
 
 Params = dict[str, Any]
 OP_TYPES: dict[str, type[Op]] = {}
@@ -156,9 +156,10 @@ class SpeedChange(Op):
 
     name = "speed"
 
-    def __init__(self, p: float = 0.3, rate: Sequence[float] = (0.8, 1.25)) -> None:
-        super().__init__(p=p, rate=list(rate))
+    def __init__(self, p: float = 0.3, rate: Sequence[float] = (0.8, 1.25), text_policy: str | None = None) -> None:
+        super().__init__(p=p, rate=list(rate), text_policy=text_policy)
         self.p, self.rate = p, tuple(rate)
+        self.policy = load_policy(text_policy)
 
     def draw(self, samples, rng):
         out: list[Params | None] = []
@@ -187,7 +188,12 @@ class SpeedChange(Op):
                     n_new = max(1, round(s.audio.shape[1] / rate))
                 audio = F.interpolate(s.audio[None], size=n_new, mode="linear", align_corners=False)[0]
                 eff["audio_samples"] = [int(s.audio.shape[1]), n_new]
-            outs.append(s.replace(video=video, audio=audio))
+            caption = s.caption
+            if caption:
+                caption, edits = self.policy.speed_changed(caption, rate)
+                if edits:
+                    eff["caption_edits"] = edits
+            outs.append(s.replace(video=video, audio=audio, caption=caption))
             effects.append(eff)
         return outs, effects
 
@@ -212,11 +218,13 @@ class Geometry(Op):
     def __init__(self, hflip_p: float = 0.5, crop: bool = True, crop_scale: Sequence[float] = (0.6, 1.0),
                  crop_ratio: Sequence[float] = (0.75, 4 / 3), output_size: Sequence[int] | None = None,
                  affine_p: float = 0.5, degrees: float = 15.0, translate: float = 0.1,
-                 scale: Sequence[float] = (0.9, 1.1), shear: float = 0.0, min_box_area: float = 0.0) -> None:
+                 scale: Sequence[float] = (0.9, 1.1), shear: float = 0.0, min_box_area: float = 0.0,
+                 text_policy: str | None = None) -> None:
         super().__init__(hflip_p=hflip_p, crop=crop, crop_scale=list(crop_scale), crop_ratio=list(crop_ratio),
                          output_size=None if output_size is None else list(output_size), affine_p=affine_p,
                          degrees=degrees, translate=translate, scale=list(scale), shear=shear,
-                         min_box_area=min_box_area)
+                         min_box_area=min_box_area, text_policy=text_policy)
+        self.policy = load_policy(text_policy)
         self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
         self.min_box_area = min_box_area
         self._seqs: dict[tuple[int, int], K.AugmentationSequential] = {}
@@ -352,7 +360,7 @@ class Geometry(Op):
                 changes["keypoints"] = pts
                 changes["keypoint_visible"] = s.keypoint_visible.to(device) & inside
             if mirrored and s.caption:
-                changes["caption"], edits = hflip_caption(s.caption)
+                changes["caption"], edits = self.policy.mirrored(s.caption)
                 if edits:
                     eff["caption_edits"] = edits
             if mirrored and s.audio is not None and s.audio.shape[0] == 2:
@@ -389,9 +397,11 @@ class Photometric(Op):
     name = "photometric"
 
     def __init__(self, p: float = 0.8, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
-                 hue: float = 0.05) -> None:
-        super().__init__(p=p, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
+                 hue: float = 0.05, text_policy: str | None = None) -> None:
+        super().__init__(p=p, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                         text_policy=text_policy)
         self._seqs: dict[int, K.AugmentationSequential] = {}
+        self.policy = load_policy(text_policy)
 
     def _seq(self, channels: int) -> K.AugmentationSequential:
         if channels not in self._seqs:
@@ -414,6 +424,7 @@ class Photometric(Op):
 
     def apply(self, samples, params, device="cpu"):
         outs: list[PairedSample | None] = [None] * len(samples)
+        effects: list[dict] = [{} for _ in samples]
         for (c, _), idx in _groups(samples, lambda s: (s.channels(), s.canvas())).items():
             seq = self._seq(c)
             sub = [samples[i] for i in idx]
@@ -437,7 +448,22 @@ class Photometric(Op):
                     changes[k]["video"] = part
             for k, i in enumerate(idx):
                 outs[i] = sub[k].replace(**changes[k])
-        return outs, [{} for _ in samples]
+                effects[i] = {}
+                hue = _param(ps[k], "hue_factor") if c == 3 else 0.0
+                if sub[k].caption and hue:
+                    caption, edits = self.policy.hue_shifted(sub[k].caption, hue)
+                    if edits:
+                        outs[i] = outs[i].replace(caption=caption)
+                        effects[i] = {"caption_edits": edits, "hue_degrees": hue * 360.0}
+        return outs, effects
+
+
+def _param(kornia_params: list, key: str) -> float:
+    """One scalar of a sample's kornia draw (0.0 when the op did not draw it)."""
+    for _, data in kornia_params:
+        if key in data:
+            return float(data[key].reshape(-1)[0])
+    return 0.0
 
 
 def _noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:

@@ -93,3 +93,33 @@ def check_caption(out: PairedSample, record: dict) -> CaptionCheck | None:
     else:
         reason = "the left-to-right order changed (rotation or shear)"
     return CaptionCheck(out.sample_id, out.caption, expected, False, reason)
+
+
+def check_colours(out: PairedSample, policy_path: str | None = None) -> list[tuple[str, str]]:
+    """``(colour word in the caption, colour the object now has)`` for each chromatic object named.
+
+    The colour an object has is the policy's named hue nearest to the mean hue of its pixels in the
+    augmented image. Call it on outputs whose geometry kept the objects' left-to-right order (the
+    caption names them in that order).
+    """
+    from kornia.color import rgb_to_hsv
+
+    from .text import load_policy
+
+    policy = load_policy(policy_path)
+    got = parse_caption(out.caption or "")
+    objects = sorted(out.meta.get("objects", []), key=lambda o: o["center"][0])
+    if got[0] == "unparsed" or out.mask is None or out.image is None or out.image.shape[0] != 3:
+        return []
+    names = [got[1]] if got[0] == "single" else list(got[1])
+    pairs = []
+    for name, obj in zip(names, objects, strict=False):
+        if obj["colour"] not in policy.hue_colours:
+            continue  # white and the like have no hue
+        pixels = out.image[:, out.mask == obj["id"]]
+        if pixels.shape[1] == 0:
+            continue
+        hue = float(rgb_to_hsv(pixels.mean(1).view(1, 3, 1, 1)).flatten()[0]) * 180.0 / torch.pi
+        now = min(policy.hue_colours, key=lambda n: abs((policy.hue_colours[n] - hue + 180.0) % 360.0 - 180.0))
+        pairs.append((name.split()[1], now))
+    return pairs
