@@ -114,6 +114,36 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
+    """``paired-augment``: augment a paired Parquet dataset N times per sample (see ``flows/paired.py``)."""
+    if args.prefect:
+        os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from flows.paired import paired_augment
+
+        state = paired_augment(params=args.params, overrides=list(args.set), demo=args.demo, return_state=True)
+        if state.is_failed():
+            print(f"paired-augment failed: {state.message}", file=sys.stderr)
+            return 1
+        _print(state.result())
+        return 0
+    from cyclegan_core.config import PairedConfig
+    from cyclegan_core.paired.pipeline import augment_paired, make_demo_input
+    from cyclegan_core.paired.sample import PairedSampleError
+
+    if args.demo or cfg.paired.input == PairedConfig().input:
+        made = make_demo_input(cfg.paired)
+        if made["made"]:
+            print(f"wrote {made['samples']} generated paired scenes to {made['path']}", file=sys.stderr)
+    try:
+        result = augment_paired(cfg.paired, _Bars())
+    except (FileNotFoundError, ValueError, PairedSampleError) as err:
+        print(f"paired-augment: {err}", file=sys.stderr)
+        return 1
+    _print(result.to_dict())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cycleaug", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -129,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
     sub.add_parser("publish", help="write the passing rows as a Parquet dataset (refused if the gate failed)")
     sub.add_parser("verify", help="check the published dataset against its manifest")
+    pa = sub.add_parser("paired-augment", help="augment a paired multimodal Parquet dataset paired.copies times "
+                        "per sample (synchronized ops, mixup, modality dropout, replay records)")
+    pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing")
+    pa.add_argument("--prefect", action="store_true", help="run as the Prefect flow cycleaug-paired-augment")
     return p
 
 
@@ -141,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return cmd_run(cfg, args)
+    if args.command == "paired-augment":
+        return _reported(cmd_paired, cfg, args)
     return _reported(cmd_step, cfg, args)
 
 

@@ -14,7 +14,8 @@ def test_params_yaml_is_valid_and_complete():
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(raw) == {"data", "model", "train", "generate", "validate", "publish", "paths"}
+    assert set(raw) == {f.alias or name for name, f in Config.model_fields.items()}
+    assert {"data", "model", "train", "generate", "validate", "publish", "paths", "paired"} <= set(raw)
 
 
 def test_unknown_key_is_named(tmp_path):

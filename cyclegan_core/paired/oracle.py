@@ -1,0 +1,125 @@
+"""The generated-scene oracle: describe an augmented scene again from its transformed ground truth
+and check the augmented caption says the same thing.
+
+A scene's caption is a function of its objects (``scenes.describe``). After augmentation the ground
+truth is known exactly: each object's centre goes through the recorded geometry matrix, and the
+transformed mask says which objects are still in the frame. Describing that gives the caption the
+augmented sample *should* have; comparing it with the caption the ops produced measures how often
+the caption edits keep the text true (exact figures instead of impressions). Captions are compared
+by meaning -- the left-to-right order of the objects named, or the place of a single object --
+because "a red circle right of a blue square" and "a blue square left of a red circle" say the same.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .sample import PairedSample
+from .scenes import SceneObject, describe
+
+_NAME = r"an? \w+ \w+"
+
+
+@dataclass(frozen=True)
+class CaptionCheck:
+    sample_id: str
+    caption: str
+    expected: str
+    ok: bool
+    reason: str
+
+
+def parse_caption(text: str) -> tuple:
+    """The meaning of a scene caption: ``("order", names left to right)`` or ``("single", name, place)``."""
+    t = text.strip()
+    m = re.fullmatch(rf"({_NAME}) (on the left|on the right|in the middle)", t, flags=re.I)
+    if m:
+        return ("single", m.group(1).lower(), m.group(2).lower().split()[-1])
+    m = re.fullmatch(rf"({_NAME}) (left|right) of ({_NAME})", t, flags=re.I)
+    if m:
+        a, side, b = m.group(1).lower(), m.group(2).lower(), m.group(3).lower()
+        return ("order", (a, b) if side == "left" else (b, a))
+    m = re.fullmatch(rf"((?:{_NAME}, )+)({_NAME}) and ({_NAME}), from (left to right|right to left)", t, flags=re.I)
+    if m:
+        names = [n.lower() for n in m.group(1).rstrip(", ").split(", ")] + [m.group(2).lower(), m.group(3).lower()]
+        return ("order", tuple(names) if m.group(4).lower() == "left to right" else tuple(reversed(names)))
+    return ("unparsed", t)
+
+
+def transformed_objects(out: PairedSample, record: dict) -> list[SceneObject]:
+    """The scene's objects after the recorded geometry: centres through the matrix, and only those
+    whose mask pixels are still in the frame."""
+    objects = out.meta.get("objects")
+    if objects is None:
+        raise ValueError(f"sample {out.sample_id!r} is not a generated scene (no meta.objects)")
+    matrix = torch.eye(3, dtype=torch.float64)
+    for entry in record["ops"]:
+        if entry["op"] == "geometry":
+            matrix = torch.tensor(entry["effects"]["matrix"], dtype=torch.float64) @ matrix
+    present = set(out.mask.unique().tolist()) if out.mask is not None else {o["id"] for o in objects}
+    result = []
+    for o in objects:
+        if o["id"] not in present:
+            continue
+        cx, cy = o["center"]
+        p = matrix @ torch.tensor([cx - 0.5, cy - 0.5, 1.0], dtype=torch.float64)
+        result.append(SceneObject(o["shape"], o["colour"], float(p[0] / p[2]) + 0.5, float(p[1] / p[2]) + 0.5,
+                                  o["radius"], o["vx"]))
+    return result
+
+
+def check_caption(out: PairedSample, record: dict) -> CaptionCheck | None:
+    """Compare the augmented caption with the description of the transformed scene (None when the
+    sample has no caption to check: dropped, or mixed with another scene)."""
+    if not out.caption or "caption" in out.dropped or any(e["op"] == "mixup" for e in record["ops"]):
+        return None
+    objects = transformed_objects(out, record)
+    width = out.canvas()[1]
+    if not objects:
+        return CaptionCheck(out.sample_id, out.caption, "", False, "every object left the frame")
+    expected = describe(objects, width)
+    got, want = parse_caption(out.caption), parse_caption(expected)
+    if got == want:
+        return CaptionCheck(out.sample_id, out.caption, expected, True, "")
+    if len(objects) < len(out.meta["objects"]):
+        reason = "an object left the frame but the caption still names it"
+    elif got[0] != want[0]:
+        reason = "the number of objects named changed"
+    elif got[0] == "single":
+        reason = "the single object's place (left/middle/right third) changed"
+    else:
+        reason = "the left-to-right order changed (rotation or shear)"
+    return CaptionCheck(out.sample_id, out.caption, expected, False, reason)
+
+
+def check_colours(out: PairedSample, policy_path: str | None = None) -> list[tuple[str, str]]:
+    """``(colour word in the caption, colour the object now has)`` for each chromatic object named.
+
+    The colour an object has is the policy's named hue nearest to the mean hue of its pixels in the
+    augmented image. Call it on outputs whose geometry kept the objects' left-to-right order (the
+    caption names them in that order).
+    """
+    from kornia.color import rgb_to_hsv
+
+    from .text import load_policy
+
+    policy = load_policy(policy_path)
+    got = parse_caption(out.caption or "")
+    objects = sorted(out.meta.get("objects", []), key=lambda o: o["center"][0])
+    if got[0] == "unparsed" or out.mask is None or out.image is None or out.image.shape[0] != 3:
+        return []
+    names = [got[1]] if got[0] == "single" else list(got[1])
+    pairs = []
+    for name, obj in zip(names, objects, strict=False):
+        if obj["colour"] not in policy.hue_colours:
+            continue  # white and the like have no hue
+        pixels = out.image[:, out.mask == obj["id"]]
+        if pixels.shape[1] == 0:
+            continue
+        hue = float(rgb_to_hsv(pixels.mean(1).view(1, 3, 1, 1)).flatten()[0]) * 180.0 / torch.pi
+        now = min(policy.hue_colours, key=lambda n: abs((policy.hue_colours[n] - hue + 180.0) % 360.0 - 180.0))
+        pairs.append((name.split()[1], now))
+    return pairs
