@@ -116,7 +116,7 @@ def _local_link_problem(full: str, root: str) -> str | None:
         target = os.path.realpath(full, strict=True)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return "symlink loop (the link points back to itself), skipped"
+            return "symlink loop (following the link never reaches a file), skipped"
         return f"broken symlink (target missing: {os.readlink(full)})"
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, target]) != real_root:
