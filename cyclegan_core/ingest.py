@@ -143,7 +143,7 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
     if not with_retries(lambda: fs.isdir(root), what=url, **retry):
         raise CollectionError(f"{shown}: not a folder")
     exts = tuple(e.lower() for e in cfg.extensions)
-    local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     try:
         found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
     except RecursionError:
