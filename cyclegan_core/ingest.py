@@ -116,7 +116,7 @@ def _local_link_problem(full: str, root: str) -> str | None:
         target = os.path.realpath(full, strict=True)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return "symlink loop (the link points back to itself), skipped"
+            return "symlink loop (following the link never reaches a file), skipped"
         return f"broken symlink (target missing: {os.readlink(full)})"
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, target]) != real_root:
@@ -143,7 +143,7 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
     if not with_retries(lambda: fs.isdir(root), what=url, **retry):
         raise CollectionError(f"{shown}: not a folder")
     exts = tuple(e.lower() for e in cfg.extensions)
-    local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     try:
         found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
     except RecursionError:

@@ -52,6 +52,15 @@ def png_claiming(width: int, height: int, rows_of_zeros: int = 0) -> bytes:
     return head + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
+def png_rgb48(color: tuple[int, int, int], side: int = 16) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow does not write these, so the chunks are made here)."""
+    arr = np.empty((side, side, 3), dtype=">u2")
+    arr[...] = color
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(side))
+    head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 2, 0, 0, 0))
+    return head + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+
+
 def _rgb(seed: int, size: int = 24) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
@@ -82,6 +91,7 @@ def make_corpus(root: Path, outside: Path) -> dict[str, str]:
     put("cmyk.jpg", _save(Image.new("CMYK", (24, 24), (0, 255, 255, 0)), "JPEG", quality=95), "ok")
     g16 = Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100)
     put("gray16.png", _save(g16, "PNG"), "ok")
+    put("rgb48.png", png_rgb48((65535, 32768, 0)), "ok")
     pal = Image.new("P", (24, 24), 0)
     pal.putpalette([0, 0, 0] + [10, 200, 30] * 255)
     pal.paste(1, (0, 0, 12, 24))  # left half opaque green, right half transparent index 0
@@ -161,6 +171,7 @@ def test_awkward_but_valid_images_are_normalized(corpus):
     assert rows["cmyk.jpg"]["orig_mode"] == "CMYK" and np.abs(px["cmyk.jpg"] - [255, 0, 0]).max() < 8
     g = px["gray16.png"]
     assert rows["gray16.png"]["orig_mode"].startswith("I;16") and g.min() < 20 and g.max() > 235
+    assert (px["rgb48.png"] == [255, 128, 0]).all()  # 16 bits per channel, scaled to 8
     pal = px["palette_transparent.png"]
     assert np.abs(pal[8, 2] - [10, 200, 30]).max() < 3 and (pal[8, 14] == 255).all()  # transparent -> white
     assert (px["rgba.png"] == 255).all()

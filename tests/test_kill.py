@@ -68,8 +68,8 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-c", FORK_SERVER, str(cwd / "steps.log")], cwd=cwd,
                                      env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def start(self, step: str) -> int:
-        self.proc.stdin.write(json.dumps(["--params", str(self.params), step]) + "\n")
+    def start(self, step: str, *options: str) -> int:
+        self.proc.stdin.write(json.dumps(["--params", str(self.params), *options, step]) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())["pid"]
 
@@ -240,3 +240,33 @@ def test_full_disk_during_publish_fails_cleanly_and_keeps_the_previous_version(p
     assert (work / "published" / "manifest.json").read_bytes() == manifest_before
     assert dataset_state(work / "published") == before and verify(work / "published") == []
     assert [p.name for p in work.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.slow
+def test_enospc_on_a_real_tiny_filesystem_keeps_the_previous_version(pipeline_dir):
+    """The same fault as a real full disk: a tmpfs with room for one version and a half (needs root)."""
+    base, params, server, _ = pipeline_dir
+    disk = base / "tinydisk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        out = disk / "augmented"
+        server.start("publish", "--set", f"paths.published={out}")
+        assert os.waitstatus_to_exitcode(server.wait()) == 0
+        before, manifest_before = dataset_state(out), (out / "manifest.json").read_bytes()
+        st = os.statvfs(disk)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        subprocess.run(["mount", "-o", f"remount,size={used + used // 2}", str(disk)], check=True)
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "--params", str(params), "--set",
+                            f"paths.published={out}", "--set", "publish.grid_samples=3", "publish"], cwd=base, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert "cycleaug publish: out of disk space or over a file-size limit: [Errno 28]" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert (out / "manifest.json").read_bytes() == manifest_before
+        assert dataset_state(out) == before and verify(out) == []
+        assert sorted(p.name for p in disk.iterdir()) == ["augmented"]  # the half-built version is gone
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

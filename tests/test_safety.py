@@ -154,3 +154,15 @@ def test_atomic_dir_swaps_whole_versions_and_repairs_an_interrupted_swap(tmp_pat
     with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
         raise RuntimeError("killed while building the next version")
     assert (target / "v").read_text() == "2"  # the previous version was put back, not deleted
+
+
+def test_folder_exchange_is_one_atomic_step(tmp_path):
+    from cyclegan_core.storage import _exchange
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "v").write_text("new")
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "cur" / "v").write_text("old")
+    if not _exchange(tmp_path / "new", tmp_path / "cur"):
+        pytest.skip("this filesystem or kernel has no renameat2(RENAME_EXCHANGE); the two-rename fallback is used")
+    assert (tmp_path / "cur" / "v").read_text() == "new" and (tmp_path / "new" / "v").read_text() == "old"
