@@ -63,3 +63,36 @@ def grown_versions(base: Path) -> dict:
     shutil.copytree(cfg.paths.published, v2)
     return {"cfg": cfg, "v1": v1, "v2": v2, "new": {"AtoB": len(new_a), "BtoA": len(new_b)},
             "reused": trained.reused, "ingested": {d: r.samples for d, r in ingested.items()}}
+
+
+def synthetic_inputs(root: Path, n: int, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """``generated/`` and ``validated/`` folders of ``n`` rows per direction with noise PNGs (about 3 x
+    size^2 x 3 bytes of image per row, as incompressible as photos), for reader and throughput tests."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cyclegan_core.generate import GENERATED_SCHEMA
+    from cyclegan_core.storage import sha256_bytes
+    from cyclegan_core.validate import VALIDATED_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    gen_dir, val_dir = root / "generated", root / "validated"
+    val_dir.mkdir(parents=True, exist_ok=True)
+    for d in ("AtoB", "BtoA"):
+        gen, val = [], []
+        for i in range(n):
+            src, img, rec = (encode_png(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(3))
+            sid, source_id = sha256_bytes(img), sha256_bytes(src)
+            split = "test" if i % 5 == 0 else "train"
+            gen.append({"sample_id": sid, "direction": d, "source_id": source_id, "source_relpath": f"{i}.png",
+                        "source_uri": f"file:///src/{d}/{i}.png", "split": split, "label": i % 10,
+                        "source_image": src, "image": img, "reconstruction": rec,
+                        "model_fingerprint": "f" * 64, "created_at": "2026-01-01T00:00:00+00:00"})
+            val.append({"sample_id": sid, "split": split, "cycle_l1": float(rng.random()),
+                        "cycle_psnr": float(20 + rng.random()), "realism": float(rng.random()),
+                        "pred_label": i % 10, "label_ok": True, "passed": i % 7 != 0,
+                        "fail_reason": None if i % 7 else "cycle_psnr too low"})
+        (gen_dir / d).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(gen, schema=GENERATED_SCHEMA), gen_dir / d / "part-00000.parquet")
+        pq.write_table(pa.Table.from_pylist(val, schema=VALIDATED_SCHEMA), val_dir / f"{d}.parquet")
+    return gen_dir, val_dir
