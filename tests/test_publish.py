@@ -254,3 +254,20 @@ def test_export_image_folder_and_webdataset(versions, tmp_path):
     # The same version exports to the same bytes.
     export_webdataset(dataset, tmp_path / "wds2", samples_per_shard=10)
     assert [t.read_bytes() for t in tars] == [t.read_bytes() for t in sorted((tmp_path / "wds2").glob("*.tar"))]
+
+
+def test_export_command(versions, tmp_path):
+    from flows.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    out = tmp_path / "wds"
+    args = ["--params", str(params), "export", "--format", "webdataset", "--dataset", str(versions["v2"]),
+            "--out", str(out), "--split", "test", "--direction", "AtoB"]
+    assert main(args) == 0
+    (tar,) = out.glob("*.tar")
+    assert tar.name == "test-AtoB-000000.tar"
+    with tarfile.open(tar) as t:
+        assert sum(n.endswith(".json") for n in t.getnames()) == 10
+    assert main(["--params", str(params), "export", "--dataset", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "x")]) == 1
