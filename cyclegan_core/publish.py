@@ -217,7 +217,10 @@ def build_rows(generated_dir: str | Path, validated_dir: str | Path, direction: 
 
 
 def _content_columns(schema: pa.Schema) -> list[str]:
-    return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS]
+    """Columns that say what a row is. Image bytes are compared through ``sample_id`` (the translation's
+    sha256), ``source_id`` and ``model_fingerprint``, from which source and reconstruction follow, so a
+    previous version is read without its images."""
+    return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS and f.name not in IMAGE_COLUMNS]
 
 
 def keep_provenance(table: pa.Table, previous: pa.Table | None) -> pa.Table:
@@ -256,18 +259,18 @@ def _freeze(row: Iterable) -> tuple:
     return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in row)
 
 
-def _previous_rows(out_dir: Path, direction: str) -> pa.Table | None:
-    """The rows of ``direction`` in the version now at ``out_dir`` (None if there is none or it is unreadable)."""
+def _previous_rows(out_dir: Path, direction: str, columns: list[str]) -> pa.Table | None:
+    """``columns`` of the rows of ``direction`` in the version now at ``out_dir`` (None if none or unusable)."""
     manifest = out_dir / "manifest.json"
     if not manifest.exists():
         return None
     try:
         shards = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
         files = [out_dir / s["file"] for s in shards if s["direction"] == direction]
-        tables = [pq.read_table(f) for f in files if f.exists()]
+        tables = [pq.read_table(f, columns=columns) for f in files if f.exists()]
         return pa.concat_tables(tables, promote_options="permissive") if tables else None
     except (OSError, ValueError, KeyError, pa.ArrowException):
-        return None  # a damaged previous version only costs the provenance carry-over
+        return None  # another layout or a damaged version: rows just take this run's provenance
 
 
 def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shard_bytes: int) -> list[dict]:
@@ -279,12 +282,13 @@ def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shar
     for c in IMAGE_COLUMNS:
         lengths = pc.binary_length(pc.struct_field(table.column(c), "bytes")).to_pylist()
         sizes = [s + (n or 0) for s, n in zip(sizes, lengths, strict=True)]
+    sample_ids = table.column("sample_id").to_pylist()
     listing = []
     # An empty direction still gets one (empty) shard, so every reader sees its schema.
     plan = assign_shards(keys, sizes, max_shard_bytes) if table.num_rows else {"": []}
     for prefix, idx in plan.items():
         # Sorted by key, then sample id: the same rows always make the same bytes.
-        idx = sorted(idx, key=lambda i: (keys[i], table.column("sample_id")[i].as_py()))
+        idx = sorted(idx, key=lambda i: (keys[i], sample_ids[i]))
         name = shard_name(direction, prefix)
         write_shard(table.take(pa.array(idx, pa.int64())), out_root / name)
         listing.append({"file": name, "direction": direction, "key_prefix": prefix, "rows": len(idx),
@@ -310,7 +314,8 @@ def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str |
         for direction in DIRECTIONS:
             table, dropped[direction] = build_rows(generated_dir, validated_dir, direction, provenance=provenance,
                                                    mode=mode, size=size)
-            table = keep_provenance(table, _previous_rows(out_dir, direction))
+            table = keep_provenance(table, _previous_rows(out_dir, direction,
+                                                          [*_content_columns(table.schema), *PROVENANCE_COLUMNS]))
             schema = table.schema
             rows_out[direction] = table.num_rows
             splits[direction] = {k: int(v) for k, v in sorted(_value_counts(table.column("split")).items())}
