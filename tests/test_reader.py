@@ -165,6 +165,33 @@ def test_torch_dataset_takes_rank_from_torch_distributed(v2, tmp_path):
         next(iter(open_dataset(str(v2)).torch(["sample_id"], rank=2, world_size=2)))
 
 
+def _ddp_rank(rank: int, v2: str, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        dataset = open_dataset(v2).torch(["direction", "source_id", "image", "label"])
+        keys = _loader_keys(dataset, workers=2)
+        Path(out, f"rank{rank}.txt").write_text("\n".join(f"{d} {s}" for d, s in keys))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_ddp_two_ranks_split_the_rows(v2, tmp_path):
+    # Two real gloo ranks (forked), each with a 2-worker DataLoader and no rank given by hand.
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_ddp_rank, args=(str(v2), str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
+                       start_method="fork")
+    ranks = [collections.Counter(tuple(line.split()) for line in (tmp_path / f"rank{r}.txt").read_text().splitlines())
+             for r in (0, 1)]
+    expected = collections.Counter(_key(d, s) for d, s in zip(
+        *open_dataset(str(v2)).to_table(["direction", "source_id"]).to_pydict().values(), strict=True))
+    assert not set(ranks[0]) & set(ranks[1]) and ranks[0] + ranks[1] == expected
+    assert all(r.total() > 10 for r in ranks)
+
+
 def test_any_fsspec_url(v2):
     mem = fsspec.filesystem("memory")
     for p in v2.rglob("*"):
