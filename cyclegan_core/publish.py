@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +51,7 @@ PROVENANCE_COLUMNS = ("code_version", "params_hash", "seed", "flow_run_id", "cre
 # Low-cardinality strings: dictionary encoding makes them almost free.
 DICTIONARY_COLUMNS = ("direction", "split", "model_fingerprint", "code_version", "params_hash", "mode",
                       "flow_run_id", "created_at")
+MAX_WRITER_THREADS = 4
 ROW_OVERHEAD_BYTES = 256  # estimated non-image bytes of a row, for shard sizing only
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -283,17 +286,24 @@ def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shar
         lengths = pc.binary_length(pc.struct_field(table.column(c), "bytes")).to_pylist()
         sizes = [s + (n or 0) for s, n in zip(sizes, lengths, strict=True)]
     sample_ids = table.column("sample_id").to_pylist()
-    listing = []
     # An empty direction still gets one (empty) shard, so every reader sees its schema.
     plan = assign_shards(keys, sizes, max_shard_bytes) if table.num_rows else {"": []}
-    for prefix, idx in plan.items():
+
+    def one(prefix: str, idx: list[int]) -> dict:
         # Sorted by key, then sample id: the same rows always make the same bytes.
         idx = sorted(idx, key=lambda i: (keys[i], sample_ids[i]))
         name = shard_name(direction, prefix)
         write_shard(table.take(pa.array(idx, pa.int64())), out_root / name)
-        listing.append({"file": name, "direction": direction, "key_prefix": prefix, "rows": len(idx),
-                        "bytes": (out_root / name).stat().st_size, "sha256": sha256_file(out_root / name)})
-    return listing
+        return {"file": name, "direction": direction, "key_prefix": prefix, "rows": len(idx),
+                "bytes": (out_root / name).stat().st_size, "sha256": sha256_file(out_root / name)}
+
+    # Shards are independent files: encode and hash them on several threads (pyarrow and hashlib
+    # release the GIL), which a single-file writer cannot do.
+    workers = max(1, min(len(plan), os.cpu_count() or 1, MAX_WRITER_THREADS))
+    if workers == 1:
+        return [one(p, idx) for p, idx in plan.items()]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, plan.keys(), plan.values()))
 
 
 def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
