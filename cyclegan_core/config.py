@@ -233,6 +233,10 @@ class PublishConfig(_Strict):
     """The published dataset and the pictures beside it."""
 
     grid_samples: int = Field(8, ge=1, description="Rows in each sample-grid picture.")
+    max_shard_mb: float = Field(
+        256.0, gt=0.0, le=4096.0,
+        description="Largest Parquet shard, MiB; a hash prefix whose rows outgrow it is split into 16 shards.",
+    )
 
 
 def _ordered_range(value: tuple[float, float], what: str) -> tuple[float, float]:

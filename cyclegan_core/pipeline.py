@@ -16,7 +16,7 @@ from .default_data import make_default_data
 from .generate import GenerateResult, generate
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
-from .report import dataset_card, loss_curves, sample_grid
+from .report import loss_curves, sample_grid
 from .storage import read_json, redact_url, sha256_file, upload_dir, write_json_atomic
 from .train import LOSSES_FILE, MODEL_FILE, MODEL_JSON, Trainer, TrainResult, code_version, model_fingerprint
 from .validate import ValidateResult, check_gate, nan_to_none, validate
@@ -107,17 +107,16 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         "seed": cfg.train.seed, "flow_run_id": flow_run_id,
     }
     reports = Path(cfg.paths.reports)
-    rows, dropped = {}, {}
-    for d in DIRECTIONS:
-        f = summary["directions"][d]
-        rows[d], dropped[d] = f["passed"], f["dropped"]
-    card = dataset_card(rows=rows, dropped=dropped, figures=summary["directions"], provenance=provenance,
-                        source_a=redact_url(cfg.data.domain_a), source_b=redact_url(cfg.data.domain_b),
-                        size=cfg.data.image_size,
-                        mode=cfg.data.mode, shards=2 * cfg.generate.shards)
-    result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, shards=cfg.generate.shards,
+    card_info = {
+        "figures": summary["directions"],
+        "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"]},
+        "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
+                    "mode": cfg.data.mode},
+    }
+    result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published,
                      provenance={k: v for k, v in provenance.items() if k != "model_fingerprint"},
-                     mode=cfg.data.mode, size=cfg.data.image_size, card=card)
+                     mode=cfg.data.mode, size=cfg.data.image_size,
+                     max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20), card_info=card_info)
     if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
         upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
                    backoff_s=cfg.data.retry_backoff_s)

@@ -2,70 +2,94 @@
 
 Image columns use the Hugging Face ``struct<bytes: binary, path: string>`` layout and the schema
 carries ``huggingface`` feature metadata, so ``datasets`` decodes them with no code of ours; pandas
-and pyarrow read the same files. Rows go to shards by the hash of their sample id (the sha256 of
-the translated PNG) and are sorted within a shard, so the same rows always make the same bytes.
-The whole version is built under a temporary name and swapped in; ``manifest.json`` lists every
-shard with its sha256 and row count.
+and pyarrow read the same files. Every per-sample column of the validated table (metrics and the
+pass flag) is copied as it is typed there, so a new metric reaches the dataset with no edit here.
+
+Shards are stable under growth: a row's shard is a prefix of its source's sha256 (a hex trie that
+splits a prefix into 16 only when its rows outgrow ``max_shard_bytes``), rows are sorted within a
+shard, PNG bytes are stored as they are (no second compression), and a row that is unchanged since
+the previous version keeps that version's provenance values. So adding source images rewrites only
+the shards their rows fall in; every other shard keeps its exact bytes and DVC stores and pushes
+only what changed. Nothing time-varying is written into shards: the publication time lives in
+``manifest.json``, which lists every shard with its sha256, size and row count. The version is
+built under a temporary name and swapped in whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import DIRECTIONS
-from .generate import read_generated, shard_of
-from .storage import PathEscape, atomic_dir, confined, sha256_file, write_json_atomic
+from .generate import read_generated
+from .storage import atomic_dir, sha256_file, write_json_atomic
 from .validate import read_validated
 
+FORMAT = "cycleaug-dataset-2"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+IMAGE_COLUMNS = ("image", "source_image", "reconstruction")
+# About 100 rows per row group is the Hugging Face practice for image Parquet: a reader (or the
+# dataset viewer) fetches a page of rows without pulling hundreds of MB.
 ROW_GROUP_ROWS = 100
-PUBLISHED_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("image", IMAGE_TYPE),
-        ("source_image", IMAGE_TYPE),
-        ("reconstruction", IMAGE_TYPE),
-        ("direction", pa.string()),
-        ("split", pa.string()),
-        ("label", pa.int64()),
-        ("pred_label", pa.int64()),
-        ("label_ok", pa.bool_()),
-        ("cycle_l1", pa.float64()),
-        ("cycle_psnr", pa.float64()),
-        ("realism", pa.float64()),
-        ("passed", pa.bool_()),
-        ("source_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("model_fingerprint", pa.string()),
-        ("code_version", pa.string()),
-        ("params_hash", pa.string()),
-        ("seed", pa.int64()),
-        ("flow_run_id", pa.string()),
-        ("created_at", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("mode", pa.string()),
-    ]
-)
+DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
+# Validated columns that are not per-sample figures: the key, the split (taken from generate) and
+# the reason a row failed (published rows all passed).
+NOT_COPIED_FROM_VALIDATED = ("sample_id", "split", "fail_reason")
+# Describe how a row was made; kept from the previous version when the row is otherwise the same.
+PROVENANCE_COLUMNS = ("code_version", "params_hash", "seed", "flow_run_id", "created_at")
+# Low-cardinality strings: dictionary encoding makes them almost free.
+DICTIONARY_COLUMNS = ("direction", "split", "model_fingerprint", "code_version", "params_hash", "mode",
+                      "flow_run_id", "created_at")
+MAX_WRITER_THREADS = 4
+ROW_OVERHEAD_BYTES = 256  # estimated non-image bytes of a row, for shard sizing only
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+_HEAD = [("sample_id", pa.string()), *((c, IMAGE_TYPE) for c in IMAGE_COLUMNS), ("direction", pa.string()),
+         ("split", pa.string()), ("label", pa.int64())]
+_TAIL = [("source_id", pa.string()), ("source_uri", pa.string()), ("model_fingerprint", pa.string()),
+         ("code_version", pa.string()), ("params_hash", pa.string()), ("seed", pa.int64()),
+         ("flow_run_id", pa.string()), ("created_at", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+         ("mode", pa.string())]
 
 
-def _hf_features(schema: pa.Schema) -> dict:
-    values = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32", pa.float64(): "float64",
-              pa.bool_(): "bool"}
-    feats = {}
-    for f in schema:
-        feats[f.name] = {"_type": "Image"} if f.type == IMAGE_TYPE else {"dtype": values[f.type], "_type": "Value"}
-    return feats
+def published_schema(validated: pa.Schema) -> pa.Schema:
+    """The shard schema: fixed columns, then every per-sample column of ``validated`` as typed there."""
+    fixed = {name for name, _ in _HEAD + _TAIL}
+    metrics = [f for f in validated if f.name not in NOT_COPIED_FROM_VALIDATED]
+    clash = [f.name for f in metrics if f.name in fixed]
+    if clash:
+        raise ValueError(f"validated columns {clash} clash with published columns of the same name")
+    schema = pa.schema([*(pa.field(n, t) for n, t in _HEAD), *metrics, *(pa.field(n, t) for n, t in _TAIL)])
+    return schema.with_metadata(hf_metadata(schema))
+
+
+# Arrow type names that differ from the Hugging Face ``Value`` dtype names.
+_HF_DTYPE = {"double": "float64", "float": "float32", "halffloat": "float16"}
+
+
+def _hf_feature(t: pa.DataType) -> dict | None:
+    if t == IMAGE_TYPE:
+        return {"_type": "Image"}
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t) \
+            or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_timestamp(t):
+        return {"dtype": _HF_DTYPE.get(str(t), str(t)), "_type": "Value"}
+    return None  # nested types: `datasets` infers them from the Arrow schema
 
 
 def hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
-    return {b"huggingface": json.dumps({"info": {"features": _hf_features(schema)}}).encode()}
+    feats = {f.name: feat for f in schema if (feat := _hf_feature(f.type)) is not None}
+    return {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
 
 
 @dataclass(frozen=True)
@@ -80,72 +104,321 @@ class PublishResult:
         return asdict(self)
 
 
-def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, shards: int,
-            provenance: dict, mode: str, size: int, card: str) -> PublishResult:
-    """Write passing rows to ``out_dir/data/<direction>-<k>-of-<n>.parquet`` plus manifest and card."""
-    schema = PUBLISHED_SCHEMA.with_metadata(hf_metadata(PUBLISHED_SCHEMA))
+def shard_key(source_id: str) -> str:
+    """The hex key a row is sharded by: its source's sha256 (hashed again if it is not one)."""
+    return source_id if _HEX64.fullmatch(source_id) else hashlib.sha256(source_id.encode()).hexdigest()
+
+
+def assign_shards(keys: list[str], sizes: list[int], max_bytes: int) -> dict[str, list[int]]:
+    """Row indices per shard prefix: the whole set under ``""`` if it fits, else split by the next hex digit.
+
+    A prefix's shard depends only on the rows under that prefix, so adding rows changes only the
+    shards they fall in (a prefix that outgrows ``max_bytes`` becomes 16 shards under it).
+    """
+    out: dict[str, list[int]] = {}
+
+    def split(prefix: str, idx: list[int]) -> None:
+        if not idx:
+            return
+        depth = len(prefix)
+        if sum(sizes[i] for i in idx) <= max_bytes or len(idx) == 1 or depth >= len(keys[idx[0]]):
+            out[prefix] = idx
+            return
+        children: dict[str, list[int]] = {}
+        for i in idx:
+            children.setdefault(keys[i][depth], []).append(i)
+        for digit in sorted(children):
+            split(prefix + digit, children[digit])
+
+    split("", list(range(len(keys))))
+    return out
+
+
+def shard_name(direction: str, prefix: str) -> str:
+    # ``<direction>-<prefix>``: the ``<split>-*`` pattern Hugging Face uses to find a split's files.
+    return f"data/{direction}-{prefix or 'all'}.parquet"
+
+
+def write_shard(table: pa.Table, path: str | Path) -> None:
+    """One shard: row groups of ~100 rows, PNG bytes stored as they are, zstd for everything else."""
+    names = _leaf_paths(table.schema)
+    raw = {f"{c}.bytes" for c in IMAGE_COLUMNS if c in table.column_names}
+    pq.write_table(
+        table, path, row_group_size=ROW_GROUP_ROWS,
+        # PNG is already deflated: zstd over it saves ~1% and costs a decompression on every read.
+        compression={n: ("none" if n in raw else "zstd") for n in names},
+        use_dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names],
+        # Min/max of image bytes help no filter and bloat the footer.
+        write_statistics=[n for n in names if n not in raw],
+    )
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    out = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            out += [f"{f.name}.{sub.name}" for sub in f.type]
+        else:
+            out.append(f.name)
+    return out
+
+
+def _image(data: pa.ChunkedArray | pa.Array, paths: pa.ChunkedArray | pa.Array) -> pa.Array:
+    data = data.combine_chunks() if isinstance(data, pa.ChunkedArray) else data
+    paths = paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
+    return pa.StructArray.from_arrays([data.cast(pa.binary()), paths.cast(pa.string())], fields=list(IMAGE_TYPE))
+
+
+def _aligned(gen: pa.Table, val: pa.Table, direction: str) -> pa.Table:
+    """``val`` in the row order of ``gen`` (validate writes them in that order; check, else match by id)."""
+    gen_ids, val_ids = gen.column("sample_id"), val.column("sample_id")
+    if gen_ids.equals(val_ids):
+        return val
+    ids = val_ids.to_pylist()
+    if len(ids) != gen.num_rows or len(set(ids)) != len(ids):
+        raise ValueError(f"validated rows of {direction} do not match the generated rows "
+                         f"({len(ids)} against {gen.num_rows}); run validate again")
+    where = {sid: i for i, sid in enumerate(ids)}
+    try:
+        return val.take(pa.array([where[s] for s in gen_ids.to_pylist()], pa.int64()))
+    except KeyError as err:
+        raise ValueError(f"generated sample {err} of {direction} was not validated; run validate again") from None
+
+
+def build_rows(generated_dir: str | Path, validated_dir: str | Path, direction: str, *, provenance: dict,
+               mode: str, size: int) -> tuple[pa.Table, int]:
+    """The passing rows of one direction as a table of the published schema, and how many were dropped."""
+    gen = read_generated(generated_dir, direction)
+    val = _aligned(gen, read_validated(validated_dir, direction), direction)
+    schema = published_schema(val.schema)
+    total = gen.num_rows
+    mask = pc.fill_null(val.column("passed"), False)
+    gen, val = gen.filter(mask), val.filter(mask)
+    n = gen.num_rows
+    sid, src = gen.column("sample_id"), gen.column("source_id")
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
+        "sample_id": sid,
+        "image": _image(gen.column("image"), pc.binary_join_element_wise(sid, ".png", "")),
+        "source_image": _image(gen.column("source_image"), pc.binary_join_element_wise(src, ".png", "")),
+        "reconstruction": _image(gen.column("reconstruction"), pc.binary_join_element_wise(sid, ".rec.png", "")),
+        "direction": pa.repeat(pa.scalar(direction), n), "split": gen.column("split"), "label": gen.column("label"),
+        "source_id": src, "source_uri": gen.column("source_uri"),
+        "model_fingerprint": gen.column("model_fingerprint"), "created_at": gen.column("created_at"),
+        "width": pa.repeat(pa.scalar(size, pa.int32()), n), "height": pa.repeat(pa.scalar(size, pa.int32()), n),
+        "mode": pa.repeat(pa.scalar(mode), n),
+    }
+    for k, v in provenance.items():
+        cols[k] = pa.repeat(pa.scalar(v, schema.field(k).type), n)
+    for f in schema:
+        if f.name not in cols:
+            cols[f.name] = val.column(f.name)
+    missing = [f.name for f in schema if f.name not in cols]
+    if missing:
+        raise ValueError(f"no value for published columns {missing}")
+    table = pa.table({f.name: pc.cast(cols[f.name], f.type) for f in schema}, schema=schema)
+    return table, total - n
+
+
+def _content_columns(schema: pa.Schema) -> list[str]:
+    """Columns that say what a row is. Image bytes are compared through ``sample_id`` (the translation's
+    sha256), ``source_id`` and ``model_fingerprint``, from which source and reconstruction follow, so a
+    previous version is read without its images."""
+    return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS and f.name not in IMAGE_COLUMNS]
+
+
+def keep_provenance(table: pa.Table, previous: pa.Table | None) -> pa.Table:
+    """Rows equal to a previous row in every non-provenance column take that row's provenance values.
+
+    A nightly run then rewrites no shard whose rows did not change (the flow run id and the code
+    and params hashes describe the run that first published a row; ``manifest.json`` has this run's).
+    """
+    if previous is None or not previous.num_rows or not table.num_rows:
+        return table
+    content = _content_columns(table.schema)
+    if any(c not in previous.column_names for c in (*content, *PROVENANCE_COLUMNS)):
+        return table  # an older layout: nothing is the same row
+    old = {}
+    old_rows = zip(*(previous.column(c).to_pylist() for c in content), strict=True)
+    old_prov = zip(*(previous.column(c).to_pylist() for c in PROVENANCE_COLUMNS), strict=True)
+    for row, prov in zip(old_rows, old_prov, strict=True):
+        old[_freeze(row)] = prov
+    prov_new = {c: table.column(c).to_pylist() for c in PROVENANCE_COLUMNS}
+    changed = False
+    for i, row in enumerate(zip(*(table.column(c).to_pylist() for c in content), strict=True)):
+        prov = old.get(_freeze(row))
+        if prov is not None:
+            for c, v in zip(PROVENANCE_COLUMNS, prov, strict=True):
+                if prov_new[c][i] != v:
+                    prov_new[c][i], changed = v, True
+    if not changed:
+        return table
+    for c in PROVENANCE_COLUMNS:
+        idx = table.schema.get_field_index(c)
+        table = table.set_column(idx, table.schema.field(idx), pa.array(prov_new[c], table.schema.field(idx).type))
+    return table
+
+
+def _freeze(row: Iterable) -> tuple:
+    return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in row)
+
+
+def _previous_rows(out_dir: Path, direction: str, columns: list[str]) -> pa.Table | None:
+    """``columns`` of the rows of ``direction`` in the version now at ``out_dir`` (None if none or unusable)."""
+    manifest = out_dir / "manifest.json"
+    if not manifest.exists():
+        return None
+    try:
+        shards = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
+        files = [out_dir / s["file"] for s in shards if s["direction"] == direction]
+        tables = [pq.read_table(f, columns=columns) for f in files if f.exists()]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None  # another layout or a damaged version: rows just take this run's provenance
+
+
+def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shard_bytes: int) -> list[dict]:
+    """Write one direction's rows as hash-prefix shards under ``out_root/data``; their manifest entries."""
+    out_root = Path(out_root)
+    (out_root / "data").mkdir(parents=True, exist_ok=True)
+    keys = [shard_key(s) for s in table.column("source_id").to_pylist()]
+    sizes = [ROW_OVERHEAD_BYTES] * table.num_rows
+    for c in IMAGE_COLUMNS:
+        lengths = pc.binary_length(pc.struct_field(table.column(c), "bytes")).to_pylist()
+        sizes = [s + (n or 0) for s, n in zip(sizes, lengths, strict=True)]
+    sample_ids = table.column("sample_id").to_pylist()
+    # An empty direction still gets one (empty) shard, so every reader sees its schema.
+    plan = assign_shards(keys, sizes, max_shard_bytes) if table.num_rows else {"": []}
+
+    def one(prefix: str, idx: list[int]) -> dict:
+        # Sorted by key, then sample id: the same rows always make the same bytes.
+        idx = sorted(idx, key=lambda i: (keys[i], sample_ids[i]))
+        name = shard_name(direction, prefix)
+        write_shard(table.take(pa.array(idx, pa.int64())), out_root / name)
+        return {"file": name, "direction": direction, "key_prefix": prefix, "rows": len(idx),
+                "bytes": (out_root / name).stat().st_size, "sha256": sha256_file(out_root / name)}
+
+    # Shards are independent files: encode and hash them on several threads (pyarrow and hashlib
+    # release the GIL), which a single-file writer cannot do.
+    workers = max(1, min(len(plan), os.cpu_count() or 1, MAX_WRITER_THREADS))
+    if workers == 1:
+        return [one(p, idx) for p, idx in plan.items()]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, plan.keys(), plan.values()))
+
+
+def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
+            mode: str, size: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, card_info: dict | None = None,
+            published_at: str | None = None) -> PublishResult:
+    """Write the passing rows to ``out_dir/data/<direction>-<prefix>.parquet``, ``manifest.json`` and a card.
+
+    ``provenance`` holds the run's ``code_version``, ``params_hash``, ``seed`` and ``flow_run_id``;
+    ``card_info`` optional extras for the card (``figures`` per direction, ``model``, ``sources``).
+    """
+    out_dir = Path(out_dir)
     rows_out: dict[str, int] = {}
     dropped: dict[str, int] = {}
-    listing = []
+    listing: list[dict] = []
+    splits: dict[str, dict[str, int]] = {}
+    schema = None
     with atomic_dir(out_dir) as tmp:
-        (tmp / "data").mkdir()
         for direction in DIRECTIONS:
-            gen = {r["sample_id"]: r for r in read_generated(generated_dir, direction).to_pylist()}
-            val = read_validated(validated_dir, direction).to_pylist()
-            buckets: dict[int, list[dict]] = {}
-            for v in val:
-                if not v["passed"]:
-                    continue
-                g = gen[v["sample_id"]]
-                sid = g["sample_id"]
-                buckets.setdefault(shard_of(sid, shards), []).append({
-                    "sample_id": sid,
-                    "image": {"bytes": g["image"], "path": f"{sid}.png"},
-                    "source_image": {"bytes": g["source_image"], "path": f"{g['source_id']}.png"},
-                    "reconstruction": {"bytes": g["reconstruction"], "path": f"{sid}.rec.png"},
-                    "direction": direction, "split": g["split"], "label": g["label"],
-                    "pred_label": v["pred_label"], "label_ok": v["label_ok"], "cycle_l1": v["cycle_l1"],
-                    "cycle_psnr": v["cycle_psnr"], "realism": v["realism"], "passed": True,
-                    "source_id": g["source_id"], "source_uri": g["source_uri"],
-                    "model_fingerprint": g["model_fingerprint"], "created_at": g["created_at"],
-                    "width": size, "height": size, "mode": mode, **provenance,
-                })
-            rows_out[direction] = sum(len(b) for b in buckets.values())
-            dropped[direction] = len(val) - rows_out[direction]
-            for k in range(shards):
-                rows = sorted(buckets.get(k, []), key=lambda r: r["sample_id"])
-                name = f"data/{direction}-{k:05d}-of-{shards:05d}.parquet"
-                table = pa.Table.from_pylist(rows, schema=schema)
-                pq.write_table(table, tmp / name, row_group_size=ROW_GROUP_ROWS, compression="zstd",
-                               use_dictionary=["direction", "split", "model_fingerprint", "code_version",
-                                               "params_hash", "mode", "flow_run_id", "created_at"])
-                listing.append({"file": name, "direction": direction, "rows": len(rows),
-                                "sha256": sha256_file(tmp / name)})
+            table, dropped[direction] = build_rows(generated_dir, validated_dir, direction, provenance=provenance,
+                                                   mode=mode, size=size)
+            table = keep_provenance(table, _previous_rows(out_dir, direction,
+                                                          [*_content_columns(table.schema), *PROVENANCE_COLUMNS]))
+            schema = table.schema
+            rows_out[direction] = table.num_rows
+            splits[direction] = {k: int(v) for k, v in sorted(_value_counts(table.column("split")).items())}
+            listing += write_shards(table, tmp, direction, max_shard_bytes)
+        assert schema is not None
         manifest = {
-            "format": "cycleaug-dataset-1",
-            "published_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-            "rows": rows_out, "dropped": dropped, "shards": listing, "provenance": provenance,
+            "format": FORMAT,
+            "published_at": published_at or datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "rows": rows_out, "dropped": dropped, "splits": splits, "shards": listing,
+            "provenance": provenance, "max_shard_bytes": max_shard_bytes,
+            "columns": {f.name: str(f.type) for f in schema},
         }
         write_json_atomic(tmp / "manifest.json", manifest)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    return PublishResult(str(out_dir), str(Path(out_dir) / "manifest.json"), rows_out, dropped, len(listing))
+        (tmp / "README.md").write_text(dataset_card(manifest, schema, **(card_info or {})), encoding="utf-8")
+    return PublishResult(str(out_dir), str(out_dir / "manifest.json"), rows_out, dropped, len(listing))
+
+
+def _value_counts(arr: pa.ChunkedArray) -> dict[str, int]:
+    return {d["values"]: d["counts"] for d in pc.value_counts(arr).to_pylist()}
+
+
+def _card_dtype(t: pa.DataType) -> str:
+    feat = _hf_feature(t)
+    if feat is None:
+        return str(t)
+    return "image" if feat["_type"] == "Image" else feat["dtype"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = None, model: dict | None = None,
+                 sources: dict | None = None) -> str:
+    """README with YAML front matter (features, splits, counts) and the version's model and figures."""
+    rows, splits, figures = manifest["rows"], manifest["splits"], figures or {}
+    by_dir: dict[str, int] = {}
+    for s in manifest["shards"]:
+        by_dir[s["direction"]] = by_dir.get(s["direction"], 0) + s["bytes"]
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for d in rows:
+        lines += [f"  - split: {d}", f"    path: data/{d}-*.parquet"]
+    lines += ["dataset_info:", "  features:"]
+    for f in schema:
+        lines += [f"  - name: {f.name}", f"    dtype: {_card_dtype(f.type)}"]
+    lines += ["  splits:"]
+    for d, n in rows.items():
+        lines += [f"  - name: {d}", f"    num_examples: {n}", f"    num_bytes: {by_dir.get(d, 0)}"]
+    lines += [f"  dataset_size: {sum(by_dir.values())}", "tags:", "- cycleaug", "- cyclegan", "- augmentation",
+              "---", "", "# CycleAug augmented dataset", ""]
+    total = sum(rows.values())
+    src = sources or {}
+    intro = f"{total} translations in {len(manifest['shards'])} Parquet shards"
+    if src:
+        intro += (f", between collection A (`{src.get('A')}`) and collection B (`{src.get('B')}`), "
+                  f"{src.get('size')}x{src.get('size')} `{src.get('mode')}` images")
+    lines += [intro + ". Only translations that passed the per-sample gate are included, and the run passed "
+              "every run-level threshold. Hugging Face splits are the directions (`AtoB`, `BtoA`); the "
+              "`split` column says whether the source was a training or held-out sample.", ""]
+    names = sorted({s for v in splits.values() for s in v})
+    lines += ["| direction | rows | dropped by the gate | " + " | ".join(names) + " |"]
+    lines += ["|---|---|---|" + "---|" * len(names)]
+    for d, n in rows.items():
+        lines.append(f"| {d} | {n} | {manifest['dropped'].get(d, 0)} | "
+                     + " | ".join(str(splits[d].get(s, 0)) for s in names) + " |")
+    if figures:
+        keys = sorted({k for f in figures.values() for k, v in f.items() if isinstance(v, int | float | None)})
+        lines += ["", "Figures of this version (held-out samples unless the name says otherwise):", "",
+                  "| figure | " + " | ".join(figures) + " |", "|---|" + "---|" * len(figures)]
+        lines += [f"| {k} | " + " | ".join(_fmt(figures[d].get(k)) for d in figures) + " |" for k in keys]
+    lines += ["", "## Features", "", "| column | type |", "|---|---|"]
+    lines += [f"| `{f.name}` | {_card_dtype(f.type)} |" for f in schema]
+    lines += ["", "`image`, `source_image` and `reconstruction` are PNG bytes (`{bytes, path}`); `sample_id` is "
+              "the sha256 of the translation's PNG, `source_id` that of the source. Provenance columns "
+              f"({', '.join(f'`{c}`' for c in PROVENANCE_COLUMNS)}) describe the run that first published a "
+              "row; rows unchanged since then keep them, so unchanged shards keep their bytes.", ""]
+    lines += ["## Model and provenance", ""]
+    lines += [f"- {k}: `{v}`" for k, v in {**(model or {}), **manifest["provenance"]}.items()]
+    lines += [f"- published_at: `{manifest['published_at']}`", "",
+              "## Reading it", "", "```python",
+              "from cyclegan_core.reader import open_dataset",
+              "ds = open_dataset(\"data/augmented\")                       # or repo=..., rev=\"v3\"",
+              "df = ds.to_pandas(direction=\"AtoB\", split=\"test\")",
+              "import datasets",
+              "hf = datasets.load_dataset(\"parquet\", data_dir=\"data/augmented/data\")",
+              "```", ""]
+    return "\n".join(lines)
 
 
 def verify(out_dir: str | Path) -> list[str]:
     """Problems found checking a published dataset against its manifest (empty when sound)."""
-    out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-    problems = []
-    for shard in manifest["shards"]:
-        try:  # a tampered manifest must not make verify read files outside the dataset
-            path = confined(out_dir, shard["file"], "shard file")
-        except PathEscape as err:
-            problems.append(str(err))
-            continue
-        if not path.exists():
-            problems.append(f"{shard['file']}: missing")
-        elif sha256_file(path) != shard["sha256"]:
-            problems.append(f"{shard['file']}: sha256 differs from manifest.json")
-        elif pq.read_metadata(path).num_rows != shard["rows"]:
-            problems.append(f"{shard['file']}: row count differs from manifest.json")
-    return problems
+    from .reader import open_dataset
+
+    return open_dataset(str(out_dir)).verify()

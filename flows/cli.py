@@ -106,11 +106,28 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
             return 1
         print(_summary(cfg), file=sys.stderr)
     elif step == "verify":
-        from cyclegan_core.publish import verify
+        from cyclegan_core.reader import DatasetError
 
-        problems = verify(cfg.paths.published)
-        print("\n".join(problems) or f"{cfg.paths.published}: every shard matches manifest.json")
+        try:
+            dataset = _open_published(cfg, args)
+        except DatasetError as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        problems = dataset.verify()
+        print("\n".join(problems) or f"{dataset.label}: every shard matches manifest.json")
         return 1 if problems else 0
+    elif step == "export":
+        from cyclegan_core.export import export
+        from cyclegan_core.reader import DatasetError
+
+        extra = {"samples_per_shard": args.samples_per_shard} if args.format == "webdataset" else {}
+        try:
+            result = export(_open_published(cfg, args), args.out, args.format, split=args.split,
+                            direction=args.direction, **extra)
+        except (DatasetError, ValueError) as err:
+            print(f"cycleaug export: {err}", file=sys.stderr)
+            return 1
+        _print(result.to_dict())
     return 0
 
 
@@ -144,6 +161,22 @@ def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_published(cfg: Config, args: argparse.Namespace):
+    """The published version the command names: ``--repo``/``--rev`` (through DVC), ``--dataset``, or ours."""
+    from cyclegan_core.reader import open_dataset
+
+    if args.repo is not None or args.rev is not None:
+        return open_dataset(repo=args.repo, rev=args.rev, path=args.path or cfg.paths.published)
+    return open_dataset(args.dataset or cfg.paths.published)
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="folder or fsspec URL of a published version (default: paths.published)")
+    p.add_argument("--repo", help="git URL or folder of a DVC repository holding published versions")
+    p.add_argument("--rev", help="git tag, branch or commit of --repo (e.g. v3)")
+    p.add_argument("--path", help="the dataset's path inside --repo (default: paths.published)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cycleaug", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -158,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="score translations and evaluate the quality gate")
     v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
     sub.add_parser("publish", help="write the passing rows as a Parquet dataset (refused if the gate failed)")
-    sub.add_parser("verify", help="check the published dataset against its manifest")
+    _source_args(sub.add_parser("verify", help="check the published dataset against its manifest"))
+    e = sub.add_parser("export", help="write a published version as an image folder or WebDataset tar shards")
+    e.add_argument("--format", choices=("imagefolder", "webdataset"), default="imagefolder")
+    e.add_argument("--out", required=True, help="folder to write (replaced whole when the export is complete)")
+    e.add_argument("--split", help="only this split (train or test)")
+    e.add_argument("--direction", choices=DIRECTIONS, help="only this direction")
+    e.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (webdataset)")
+    _source_args(e)
     pa = sub.add_parser("paired-augment", help="augment a paired multimodal Parquet dataset paired.copies times "
                         "per sample (synchronized ops, mixup, modality dropout, replay records)")
     pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing")

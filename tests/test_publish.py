@@ -1,0 +1,273 @@
+"""The published shards: layout, generic metric columns, stability under growth, manifest, card, verify, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from cyclegan_core.export import export_image_folder, export_webdataset
+from cyclegan_core.images import encode_png
+from cyclegan_core.publish import (
+    IMAGE_TYPE,
+    ROW_GROUP_ROWS,
+    assign_shards,
+    build_rows,
+    publish,
+    verify,
+    write_shard,
+)
+from cyclegan_core.reader import open_dataset
+from cyclegan_core.storage import sha256_file
+from cyclegan_core.validate import VALIDATED_SCHEMA
+from tests._published import grown_versions
+
+pytestmark = pytest.mark.slow  # the shared fixture runs the tiny pipeline twice (~20-60 s)
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> dict:
+    return grown_versions(tmp_path_factory.getbasetemp() / "published-versions")
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _rows(root: Path) -> dict[tuple[str, str], dict]:
+    table = pq.ParquetDataset(sorted((root / "data").glob("*.parquet"))).read()
+    return {(r["direction"], r["source_id"]): r for r in table.to_pylist()}
+
+
+def test_shards_layout_schema_and_card(versions):
+    v2 = versions["v2"]
+    manifest = _manifest(v2)
+    files = sorted((v2 / "data").glob("*.parquet"))
+    assert {f"data/{f.name}" for f in files} == {s["file"] for s in manifest["shards"]}
+    for shard in manifest["shards"]:
+        path = v2 / shard["file"]
+        assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
+        assert pq.read_metadata(path).num_rows == shard["rows"]
+        keys = pq.read_table(path, columns=["source_id"]).column("source_id").to_pylist()
+        assert keys == sorted(keys) and all(k.startswith(shard["key_prefix"]) for k in keys)
+    assert sum(s["rows"] for s in manifest["shards"]) == sum(manifest["rows"].values()) == 55
+
+    schema = pq.read_schema(files[0])
+    # Every per-sample column of the validated table, typed as there, plus the fixed columns.
+    for f in VALIDATED_SCHEMA:
+        if f.name not in ("sample_id", "split", "fail_reason"):
+            assert schema.field(f.name).type == f.type, f.name
+    for name in ("sample_id", "source_id", "source_uri", "direction", "split", "label", "model_fingerprint",
+                 "code_version", "params_hash", "seed", "flow_run_id", "created_at", "width", "height", "mode"):
+        assert name in schema.names
+    for name in ("image", "source_image", "reconstruction"):
+        assert schema.field(name).type == IMAGE_TYPE
+    feats = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    assert feats["image"] == {"_type": "Image"} and feats["cycle_psnr"] == {"dtype": "float64", "_type": "Value"}
+
+    # Per-column compression: PNG bytes stored as they are (and without min/max), the rest zstd.
+    col = pq.ParquetFile(files[0]).metadata.row_group(0)
+    for i in range(col.num_columns):
+        c = col.column(i)
+        if c.path_in_schema.endswith(".bytes"):
+            assert c.compression == "UNCOMPRESSED" and not c.is_stats_set, c.path_in_schema
+        else:
+            assert c.compression == "ZSTD", c.path_in_schema
+
+    card = (v2 / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert [f["name"] for f in front["dataset_info"]["features"]] == schema.names
+    assert {s["name"]: s["num_examples"] for s in front["dataset_info"]["splits"]} == manifest["rows"]
+    assert front["configs"][0]["data_files"][0] == {"split": "AtoB", "path": "data/AtoB-*.parquet"}
+    row = next(iter(_rows(v2).values()))
+    assert row["model_fingerprint"] in card and "mean_cycle_psnr" in card and "| AtoB | 28 | 0 | 10 | 18 |" in card
+
+
+def test_row_groups_of_about_100_rows(tmp_path):
+    png = encode_png(np.zeros((8, 8, 1), np.uint8))
+    n = 250
+    table = pa.table({"sample_id": [f"{i:04d}" for i in range(n)],
+                      "image": pa.array([{"bytes": png, "path": "x.png"}] * n, IMAGE_TYPE),
+                      "direction": ["AtoB"] * n})
+    write_shard(table, tmp_path / "s.parquet")
+    meta = pq.read_metadata(tmp_path / "s.parquet")
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 50]
+
+
+def test_shard_assignment_splits_only_what_outgrows():
+    keys = ["00", "01", "0f", "a0", "a1", "ff"]
+    assert assign_shards(keys, [1] * 6, 10) == {"": list(range(6))}
+    shards = assign_shards(keys, [1] * 6, 2)
+    assert shards == {"00": [0], "01": [1], "0f": [2], "a": [3, 4], "f": [5]}
+    # Adding a row under "f" leaves every other shard's rows as they were.
+    grown = assign_shards([*keys, "f3"], [1] * 7, 2)
+    assert {k: v for k, v in grown.items() if not k.startswith("f")} == {
+        k: v for k, v in shards.items() if not k.startswith("f")}
+
+
+def test_adding_sources_rewrites_only_the_shards_they_fall_in(versions):
+    v1, v2 = versions["v1"], versions["v2"]
+    assert versions["reused"]  # held-out images only: the model is reused, old translations are the same
+    old, new = _rows(v1), _rows(v2)
+    added = set(new) - set(old)
+    assert set(old) <= set(new)
+    assert {d: sum(1 for k in added if k[0] == d) for d in ("AtoB", "BtoA")} == versions["new"]
+    for key, row in old.items():
+        assert new[key] == row, key  # every column, provenance included (kept from run-1)
+    assert {new[k]["flow_run_id"] for k in added} == {"run-2"} and {r["flow_run_id"] for r in old.values()} == {
+        "run-1"}
+    assert _manifest(v2)["provenance"]["flow_run_id"] == "run-2"
+
+    m1, m2 = _manifest(v1), _manifest(v2)
+    v2_sha = {s["file"]: s["sha256"] for s in m2["shards"]}
+    untouched = 0
+    for shard in m1["shards"]:
+        touched = any(k[0] == shard["direction"] and k[1].startswith(shard["key_prefix"]) for k in added)
+        if touched:
+            assert v2_sha.get(shard["file"]) != shard["sha256"]
+        else:
+            untouched += 1
+            assert v2_sha[shard["file"]] == shard["sha256"], shard["file"]
+            assert (v1 / shard["file"]).read_bytes() == (v2 / shard["file"]).read_bytes()
+    assert untouched >= len(m1["shards"]) // 2
+
+
+def test_nothing_time_varying_in_shards(versions, tmp_path):
+    cfg, v2 = versions["cfg"], versions["v2"]
+    m2 = _manifest(v2)
+    out = tmp_path / "again"
+    provenance = {**m2["provenance"], "flow_run_id": "run-3"}
+    publish(cfg.paths.generated, cfg.paths.validated, out, provenance=provenance, mode=cfg.data.mode,
+            size=cfg.data.image_size, max_shard_bytes=m2["max_shard_bytes"], published_at="2031-01-01T00:00:00+00:00")
+    # A fresh publish (no previous version to keep provenance from) differs only in flow_run_id: so the
+    # provenance carry-over is the only thing that makes unchanged shards identical across runs.
+    again = _rows(out)
+    for key, row in _rows(v2).items():
+        assert {k: v for k, v in again[key].items() if k != "flow_run_id"} == {
+            k: v for k, v in row.items() if k != "flow_run_id"}
+    for shard in _manifest(out)["shards"]:
+        blob = (out / shard["file"]).read_bytes()
+        assert b"2031-01-01" not in blob and m2["published_at"].encode() not in blob
+    # Publishing on top of v2 with a new run id and time: every shard keeps its bytes.
+    shutil.copytree(v2, tmp_path / "v2copy")
+    publish(cfg.paths.generated, cfg.paths.validated, tmp_path / "v2copy", provenance=provenance,
+            mode=cfg.data.mode, size=cfg.data.image_size, max_shard_bytes=m2["max_shard_bytes"],
+            published_at="2031-01-01T00:00:00+00:00")
+    m3 = _manifest(tmp_path / "v2copy")
+    assert m3["shards"] == m2["shards"] and m3["published_at"] != m2["published_at"]
+
+
+def test_new_metric_columns_flow_through(versions, tmp_path):
+    cfg = versions["cfg"]
+    validated = tmp_path / "validated"
+    shutil.copytree(cfg.paths.validated, validated)
+    for d in ("AtoB", "BtoA"):
+        t = pq.read_table(validated / f"{d}.parquet")
+        ssim = pa.array(np.linspace(0, 1, t.num_rows), pa.float32())
+        t = t.add_column(t.schema.get_field_index("passed"), "cycle_ssim", ssim)
+        pq.write_table(t, validated / f"{d}.parquet")
+    table, dropped = build_rows(cfg.paths.generated, validated, "AtoB", mode="L", size=16,
+                                provenance={"code_version": "c", "params_hash": "p", "seed": 0, "flow_run_id": None})
+    assert table.schema.field("cycle_ssim").type == pa.float32() and dropped == 0
+    src = pq.read_table(validated / "AtoB.parquet")
+    assert dict(zip(table["sample_id"].to_pylist(), table["cycle_ssim"].to_pylist(), strict=True)) == dict(
+        zip(src["sample_id"].to_pylist(), src["cycle_ssim"].to_pylist(), strict=True))
+    feats = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert feats["cycle_ssim"] == {"dtype": "float32", "_type": "Value"}
+    # Failing rows are dropped and counted.
+    t = pq.read_table(validated / "AtoB.parquet")
+    passed = pa.array([i % 3 != 0 for i in range(t.num_rows)])
+    pq.write_table(t.set_column(t.schema.get_field_index("passed"), "passed", passed), validated / "AtoB.parquet")
+    table, dropped = build_rows(cfg.paths.generated, validated, "AtoB", mode="L", size=16,
+                                provenance={"code_version": "c", "params_hash": "p", "seed": 0, "flow_run_id": None})
+    assert dropped == pc.sum(pc.invert(passed)).as_py() and table.num_rows == t.num_rows - dropped
+    assert pc.all(table["passed"]).as_py()
+
+
+def test_verify_catches_tampered_missing_and_unlisted_shards(versions, tmp_path):
+    from flows.cli import main
+
+    root = tmp_path / "v2"
+    shutil.copytree(versions["v2"], root)
+    assert verify(root) == []
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    assert main(["--params", str(params), "verify", "--dataset", str(root)]) == 0
+    shards = _manifest(root)["shards"]
+    tampered, gone = root / shards[0]["file"], root / shards[1]["file"]
+    blob = bytearray(tampered.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(blob))
+    gone.unlink()
+    shutil.copyfile(root / shards[2]["file"], root / "data" / "AtoB-zz.parquet")
+    problems = verify(root)
+    assert f"{shards[0]['file']}: sha256 differs from manifest.json" in problems
+    assert f"{shards[1]['file']}: missing" in problems
+    assert "data/AtoB-zz.parquet: not listed in manifest.json" in problems and len(problems) == 3
+    assert main(["--params", str(params), "verify", "--dataset", str(root)]) == 1
+
+
+def test_export_image_folder_and_webdataset(versions, tmp_path):
+    dataset = open_dataset(str(versions["v2"]))
+    rows = _rows(versions["v2"])
+    folder = export_image_folder(dataset, tmp_path / "folder")
+    assert folder.rows == len(rows)
+    with open(tmp_path / "folder" / "metadata.csv", newline="") as f:
+        meta = list(csv.DictReader(f))
+    assert len(meta) == len(rows) and meta[0].keys() >= {"file_name", "sample_id", "source_id", "label", "cycle_psnr"}
+    for m in meta:
+        row = rows[(m["direction"], m["source_id"])]
+        assert m["file_name"] == f"{row['split']}/{row['direction']}/{row['sample_id']}.png"
+        assert (tmp_path / "folder" / m["file_name"]).read_bytes() == row["image"]["bytes"]
+
+    wds = export_webdataset(dataset, tmp_path / "wds", samples_per_shard=10)
+    tars = sorted((tmp_path / "wds").glob("*.tar"))
+    assert wds.rows == len(rows) and len(tars) == wds.files >= 4
+    assert {t.name.rsplit("-", 1)[0] for t in tars} == {"test-AtoB", "train-AtoB", "test-BtoA", "train-BtoA"}
+    seen = set()
+    for t in tars:
+        with tarfile.open(t) as tar:
+            names = tar.getnames()
+            keys = [n.split(".", 1)[0] for n in names]
+            # WebDataset groups consecutive members by key: each key's members are contiguous.
+            assert len(set(keys)) == len([k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k])
+            for n in names:
+                if n.endswith(".json"):
+                    info = json.loads(tar.extractfile(n).read())
+                    row = rows[(info["direction"], info["source_id"])]
+                    key = n[:-5]
+                    assert tar.extractfile(f"{key}.png").read() == row["image"]["bytes"]
+                    assert tar.extractfile(f"{key}.rec.png").read() == row["reconstruction"]["bytes"]
+                    assert int(tar.extractfile(f"{key}.cls").read()) == row["label"]
+                    assert info["sample_id"] == row["sample_id"] and info["split"] in t.name
+                    seen.add((info["direction"], info["source_id"]))
+    assert seen == set(rows)
+    # The same version exports to the same bytes.
+    export_webdataset(dataset, tmp_path / "wds2", samples_per_shard=10)
+    assert [t.read_bytes() for t in tars] == [t.read_bytes() for t in sorted((tmp_path / "wds2").glob("*.tar"))]
+
+
+def test_export_command(versions, tmp_path):
+    from flows.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("{}\n")
+    out = tmp_path / "wds"
+    args = ["--params", str(params), "export", "--format", "webdataset", "--dataset", str(versions["v2"]),
+            "--out", str(out), "--split", "test", "--direction", "AtoB"]
+    assert main(args) == 0
+    (tar,) = out.glob("*.tar")
+    assert tar.name == "test-AtoB-000000.tar"
+    with tarfile.open(tar) as t:
+        assert sum(n.endswith(".json") for n in t.getnames()) == 10
+    assert main(["--params", str(params), "export", "--dataset", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "x")]) == 1
