@@ -64,7 +64,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/cycleaug-compare")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--results", default="results.json", help="file name under --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -106,7 +107,7 @@ def main() -> None:
             print(name, json.dumps(curve[-1]), flush=True)
         epochs = total / steps_per_epoch
         results["runs"][name] = {"parameters": params, "seconds_per_epoch": round(train_s / epochs, 1), "curve": curve}
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / args.results).write_text(json.dumps(results, indent=2))
     print(json.dumps({k: {"params": v["parameters"], "s/epoch": v["seconds_per_epoch"]}
                       for k, v in results["runs"].items()}, indent=1))
 
