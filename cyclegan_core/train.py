@@ -144,7 +144,7 @@ def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
 def _adam(params: list[nn.Parameter], t: TrainConfig, device: torch.device) -> torch.optim.Adam:
     impl = t.adam_impl
     if impl == "auto":
-        impl = "fused" if device.type == "cuda" else "foreach"
+        impl = "fused" if device.type == "cuda" else "for_loop"  # torch's own CPU default, fastest here
     kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for_loop" else {"foreach": False}
     return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, 0.999), **kwargs)
 
