@@ -60,7 +60,7 @@ def test_inits(init_type):
     if expected:
         assert abs(std - expected) / expected < 0.3
     bn = net.model[2]
-    assert float(bn.bias.abs().max()) == 0.0 and abs(float(bn.weight.mean()) - 1.0) < 0.05
+    assert float(bn.bias.detach().abs().max()) == 0.0 and abs(float(bn.weight.detach().mean()) - 1.0) < 0.05
     with pytest.raises(ValueError, match="not one of"):
         init_weights(net, "uniform")
 
