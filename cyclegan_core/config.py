@@ -150,37 +150,98 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """CycleGAN networks (names and defaults follow the reference implementation)."""
+    """The networks (names and defaults follow the reference implementation, except sizes).
 
+    ``arch: cyclegan`` is the reference CycleGAN (two generators, two image discriminators);
+    ``arch: translator`` is the single-translator variant (one shared encoder/decoder trained as an
+    autoencoder, a translator on encodings, a discriminator on encodings, a deviation loss): see
+    :mod:`cyclegan_core.translator`.
+    """
+
+    arch: Literal["cyclegan", "translator"] = Field("cyclegan", description="Model family.")
+    generator: Literal["resnet", "unet_128", "unet_256"] = Field(
+        "resnet", description="resnet (n_blocks residual blocks; 6 and 9 are the reference's) or U-Net."
+    )
+    discriminator: Literal["patchgan", "pixel"] = Field(
+        "patchgan", description="patchgan (n_layers_d strided convs; 3 = the 70x70 'basic') or pixel (1x1)."
+    )
     ngf: int = Field(16, ge=1, description="Generator filters in the first conv layer.")
     ndf: int = Field(16, ge=1, description="Discriminator filters in the first conv layer.")
-    n_blocks: int = Field(6, ge=1, description="Residual blocks in each ResNet generator.")
+    n_blocks: int = Field(6, ge=0, description="Residual blocks in each ResNet generator (or translator).")
     n_layers_d: int = Field(3, ge=1, description="Strided conv layers in each PatchGAN.")
     norm: Literal["instance", "batch", "none"] = "instance"
-    init_gain: float = Field(0.02, gt=0.0)
+    init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
+    init_gain: float = Field(0.02, gt=0.0, description="Scale of normal/xavier/orthogonal init.")
+    use_dropout: bool = Field(False, description="Dropout 0.5 in residual blocks / inner U-Net levels.")
+    upsample: Literal["transpose", "resize_conv"] = Field(
+        "transpose", description="transpose (reference) or resize_conv (nearest x2 then conv: no checkerboard)."
+    )
+    translator_directions: Literal["AtoB", "both"] = Field(
+        "both",
+        description="arch translator only: AtoB is the article's single translator (B->A is then the "
+        "autoencoder, untranslated); both adds a second translator and encoding discriminator for B->A.",
+    )
+
+    @model_validator(mode="after")
+    def _translator_needs_resnet(self) -> ModelConfig:
+        if self.arch == "translator" and self.generator != "resnet":
+            raise ValueError(
+                f"model.generator={self.generator!r}: arch 'translator' splits a ResNet generator into "
+                "encoder / translator / decoder, so the generator must be 'resnet'"
+            )
+        return self
 
 
 class TrainConfig(_Strict):
-    """The CycleGAN training loop (losses and optimizer follow the reference defaults)."""
+    """The training loop (losses and optimizer follow the reference defaults), and speed switches."""
 
     steps: int = Field(1500, ge=1, description="Optimizer steps in all.")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Images per domain per step (per process under torchrun).")
     lr: float = Field(2e-4, gt=0.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    decay_start: float = Field(
-        0.5, ge=0.0, le=1.0, description="Share of steps at full LR before linear decay to 0."
+    lr_policy: Literal["linear", "step", "cosine"] = Field(
+        "linear", description="linear: held, then linear decay to 0; step: x0.1 every lr_step_size; cosine."
     )
+    decay_start: float = Field(
+        0.5, ge=0.0, le=1.0, description="linear policy: share of steps at full LR before the decay."
+    )
+    lr_step_size: int = Field(0, ge=0, description="step policy: steps between x0.1 drops; 0 = steps // 3.")
+    gan_mode: Literal["lsgan", "vanilla", "wgangp"] = "lsgan"
+    lambda_gp: float = Field(10.0, ge=0.0, description="wgangp: weight of the gradient penalty.")
     lambda_a: float = Field(10.0, ge=0.0, description="Weight of the A->B->A cycle loss.")
     lambda_b: float = Field(10.0, ge=0.0, description="Weight of the B->A->B cycle loss.")
     lambda_identity: float = Field(0.5, ge=0.0)
+    lambda_recon: float = Field(10.0, ge=0.0, description="arch translator: autoencoder reconstruction weight.")
+    lambda_deviation: float = Field(
+        10.0, ge=0.0, description="arch translator: weight of |T(E(b)) - E(b)|, keeping T near identity on B."
+    )
     pool_size: int = Field(50, ge=0)
     seed: int = 0
-    # Settings below do not change the trained weights, so they stay out of the fingerprint.
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype for forward passes (fp16 adds a grad scaler); fp32 = off."
+    )
+    # Settings below do not change what is learned (at most the rounding), so they stay out of
+    # the fingerprint and a run may resume under other values.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    channels_last: bool = Field(False, description="NHWC memory format (faster convs on GPUs).")
+    adam_impl: Literal["auto", "foreach", "fused", "for_loop"] = Field(
+        "auto", description="auto: fused on CUDA, for_loop on CPU (measured fastest there)."
+    )
+    compile: bool = Field(False, description="torch.compile the networks.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager to test cheaply).")
+    pin_memory: bool = Field(
+        True, description="Keep the training images in pinned host memory and copy batches asynchronously "
+        "(CUDA only; a no-op on CPU)."
+    )
     checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, description="Steps between loss-log rows (and host syncs on a GPU).")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
 
-    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "log_every", "num_threads"})
+    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = frozenset({
+        "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
+        "compile_mode", "compile_backend", "pin_memory",
+    })
 
 
 class GenerateConfig(_Strict):
@@ -429,17 +490,32 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _sizes_fit_networks(self) -> Config:
-        size = self.data.image_size
-        if size % 4:
+        size, m = self.data.image_size, self.model
+        if m.generator == "resnet" and size % 4:
             raise ValueError(
                 f"data.image_size={size}: the ResNet generator downsamples twice, "
                 "so the size must be a multiple of 4"
             )
-        if size // 2**self.model.n_layers_d < 3:
-            raise ValueError(
-                f"model.n_layers_d={self.model.n_layers_d} is too deep for data.image_size={size}: "
-                f"the PatchGAN needs image_size / 2**n_layers_d >= 3"
-            )
+        for name, side in (("unet_128", 128), ("unet_256", 256)):
+            if m.generator == name and size % side:
+                raise ValueError(
+                    f"data.image_size={size}: model.generator={name} halves the image {side.bit_length() - 1} "
+                    f"times, so the size must be a multiple of {side}"
+                )
+        if m.discriminator == "patchgan":
+            # The variant's discriminator judges encodings (a quarter of the side) with two
+            # strided layers fewer: the encoder has already done those two halvings.
+            side, layers, what = size, m.n_layers_d, "image_size"
+            if m.arch == "translator":
+                side, layers, what = size // 4, max(0, m.n_layers_d - 2), "image_size / 4 (the encodings)"
+            if side // 2**layers < 3:
+                raise ValueError(
+                    f"model.n_layers_d={m.n_layers_d} is too deep for data.image_size={size}: "
+                    f"the PatchGAN needs {what} / 2**{layers} >= 3"
+                )
+        if self.train.precision == "fp16" and self.train.gan_mode == "wgangp":
+            raise ValueError("train.precision=fp16 with train.gan_mode=wgangp: the gradient penalty's double "
+                             "backward is not scaled; use bf16 or fp32")
         return self
 
     @property

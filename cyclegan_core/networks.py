@@ -1,9 +1,12 @@
 """CycleGAN building blocks, following junyanz/pytorch-CycleGAN-and-pix2pix ``models/networks.py``.
 
-ResnetGenerator, ResnetBlock, NLayerDiscriminator (PatchGAN), GANLoss, ImagePool and weight
-initialisation, with the reference's layer order, bias rules and defaults, so parameter counts and
-behaviour match it. The image pool draws from an explicit ``torch.Generator`` so that a training
-run can be checkpointed and resumed exactly.
+Generators (ResNet with any number of blocks, U-Net 128/256), discriminators (n-layer PatchGAN,
+pixel), norms, weight initialisations, GAN losses (LSGAN, vanilla, WGAN-GP) and the image pool,
+with the reference's layer order, bias rules and defaults, so parameter counts and behaviour match
+it. Two additions the reference lacks: a resize-then-convolve upsampling option (no checkerboard
+artifacts, Odena et al. 2016) and the split of a ResNet generator into encoder, translator and
+decoder that the single-translator model (:mod:`cyclegan_core.translator`) is built from. The image
+pool draws from an explicit ``torch.Generator`` so that a run can be checkpointed and resumed exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 from torch import nn
 
 NormFactory = Callable[[int], nn.Module]
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+GAN_MODES = ("lsgan", "vanilla", "wgangp")
 
 
 def get_norm_layer(norm: str) -> NormFactory:
@@ -51,34 +56,133 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def _upsample(in_ch: int, out_ch: int, use_bias: bool, mode: str) -> list[nn.Module]:
+    """x2 upsampling: the reference's transposed conv, or nearest resize then a 3x3 conv.
+
+    The resize-conv has exactly as many parameters as the transposed conv it replaces (same
+    kernel size and channels), so switching it keeps model sizes comparable.
+    """
+    if mode == "transpose":
+        return [nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=use_bias)]
+    if mode == "resize_conv":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                nn.Conv2d(in_ch, out_ch, 3, bias=use_bias)]
+    raise ValueError(f"upsampling {mode!r} is not one of transpose, resize_conv")
+
+
+def resnet_encoder(input_nc: int, ngf: int, norm: str) -> nn.Sequential:
+    """c7s1-ngf, d(2ngf), d(4ngf): the image to a 4ngf-channel map at a quarter of the size."""
+    norm_layer, use_bias = get_norm_layer(norm), _uses_bias(norm)
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), norm_layer(ngf), nn.ReLU(True),
+    ]
+    for i in range(2):
+        mult = 2**i
+        layers += [
+            nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
+            norm_layer(ngf * mult * 2), nn.ReLU(True),
+        ]
+    return nn.Sequential(*layers)
+
+
+def resnet_blocks(ngf: int, norm: str, n_blocks: int, use_dropout: bool = False) -> nn.Sequential:
+    """n_blocks x R(4ngf): the part of the generator that works on encodings."""
+    norm_layer, use_bias = get_norm_layer(norm), _uses_bias(norm)
+    return nn.Sequential(*[ResnetBlock(ngf * 4, norm_layer, use_bias, use_dropout) for _ in range(n_blocks)])
+
+
+def resnet_decoder(output_nc: int, ngf: int, norm: str, upsample: str = "transpose") -> nn.Sequential:
+    """u(2ngf), u(ngf), c7s1-out, tanh: an encoding back to an image."""
+    norm_layer, use_bias = get_norm_layer(norm), _uses_bias(norm)
+    layers: list[nn.Module] = []
+    for i in range(2):
+        mult = 2 ** (2 - i)
+        layers += [*_upsample(ngf * mult, ngf * mult // 2, use_bias, upsample), norm_layer(ngf * mult // 2),
+                   nn.ReLU(True)]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
 class ResnetGenerator(nn.Module):
-    """c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out, tanh."""
+    """c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out, tanh.
+
+    One flat ``model`` Sequential, in the reference's order, so its state-dict keys match it.
+    """
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance",
-                 use_dropout: bool = False, n_blocks: int = 9):
+                 use_dropout: bool = False, n_blocks: int = 9, upsample: str = "transpose"):
         super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks={n_blocks} must be >= 0")
+        self.model = nn.Sequential(
+            *resnet_encoder(input_nc, ngf, norm),
+            *resnet_blocks(ngf, norm, n_blocks, use_dropout),
+            *resnet_decoder(output_nc, ngf, norm, upsample),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """x -> [x, up(submodule(down(x)))]: one level of the U-Net, concatenating its skip."""
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None,
+                 submodule: nn.Module | None = None, outermost: bool = False, innermost: bool = False,
+                 norm: str = "batch", use_dropout: bool = False, upsample: str = "transpose"):
+        super().__init__()
+        self.outermost = outermost
         norm_layer, use_bias = get_norm_layer(norm), _uses_bias(norm)
-        model: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), norm_layer(ngf), nn.ReLU(True),
-        ]
-        n_down = 2
-        for i in range(n_down):
-            mult = 2**i
-            model += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
-                norm_layer(ngf * mult * 2), nn.ReLU(True),
-            ]
-        mult = 2**n_down
-        model += [ResnetBlock(ngf * mult, norm_layer, use_bias, use_dropout) for _ in range(n_blocks)]
-        for i in range(n_down):
-            mult = 2 ** (n_down - i)
-            model += [
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
-                                   bias=use_bias),
-                norm_layer(ngf * mult // 2), nn.ReLU(True),
-            ]
-        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, 4, stride=2, padding=1, bias=use_bias)
+        downrelu, uprelu = nn.LeakyReLU(0.2, True), nn.ReLU(True)
+
+        def upconv(cin: int, bias: bool) -> list[nn.Module]:
+            if upsample == "transpose":
+                return [nn.ConvTranspose2d(cin, outer_nc, 4, stride=2, padding=1, bias=bias)]
+            if upsample == "resize_conv":
+                # 4x4 kernel like the transposed conv (same parameter count); asymmetric padding
+                # keeps the size exact after the x2 resize (zeros: the innermost map can be 2x2).
+                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ZeroPad2d((1, 2, 1, 2)),
+                        nn.Conv2d(cin, outer_nc, 4, bias=bias)]
+            raise ValueError(f"upsampling {upsample!r} is not one of transpose, resize_conv")
+
+        if outermost:
+            assert submodule is not None
+            model = [downconv, submodule, uprelu, *upconv(inner_nc * 2, True), nn.Tanh()]
+        elif innermost:
+            model = [downrelu, downconv, uprelu, *upconv(inner_nc, use_bias), norm_layer(outer_nc)]
+        else:
+            assert submodule is not None
+            model = [downrelu, downconv, norm_layer(inner_nc), submodule, uprelu, *upconv(inner_nc * 2, use_bias),
+                     norm_layer(outer_nc)]
+            if use_dropout:
+                model.append(nn.Dropout(0.5))
         self.model = nn.Sequential(*model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net with ``num_downs`` halvings (7 for 128x128 images, 8 for 256x256), as in pix2pix."""
+
+    def __init__(self, input_nc: int, output_nc: int, num_downs: int, ngf: int = 64, norm: str = "batch",
+                 use_dropout: bool = False, upsample: str = "transpose"):
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"num_downs={num_downs}: the U-Net needs at least 5 levels")
+        kw = {"norm": norm, "upsample": upsample}
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, **kw)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout, **kw)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, **kw)
+        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, **kw)
+        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, **kw)
+        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
+                                             **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -114,13 +218,60 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 
-def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
-    """The reference's ``normal`` init: conv/linear weights N(0, gain), norm weights N(1, gain)."""
+class PixelDiscriminator(nn.Module):
+    """1x1 PatchGAN ("pixelGAN"): judges each pixel's colour alone."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, norm: str = "instance"):
+        super().__init__()
+        norm_layer, use_bias = get_norm_layer(norm), _uses_bias(norm)
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, ndf, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=use_bias), norm_layer(ndf * 2), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, 1, 1, bias=use_bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def define_generator(kind: str, input_nc: int, output_nc: int, ngf: int, norm: str, *, n_blocks: int = 9,
+                     use_dropout: bool = False, upsample: str = "transpose") -> nn.Module:
+    """``resnet`` (``n_blocks`` residual blocks: 6 and 9 are the reference's), ``unet_128``, ``unet_256``."""
+    if kind == "resnet":
+        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample)
+    if kind in ("unet_128", "unet_256"):
+        return UnetGenerator(input_nc, output_nc, 7 if kind == "unet_128" else 8, ngf, norm, use_dropout, upsample)
+    raise ValueError(f"generator {kind!r} is not one of resnet, unet_128, unet_256")
+
+
+def define_discriminator(kind: str, input_nc: int, ndf: int, norm: str, n_layers: int = 3) -> nn.Module:
+    """``patchgan`` (``n_layers`` strided convs; 3 is the reference's 70x70 ``basic``) or ``pixel``."""
+    if kind == "patchgan":
+        return NLayerDiscriminator(input_nc, ndf, n_layers, norm)
+    if kind == "pixel":
+        return PixelDiscriminator(input_nc, ndf, norm)
+    raise ValueError(f"discriminator {kind!r} is not one of patchgan, pixel")
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """The reference's initialisations of conv/linear weights (biases 0); batch-norm weights N(1, gain).
+
+    ``kaiming`` ignores ``gain`` (fan-in, a=0) exactly as the reference does.
+    """
+    if init_type not in INIT_TYPES:
+        raise ValueError(f"initialization {init_type!r} is not one of {', '.join(INIT_TYPES)}")
 
     def init(m: nn.Module) -> None:
         name = type(m).__name__
         if hasattr(m, "weight") and ("Conv" in name or "Linear" in name):
-            nn.init.normal_(m.weight, 0.0, gain)
+            if init_type == "normal":
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=gain)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
         elif "BatchNorm2d" in name:
@@ -131,20 +282,38 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 class GANLoss(nn.Module):
-    """LSGAN (MSE against 1/0 targets, the CycleGAN default) or vanilla (BCE with logits)."""
+    """LSGAN (MSE against 1/0, the CycleGAN default), vanilla (BCE with logits) or WGAN-GP (+-mean).
+
+    The WGAN-GP gradient penalty is :func:`gradient_penalty`, added to the discriminator loss.
+    """
 
     def __init__(self, mode: str = "lsgan"):
         super().__init__()
-        if mode == "lsgan":
-            self.loss: nn.Module = nn.MSELoss()
-        elif mode == "vanilla":
-            self.loss = nn.BCEWithLogitsLoss()
-        else:
-            raise ValueError(f"GAN loss {mode!r} is not one of lsgan, vanilla")
+        if mode not in GAN_MODES:
+            raise ValueError(f"GAN loss {mode!r} is not one of {', '.join(GAN_MODES)}")
+        self.mode = mode
+        self.loss: nn.Module | None = {"lsgan": nn.MSELoss(), "vanilla": nn.BCEWithLogitsLoss()}.get(mode)
 
     def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        if self.mode == "wgangp":
+            return -prediction.mean() if target_is_real else prediction.mean()
+        assert self.loss is not None
         target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
-        return self.loss(prediction, target)
+        return self.loss(prediction.float(), target.float())
+
+
+def gradient_penalty(net: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator,
+                     constant: float = 1.0, weight: float = 10.0) -> torch.Tensor:
+    """WGAN-GP penalty on random interpolates of real and fake (the reference's ``mixed`` type).
+
+    ``generator`` draws the interpolation weights, so the penalty is part of the resumable state.
+    """
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = net(mixed)
+    (grad,) = torch.autograd.grad(out, mixed, grad_outputs=torch.ones_like(out), create_graph=True)
+    grad = grad.reshape(grad.shape[0], -1)
+    return ((grad.float() + 1e-16).norm(2, dim=1) - constant).pow(2).mean() * weight
 
 
 class ImagePool:
@@ -152,6 +321,7 @@ class ImagePool:
 
     Same policy as the reference (until full, store and return; then with probability 1/2
     return a stored image and store the new one in its place), drawn from ``generator``.
+    ``generator`` is a CPU generator, so on a GPU the draws need no device sync.
     """
 
     def __init__(self, pool_size: int, generator: torch.Generator):
@@ -178,7 +348,7 @@ class ImagePool:
 
     def state_tensor(self) -> torch.Tensor:
         """The stored images as one tensor (empty when the pool is empty), for checkpoints."""
-        return torch.cat(self.images, 0) if self.images else torch.empty(0)
+        return torch.cat(self.images, 0).cpu() if self.images else torch.empty(0)
 
-    def load_state_tensor(self, t: torch.Tensor) -> None:
-        self.images = [img.unsqueeze(0).clone() for img in t] if t.numel() else []
+    def load_state_tensor(self, t: torch.Tensor, device: torch.device | str = "cpu") -> None:
+        self.images = [img.unsqueeze(0).to(device).clone() for img in t] if t.numel() else []

@@ -68,6 +68,9 @@ def loss_curves(losses_tsv: str | Path, out_png: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
     groups = (("adversarial", ("G_AB", "G_BA", "D_A", "D_B")), ("cycle", ("cycle_A", "cycle_B")),
               ("identity", ("idt_A", "idt_B")))
+    if "T_AB" in rows[0]:  # the single-translator variant logs its own losses
+        groups = (("adversarial (encodings)", ("T_AB", "T_BA", "D_A", "D_B")),
+                  ("autoencoder", ("recon_A", "recon_B")), ("deviation", ("dev_A", "dev_B")))
     for ax, (title, names) in zip(axes, groups, strict=True):
         for n in names:
             ax.plot(step, [float(r[n]) for r in rows], label=n, linewidth=1)

@@ -1,17 +1,30 @@
-"""The CycleGAN model, its training step and loop, checkpoints that resume exactly, and the
-fingerprint that decides whether a stored model can be reused.
+"""The models, their training steps and loop, checkpoints that resume exactly, and the fingerprint
+that decides whether a stored model can be reused.
 
-The training step is in one place (:meth:`Trainer.train_step`): forward both cycles, generator
-losses (LSGAN + cycle + identity), one generator step, then both discriminators on pooled fakes.
-Checkpoints are safetensors plus JSON: weights, optimizer moments, image pools, the step counter
-and RNG states, so a resumed run continues as if never stopped. Nothing is pickled.
+The training steps are in one place each: :meth:`Trainer._step_cyclegan` (forward both cycles,
+generator losses GAN + cycle + identity, one generator step, then both discriminators on pooled
+fakes) and :meth:`Trainer._step_translator` (the single-translator variant of
+:mod:`cyclegan_core.translator`: autoencoder step, translator step, encoding-discriminator step).
+
+Checkpoints are safetensors plus JSON, nothing pickled: weights, optimizer moments, the LR-schedule
+position (a function of the step, and the param groups), the grad-scaler state, image pools, the
+step counter and RNG states (every rank's under torchrun), so a resumed run continues as if never
+stopped. The previous checkpoint is kept until the new one is written and verified by its sha256;
+a corrupt or truncated newest checkpoint is reported and training resumes from the one before.
+
+Speed switches (``train.device``, ``precision``, ``channels_last``, ``adam_impl``, ``compile``,
+``pin_memory``, batch size, torchrun) change how fast a step runs, not what it computes; on a GPU
+the loop keeps loss values on the device and syncs only every ``log_every`` steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,12 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from . import ddp
 from .config import Config, ModelConfig, TrainConfig
-from .networks import GANLoss, ImagePool, NLayerDiscriminator, ResnetGenerator, init_weights
-from .storage import atomic_path, read_json, sha256_file, write_json_atomic
+from .networks import GANLoss, ImagePool, define_discriminator, define_generator, gradient_penalty, init_weights
+from .storage import atomic_path, read_json, sha256_bytes, sha256_file, write_json_atomic
+from .translator import LOSS_NAMES as TRANSLATOR_LOSS_NAMES
+from .translator import SingleTranslator
+
+log = logging.getLogger(__name__)
 
 StepProgress = Callable[[int, int, dict[str, float]], None]
 LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
@@ -32,6 +50,8 @@ CHECKPOINT_JSON = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
 LOSSES_FILE = "losses.tsv"
+# Datasets up to this size live on the GPU whole: a batch is then one gather, no host copy.
+ON_DEVICE_BYTES = 1 << 30
 
 
 class CheckpointError(RuntimeError):
@@ -39,32 +59,40 @@ class CheckpointError(RuntimeError):
 
 
 class CycleGAN(nn.Module):
-    """Two generators (A->B, B->A) and two PatchGAN discriminators (judging A, judging B)."""
+    """Two generators (A->B, B->A) and two discriminators (judging A, judging B)."""
 
     def __init__(self, cfg: ModelConfig, channels: int):
         super().__init__()
-        self.G_AB = ResnetGenerator(channels, channels, cfg.ngf, cfg.norm, n_blocks=cfg.n_blocks)
-        self.G_BA = ResnetGenerator(channels, channels, cfg.ngf, cfg.norm, n_blocks=cfg.n_blocks)
-        self.D_A = NLayerDiscriminator(channels, cfg.ndf, cfg.n_layers_d, cfg.norm)
-        self.D_B = NLayerDiscriminator(channels, cfg.ndf, cfg.n_layers_d, cfg.norm)
+        g = {"n_blocks": cfg.n_blocks, "use_dropout": cfg.use_dropout, "upsample": cfg.upsample}
+        self.G_AB = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
+        self.G_BA = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
+        self.D_A = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
+        self.D_B = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
         for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
-            init_weights(net, cfg.init_gain)
+            init_weights(net, cfg.init_type, cfg.init_gain)
 
     def generators(self) -> nn.ModuleDict:
         return nn.ModuleDict({"G_AB": self.G_AB, "G_BA": self.G_BA})
 
+    def generator_state(self) -> nn.ModuleDict:
+        return self.generators()
+
+
+def build_model(cfg: ModelConfig, channels: int) -> CycleGAN | SingleTranslator:
+    return SingleTranslator(cfg, channels) if cfg.arch == "translator" else CycleGAN(cfg, channels)
+
 
 def code_version() -> str:
-    """sha256 of the source that defines what training produces (networks and this loop)."""
+    """sha256 of the source that defines what training produces (networks, variant, this loop)."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("networks.py", "train.py"):
+    for name in ("networks.py", "translator.py", "train.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()
 
 
 def training_settings(cfg: Config) -> dict:
-    """The settings that change trained weights (not logging, checkpoint cadence or threads)."""
+    """The settings that change trained weights (not logging, checkpoint cadence or speed switches)."""
     train = cfg.train.model_dump(mode="json")
     return {
         "image": {"size": cfg.data.image_size, "mode": cfg.data.mode},
@@ -84,10 +112,27 @@ def model_fingerprint(cfg: Config, train_digest_a: str, train_digest_b: str) -> 
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Full LR for ``decay_start`` of the steps, then linear decay towards 0 (reference 'linear')."""
+    """LR multiplier at ``step`` (0-based), the reference's policies counted in steps, not epochs.
+
+    linear: full LR for ``decay_start`` of the steps, then linear decay towards 0; step: x0.1 every
+    ``lr_step_size`` steps; cosine: half a cosine from 1 to 0 over all steps.
+    """
+    if cfg.lr_policy == "step":
+        size = cfg.lr_step_size or max(1, cfg.steps // 3)
+        return 0.1 ** (step // size)
+    if cfg.lr_policy == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
     hold = int(cfg.steps * cfg.decay_start)
     decay = cfg.steps - hold
     return 1.0 - max(0, step - hold) / float(decay + 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -96,186 +141,441 @@ def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
+def _adam(params: list[nn.Parameter], t: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    impl = t.adam_impl
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "for_loop"  # torch's own CPU default, fastest here
+    kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for_loop" else {"foreach": False}
+    return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, 0.999), **kwargs)
+
+
 class Trainer:
-    """Trains a :class:`CycleGAN` on two uint8 image arrays (N, H, W, C), with checkpoints."""
+    """Trains a CycleGAN or the single-translator variant on two uint8 image arrays (N, H, W, C)."""
 
     def __init__(self, cfg: Config, images_a: np.ndarray, images_b: np.ndarray, workdir: str | Path):
         if len(images_a) == 0 or len(images_b) == 0:
             raise ValueError("training needs at least one image in each domain")
         self.cfg, self.tcfg = cfg, cfg.train
+        t = self.tcfg
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.images_a = torch.from_numpy(np.ascontiguousarray(images_a)).permute(0, 3, 1, 2).contiguous()
-        self.images_b = torch.from_numpy(np.ascontiguousarray(images_b)).permute(0, 3, 1, 2).contiguous()
-        torch.manual_seed(self.tcfg.seed)
-        self.model = CycleGAN(cfg.model, cfg.data.channels)
-        self.rng = torch.Generator().manual_seed(self.tcfg.seed)
-        betas = (self.tcfg.beta1, 0.999)
-        g_params = list(self.model.G_AB.parameters()) + list(self.model.G_BA.parameters())
-        d_params = list(self.model.D_A.parameters()) + list(self.model.D_B.parameters())
-        self.opt_G = torch.optim.Adam(g_params, lr=self.tcfg.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(d_params, lr=self.tcfg.lr, betas=betas)
-        self.pool_A = ImagePool(self.tcfg.pool_size, self.rng)
-        self.pool_B = ImagePool(self.tcfg.pool_size, self.rng)
-        self.gan_loss, self.l1 = GANLoss("lsgan"), nn.L1Loss()
-        self.step = 0
+        self.device = resolve_device(t.device)
+        self.dist = ddp.init_distributed(self.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.dist.is_main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self.images = {"A": self._stage(images_a), "B": self._stage(images_b)}
+        self._staging: dict[str, list[tuple[torch.Tensor, torch.cuda.Event | None]]] = {}
 
-    # --- the training step -------------------------------------------------------------------
-    def _batch(self, images: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        self.arch = cfg.model.arch
+        self.model = build_model(cfg.model, cfg.data.channels).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Batches, pools and penalty weights: a CPU generator, distinct per rank, in the checkpoint.
+        self.rng = torch.Generator().manual_seed(t.seed + 1_000_003 * self.dist.rank)
+        m = self.model
+        if isinstance(m, SingleTranslator):
+            self.loss_names = TRANSLATOR_LOSS_NAMES
+            groups = {
+                "AE": list(m.ae.parameters()),
+                "T": [p for net in m.translators() for p in net.parameters()],
+                "D": [p for net in m.discriminators() for p in net.parameters()],
+            }
+            trained = {"ae": m.ae, "T_AB": m.T_AB, "D_B": m.D_B}
+            if m.both:
+                trained |= {"T_BA": m.T_BA, "D_A": m.D_A}
+        else:
+            self.loss_names = LOSS_NAMES
+            groups = {
+                "G": list(m.G_AB.parameters()) + list(m.G_BA.parameters()),
+                "D": list(m.D_A.parameters()) + list(m.D_B.parameters()),
+            }
+            trained = {"G_AB": m.G_AB, "G_BA": m.G_BA, "D_A": m.D_A, "D_B": m.D_B}
+        self.opts = {name: _adam(params, t, self.device) for name, params in groups.items()}
+        self.pools = {d: ImagePool(t.pool_size, self.rng) for d in ("A", "B")}
+        self.gan_loss, self.l1 = GANLoss(t.gan_mode), nn.L1Loss()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        # Training forwards go through DDP (gradients averaged) and torch.compile when asked; a
+        # frozen discriminator in the generator step is called bare (no DDP hooks to satisfy).
+        self._train_fn: dict[str, Callable] = {}
+        self._frozen_fn: dict[str, Callable] = {}
+        for name, net in trained.items():
+            fn = ddp.wrap(net, self.device) if self.dist.enabled else net
+            self._train_fn[name] = self._compile(fn)
+            if name.startswith("D_"):
+                self._frozen_fn[name] = self._compile(net)
+        self.step = 0
+        self.resumed_note: str | None = None
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self._last_values: dict[str, float] = {}
+
+    # --- setup helpers -------------------------------------------------------------------------
+    def _stage(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        if self.device.type == "cuda":
+            if x.numel() <= ON_DEVICE_BYTES:
+                return x.to(self.device)
+            if self.tcfg.pin_memory:
+                return x.pin_memory()
+        return x
+
+    def _compile(self, fn: nn.Module) -> Callable:
+        if not self.tcfg.compile:
+            return fn
+        return torch.compile(fn, mode=self.tcfg.compile_mode, backend=self.tcfg.compile_backend)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _gan(self, pred: torch.Tensor, real: bool) -> torch.Tensor:
+        return self.gan_loss(pred.float(), real)
+
+    def _d_loss(self, domain: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """0.5 * (D(real) as real + D(pooled fake) as fake), + the gradient penalty for WGAN-GP."""
+        net = self._train_fn[f"D_{domain}"]
+        pooled = self.pools[domain].query(fake)
+        with self._autocast():
+            loss = 0.5 * (self._gan(net(real), True) + self._gan(net(pooled), False))
+            if self.tcfg.gan_mode == "wgangp":
+                raw = getattr(self.model, f"D_{domain}")
+                loss = loss + gradient_penalty(raw, real, pooled, self.rng, weight=self.tcfg.lambda_gp)
+        return loss
+
+    # --- the training steps --------------------------------------------------------------------
+    def _batch(self, domain: str) -> torch.Tensor:
+        images = self.images[domain]
         idx = torch.randint(0, len(images), (self.tcfg.batch_size,), generator=self.rng)
-        return images[idx].float().div_(127.5).sub_(1.0)
+        if images.device == self.device:
+            x = images[idx.to(self.device)]
+        elif images.is_pinned():
+            x = self._pinned_copy(domain, images, idx)
+        else:
+            x = images[idx].to(self.device)
+        x = x.float().div_(127.5).sub_(1.0)
+        if self.tcfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _pinned_copy(self, domain: str, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Gather into one of two pinned buffers and copy asynchronously (buffer reuse waits on its copy)."""
+        bufs = self._staging.setdefault(domain, [])
+        if len(bufs) < 2:
+            bufs.append((torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype).pin_memory(), None))
+        buf, event = bufs.pop(0)
+        if event is not None:
+            event.synchronize()
+        torch.index_select(images, 0, idx, out=buf)
+        x = buf.to(self.device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        bufs.append((buf, done))
+        return x
 
     def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
-        t, m = self.tcfg, self.model
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                group["lr"] = t.lr * lr_factor(self.step, t)
+        """One optimisation step on the given batches; the losses, checked to be finite."""
+        losses = self._step(real_A.to(self.device), real_B.to(self.device))
+        self._finite &= torch.isfinite(losses).all()
+        return self._check(losses)
 
-        fake_B = m.G_AB(real_A)
-        rec_A = m.G_BA(fake_B)
-        fake_A = m.G_BA(real_B)
-        rec_B = m.G_AB(fake_A)
+    def _step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
+        for opt in self.opts.values():
+            for group in opt.param_groups:
+                group["lr"] = self.tcfg.lr * lr_factor(self.step, self.tcfg)
+        if self.arch == "translator":
+            losses = self._step_translator(real_A, real_B)
+        else:
+            losses = self._step_cyclegan(real_A, real_B)
+        self.scaler.update()
+        self.step += 1
+        return torch.stack([v.detach().float() for v in losses])
+
+    def _step_cyclegan(self, real_A: torch.Tensor, real_B: torch.Tensor) -> list[torch.Tensor]:
+        t, m, fn = self.tcfg, self.model, self._train_fn
+        assert isinstance(m, CycleGAN)
+        with self._autocast():
+            fake_B = fn["G_AB"](real_A)
+            rec_A = fn["G_BA"](fake_B)
+            fake_A = fn["G_BA"](real_B)
+            rec_B = fn["G_AB"](fake_A)
 
         # Generators: fool both discriminators, close both cycles, stay identity on the target.
         _set_requires_grad([m.D_A, m.D_B], False)
-        self.opt_G.zero_grad(set_to_none=True)
-        zero = real_A.new_zeros(())
-        if t.lambda_identity > 0:
-            idt_A = self.l1(m.G_AB(real_B), real_B) * t.lambda_b * t.lambda_identity
-            idt_B = self.l1(m.G_BA(real_A), real_A) * t.lambda_a * t.lambda_identity
-        else:
-            idt_A = idt_B = zero
-        g_ab = self.gan_loss(m.D_B(fake_B), True)
-        g_ba = self.gan_loss(m.D_A(fake_A), True)
-        cycle_A = self.l1(rec_A, real_A) * t.lambda_a
-        cycle_B = self.l1(rec_B, real_B) * t.lambda_b
-        loss_G = g_ab + g_ba + cycle_A + cycle_B + idt_A + idt_B
-        loss_G.backward()
-        self.opt_G.step()
+        self.opts["G"].zero_grad(set_to_none=True)
+        with self._autocast():
+            zero = real_A.new_zeros(())
+            if t.lambda_identity > 0:
+                idt_A = self.l1(fn["G_AB"](real_B).float(), real_B) * t.lambda_b * t.lambda_identity
+                idt_B = self.l1(fn["G_BA"](real_A).float(), real_A) * t.lambda_a * t.lambda_identity
+            else:
+                idt_A = idt_B = zero
+            g_ab = self._gan(self._frozen_fn["D_B"](fake_B), True)
+            g_ba = self._gan(self._frozen_fn["D_A"](fake_A), True)
+            cycle_A = self.l1(rec_A.float(), real_A) * t.lambda_a
+            cycle_B = self.l1(rec_B.float(), real_B) * t.lambda_b
+            loss_G = g_ab + g_ba + cycle_A + cycle_B + idt_A + idt_B
+        self._backward(loss_G)
+        self.scaler.step(self.opts["G"])
 
         # Discriminators: real vs. a pool of past fakes, each loss halved as in the reference.
         _set_requires_grad([m.D_A, m.D_B], True)
-        self.opt_D.zero_grad(set_to_none=True)
-        pooled_B = self.pool_B.query(fake_B)
-        loss_D_B = 0.5 * (self.gan_loss(m.D_B(real_B), True) + self.gan_loss(m.D_B(pooled_B), False))
-        loss_D_B.backward()
-        pooled_A = self.pool_A.query(fake_A)
-        loss_D_A = 0.5 * (self.gan_loss(m.D_A(real_A), True) + self.gan_loss(m.D_A(pooled_A), False))
-        loss_D_A.backward()
-        self.opt_D.step()
+        self.opts["D"].zero_grad(set_to_none=True)
+        loss_D_B = self._d_loss("B", real_B, fake_B.detach())
+        self._backward(loss_D_B)
+        loss_D_A = self._d_loss("A", real_A, fake_A.detach())
+        self._backward(loss_D_A)
+        self.scaler.step(self.opts["D"])
+        return [loss_G, loss_D_A, loss_D_B, g_ab, g_ba, cycle_A, cycle_B, idt_A, idt_B]
 
-        self.step += 1
-        losses = (loss_G, loss_D_A, loss_D_B, g_ab, g_ba, cycle_A, cycle_B, idt_A, idt_B)
-        values = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, losses, strict=True)}
-        bad = [k for k, v in values.items() if not np.isfinite(v)]
-        if bad:
+    def _step_translator(self, real_A: torch.Tensor, real_B: torch.Tensor) -> list[torch.Tensor]:
+        t, m, fn = self.tcfg, self.model, self._train_fn
+        assert isinstance(m, SingleTranslator)
+        # 1. Shared encoder/decoder as an autoencoder on both domains.
+        self.opts["AE"].zero_grad(set_to_none=True)
+        with self._autocast():
+            h_a, rec_a = fn["ae"](real_A)
+            h_b, rec_b = fn["ae"](real_B)
+            recon_A = self.l1(rec_a.float(), real_A) * t.lambda_recon
+            recon_B = self.l1(rec_b.float(), real_B) * t.lambda_recon
+        self._backward(recon_A + recon_B)
+        self.scaler.step(self.opts["AE"])
+
+        # 2. Translator(s) on the (fixed) encodings: fool the encoding discriminator, and stay
+        #    identity on encodings of the target domain (the deviation loss).
+        h_a, h_b = h_a.detach(), h_b.detach()
+        _set_requires_grad(m.discriminators(), False)
+        self.opts["T"].zero_grad(set_to_none=True)
+        zero = real_A.new_zeros(())
+        with self._autocast():
+            fake_hb = fn["T_AB"](h_a)
+            t_ab = self._gan(self._frozen_fn["D_B"](fake_hb), True)
+            dev_B = self.l1(fn["T_AB"](h_b).float(), h_b.float()) * t.lambda_deviation
+            t_ba = dev_A = zero
+            if m.both:
+                fake_ha = fn["T_BA"](h_b)
+                t_ba = self._gan(self._frozen_fn["D_A"](fake_ha), True)
+                dev_A = self.l1(fn["T_BA"](h_a).float(), h_a.float()) * t.lambda_deviation
+            loss_T = t_ab + t_ba + dev_A + dev_B
+        self._backward(loss_T)
+        self.scaler.step(self.opts["T"])
+
+        # 3. Encoding discriminator(s): real encodings vs. a pool of translated ones.
+        _set_requires_grad(m.discriminators(), True)
+        self.opts["D"].zero_grad(set_to_none=True)
+        loss_D_B = self._d_loss("B", h_b, fake_hb.detach())
+        self._backward(loss_D_B)
+        loss_D_A = zero
+        if m.both:
+            loss_D_A = self._d_loss("A", h_a, fake_ha.detach())
+            self._backward(loss_D_A)
+        self.scaler.step(self.opts["D"])
+        return [loss_T, loss_D_A, loss_D_B, t_ab, t_ba, recon_A, recon_B, dev_A, dev_B]
+
+    def _check(self, losses: torch.Tensor) -> dict[str, float]:
+        """Sync the losses to the host; raise if any loss since the last check was not finite."""
+        values = dict(zip(self.loss_names, losses.tolist(), strict=True))
+        if not bool(self._finite):
+            bad = [k for k, v in values.items() if not np.isfinite(v)]
             raise FloatingPointError(
-                f"training diverged at step {self.step}: non-finite loss {', '.join(bad)}; "
-                f"the last good checkpoint in {self.workdir} is kept"
+                f"training diverged by step {self.step}: non-finite loss "
+                f"{', '.join(bad) or '(in an earlier step since the last check)'}; "
+                f"the last good checkpoint in {self.workdir} is kept (lower train.lr, or use fp32)"
             )
+        self._last_values = values
         return values
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self, progress: StepProgress | None = None) -> float:
         """Train up to ``train.steps`` from wherever the trainer stands; returns seconds spent."""
         t0 = time.perf_counter()
-        if self.tcfg.num_threads:
-            torch.set_num_threads(self.tcfg.num_threads)
+        t = self.tcfg
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
         self.model.train()
+        main = self.dist.is_main
         log_path = self.workdir / LOSSES_FILE
         new_log = not log_path.exists()
-        with open(log_path, "a", newline="", encoding="utf-8") as log:
-            writer = csv.writer(log, delimiter="\t")
-            if new_log:
-                writer.writerow(["step", "lr", *LOSS_NAMES])
-            while self.step < self.tcfg.steps:
-                values = self.train_step(self._batch(self.images_a), self._batch(self.images_b))
-                if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
-                    lr = self.opt_G.param_groups[0]["lr"]
-                    writer.writerow([self.step, f"{lr:.6g}", *(f"{values[n]:.6f}" for n in LOSS_NAMES)])
-                if self.step % self.tcfg.checkpoint_every == 0 and self.step < self.tcfg.steps:
-                    log.flush()
+        with open(log_path, "a", newline="", encoding="utf-8") if main else contextlib.nullcontext() as log_file:
+            writer = csv.writer(log_file, delimiter="\t") if log_file else None
+            if writer and new_log:
+                writer.writerow(["step", "lr", *self.loss_names])
+            while self.step < t.steps:
+                losses = self._step(self._batch("A"), self._batch("B"))
+                self._finite &= torch.isfinite(losses).all()  # stays on the device: no sync
+                logged = self.step % t.log_every == 0 or self.step == t.steps
+                checkpoint = self.step % t.checkpoint_every == 0 and self.step < t.steps
+                if logged or checkpoint:
+                    values = self._check(losses)
+                    if logged and writer:
+                        lr = next(iter(self.opts.values())).param_groups[0]["lr"]
+                        writer.writerow([self.step, f"{lr:.6g}", *(f"{values[n]:.6f}" for n in self.loss_names)])
+                if checkpoint:
+                    if log_file:
+                        log_file.flush()
                     self.save_checkpoint()
                 if progress:
-                    progress(self.step, self.tcfg.steps, values)
+                    progress(self.step, t.steps, self._last_values)
         return time.perf_counter() - t0
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors: dict[str, torch.Tensor] = {
-            f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()
+            f"model.{k}": v.detach().contiguous().cpu().clone() for k, v in self.model.state_dict().items()
         }
         groups = {}
-        for name, opt in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
+        for name, opt in self.opts.items():
             sd = opt.state_dict()
             for idx, st in sd["state"].items():
                 for key, val in st.items():
-                    tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(val).clone()
+                    tensors[f"opt.{name}.{idx}.{key}"] = torch.as_tensor(val).detach().contiguous().cpu().clone()
             groups[name] = sd["param_groups"]
-        tensors["pool_A"] = self.pool_A.state_tensor()
-        tensors["pool_B"] = self.pool_B.state_tensor()
-        tensors["rng.train"] = self.rng.get_state()
+        # Per-rank state (pools, RNG): every rank's copy, gathered to rank 0.
+        local = {f"pool.{d}": p.state_tensor() for d, p in self.pools.items()}
+        local["rng"] = self.rng.get_state()
+        for key, val in local.items():
+            copies = ddp.all_gather(val, self.device) if self.dist.enabled else [val]
+            for r, c in enumerate(copies):
+                tensors[f"rank{r}.{key}"] = c.contiguous().clone()
         return tensors, groups
 
     def save_checkpoint(self) -> Path:
-        """Write ``ckpt-<step>.safetensors`` and point ``checkpoint.json`` at it (atomically)."""
+        """Write ``ckpt-<step>.safetensors``, verify it, then point ``checkpoint.json`` at it.
+
+        The previous checkpoint stays until the new one is verified, and one step behind after,
+        so a file damaged later (disk, copy, a kill mid-write elsewhere) still leaves one to use.
+        """
         tensors, groups = self._state_tensors()
         name = f"ckpt-{self.step:08d}.safetensors"
         path = self.workdir / name
+        if not self.dist.is_main:
+            return path
+        blob = save(tensors)
+        digest = sha256_bytes(blob)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
-        write_json_atomic(self.workdir / CHECKPOINT_JSON, {
-            "step": self.step, "file": name, "sha256": sha256_file(path),
+            tmp.write_bytes(blob)
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path}: reads back with another sha256 than was written; disk problem?")
+        meta_path = self.workdir / CHECKPOINT_JSON
+        previous = None
+        if meta_path.exists():
+            with contextlib.suppress(Exception):
+                old = read_json(meta_path)
+                if old["file"] != name and (self.workdir / old["file"]).exists():
+                    previous = {k: old[k] for k in ("step", "file", "sha256", "param_groups", "scaler")}
+        write_json_atomic(meta_path, {
+            "step": self.step, "file": name, "sha256": digest, "world_size": self.dist.world_size,
             "settings": training_settings(self.cfg), "param_groups": groups,
+            "scaler": self.scaler.state_dict(), "previous": previous,
         })
-        for old in self.workdir.glob("ckpt-*.safetensors"):
-            if old.name != name:
-                old.unlink()
+        keep = {name} | ({previous["file"]} if previous else set())
+        for stale in self.workdir.glob("ckpt-*.safetensors"):
+            if stale.name not in keep:
+                stale.unlink()
         return path
 
     def try_resume(self) -> int | None:
-        """Load the checkpoint in the work folder, if any; returns the step resumed from."""
+        """Load the newest good checkpoint in the work folder, if any; returns the step resumed from.
+
+        A checkpoint whose file is missing or whose sha256 does not match is reported (logged and
+        kept in ``resumed_note``) and the previous one is used; if none is good, CheckpointError.
+        """
         meta_path = self.workdir / CHECKPOINT_JSON
         if not meta_path.exists():
             return None
-        meta = read_json(meta_path)
+        try:
+            meta = read_json(meta_path)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{meta_path}: unreadable ({err}); delete the folder to start over") from None
         if meta["settings"] != training_settings(self.cfg):
+            changed = _diff(meta["settings"], training_settings(self.cfg))
             raise CheckpointError(
-                f"{meta_path}: written under another configuration; refusing to resume "
+                f"{meta_path}: written under another configuration ({changed}); refusing to resume "
                 "(delete the folder to start over)"
             )
-        path = self.workdir / meta["file"]
-        if not path.exists() or sha256_file(path) != meta["sha256"]:
-            raise CheckpointError(f"{path}: missing or corrupt (sha256 does not match {meta_path})")
-        tensors = load_file(str(path))
+        if meta.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(
+                f"{meta_path}: written by {meta.get('world_size', 1)} processes, resuming with "
+                f"{self.dist.world_size}; an exact resume needs the same number"
+            )
+        problems = []
+        for cand in (meta, meta.get("previous")):
+            if not cand:
+                continue
+            path = self.workdir / cand["file"]
+            if not path.exists():
+                problems.append(f"{path}: missing")
+                continue
+            if sha256_file(path) != cand["sha256"]:
+                problems.append(f"{path}: corrupt (sha256 does not match {meta_path})")
+                continue
+            self._load(load_file(str(path)), cand)
+            if problems:
+                self.resumed_note = "; ".join(problems) + f"; resumed from the previous checkpoint, step {self.step}"
+                log.warning(self.resumed_note)
+            return self.step
+        raise CheckpointError("no usable checkpoint: " + "; ".join(problems) + " (delete the folder to start over)")
+
+    def _load(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        for name, opt in (("opt_G", self.opt_G), ("opt_D", self.opt_D)):
+        for name, opt in self.opts.items():
             state: dict[int, dict[str, torch.Tensor]] = {}
+            prefix = f"opt.{name}."
             for key, val in tensors.items():
-                if key.startswith(name + "."):
-                    _, idx, field = key.split(".", 2)
+                if key.startswith(prefix):
+                    idx, field = key[len(prefix):].split(".", 1)
                     state.setdefault(int(idx), {})[field] = val
-            opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
-        self.pool_A.load_state_tensor(tensors["pool_A"])
-        self.pool_B.load_state_tensor(tensors["pool_B"])
-        self.rng.set_state(tensors["rng.train"])
+            # JSON has no tuples: betas come back as lists; give them their type back.
+            groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"][name]]
+            opt.load_state_dict({"state": state, "param_groups": groups})
+            # Moments in the parameter's memory format (channels_last), as a fresh run has them.
+            for p, st in opt.state.items():
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in st:
+                        st[key] = torch.empty_like(p).copy_(st[key])
+        r = self.dist.rank
+        for d, pool in self.pools.items():
+            pool.load_state_tensor(tensors[f"rank{r}.pool.{d}"], self.device)
+        self.rng.set_state(tensors[f"rank{r}.rng"])
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
-        _truncate_log(self.workdir / LOSSES_FILE, self.step)
-        return self.step
+        if self.dist.is_main:
+            _truncate_log(self.workdir / LOSSES_FILE, self.step)
 
     def export(self, fingerprint: str, seconds: float) -> Path:
-        """Write the generators to ``model.safetensors`` and describe them in ``model.json``."""
-        gens = {k: v.detach().clone() for k, v in self.model.generators().state_dict().items()}
+        """Write the generator weights to ``model.safetensors`` and describe them in ``model.json``."""
+        gens = {k: v.detach().contiguous().cpu().clone() for k, v in self.model.generator_state().state_dict().items()}
         path = self.workdir / MODEL_FILE
         with atomic_path(path) as tmp:
-            save_file(gens, str(tmp), metadata={"fingerprint": fingerprint, "format": "cycleaug-generators-1"})
+            tmp.write_bytes(save(gens, metadata={"fingerprint": fingerprint, "format": "cycleaug-generators-2"}))
         write_json_atomic(self.workdir / MODEL_JSON, {
             "fingerprint": fingerprint, "sha256": sha256_file(path), "steps": self.step,
             "train_seconds": round(seconds, 2), "code_version": code_version(),
             "channels": self.cfg.data.channels, "image_size": self.cfg.data.image_size,
-            "model": self.cfg.model.model_dump(mode="json"), "config": self.cfg.to_dict(),
+            "arch": self.arch, "model": self.cfg.model.model_dump(mode="json"), "config": self.cfg.to_dict(),
         })
         return path
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> str:
+    """``train.lr: 0.0002 -> 0.001, ...`` for the keys that differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = _diff(a, b, f"{prefix}{key}.")
+            if sub:
+                out.append(sub)
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return ", ".join(out)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -289,20 +589,17 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def load_generators(model_dir: str | Path, device: str = "cpu") -> tuple[nn.ModuleDict, dict]:
-    """The two generators of an exported model, in eval mode, and its ``model.json``."""
+    """The two image-to-image generators ``G_AB``, ``G_BA`` of an exported model (eval mode), and its
+    ``model.json``. For the single-translator variant they are encoder -> translator -> decoder."""
     model_dir = Path(model_dir)
     meta = read_json(model_dir / MODEL_JSON)
     path = model_dir / MODEL_FILE
     if sha256_file(path) != meta["sha256"]:
         raise CheckpointError(f"{path}: corrupt (sha256 does not match {model_dir / MODEL_JSON})")
     mcfg = ModelConfig.model_validate(meta["model"])
-    c = meta["channels"]
-    gens = nn.ModuleDict({
-        "G_AB": ResnetGenerator(c, c, mcfg.ngf, mcfg.norm, n_blocks=mcfg.n_blocks),
-        "G_BA": ResnetGenerator(c, c, mcfg.ngf, mcfg.norm, n_blocks=mcfg.n_blocks),
-    })
-    gens.load_state_dict(load_file(str(path), device=device))
-    return gens.to(device).eval(), meta
+    model = build_model(mcfg, meta["channels"])
+    model.generator_state().load_state_dict(load_file(str(path), device="cpu"))
+    return model.generators().to(device).eval(), meta
 
 
 @dataclass(frozen=True)

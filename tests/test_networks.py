@@ -1,6 +1,16 @@
+import pytest
 import torch
 
-from cyclegan_core.networks import GANLoss, ImagePool, NLayerDiscriminator, ResnetGenerator
+from cyclegan_core.networks import (
+    GANLoss,
+    ImagePool,
+    NLayerDiscriminator,
+    ResnetGenerator,
+    define_discriminator,
+    define_generator,
+    gradient_penalty,
+    init_weights,
+)
 
 
 def _count(net: torch.nn.Module) -> int:
@@ -8,18 +18,68 @@ def _count(net: torch.nn.Module) -> int:
 
 
 def test_reference_parameter_counts():
-    # The reference prints 11.378 M for resnet_9blocks and 2.765 M for the basic PatchGAN (RGB, 64 filters).
-    assert _count(ResnetGenerator(3, 3, 64, "instance", n_blocks=9)) == 11_378_179
+    # What the reference prints (RGB, ngf = ndf = 64): resnet_9blocks 11.378 M and resnet_6blocks
+    # 7.838 M with CycleGAN's instance norm; unet_256 54.414 M and unet_128 41.829 M with pix2pix's
+    # batch norm; basic PatchGAN 2.765 M (instance); the pixel discriminator 8705 weights.
+    assert _count(define_generator("resnet", 3, 3, 64, "instance", n_blocks=9)) == 11_378_179
+    assert _count(define_generator("resnet", 3, 3, 64, "instance", n_blocks=6)) == 7_837_699
+    assert _count(define_generator("unet_256", 3, 3, 64, "batch")) == 54_413_955
+    assert _count(define_generator("unet_128", 3, 3, 64, "batch")) == 41_828_995
+    assert _count(define_discriminator("patchgan", 3, 64, "instance", 3)) == 2_764_737
     assert _count(NLayerDiscriminator(3, 64, 3, "instance")) == 2_764_737
+    assert _count(define_discriminator("pixel", 3, 64, "instance")) == 8_705
+    # The anti-checkerboard upsampling keeps the sizes.
+    assert _count(define_generator("resnet", 3, 3, 64, "instance", n_blocks=9, upsample="resize_conv")) == 11_378_179
+    assert _count(define_generator("unet_256", 3, 3, 64, "batch", upsample="resize_conv")) == 54_413_955
 
 
-def test_shapes():
-    g = ResnetGenerator(1, 1, 4, n_blocks=1)
-    x = torch.randn(2, 1, 16, 16)
+@pytest.mark.parametrize("kind,size,norm,upsample", [
+    *[("resnet", 16, n, u) for n in ("instance", "batch", "none") for u in ("transpose", "resize_conv")],
+    ("unet_128", 128, "batch", "transpose"), ("unet_128", 128, "instance", "resize_conv"),
+])
+def test_generators_keep_shape_and_range(kind, size, norm, upsample):
+    g = define_generator(kind, 1, 1, 2, norm, n_blocks=1, upsample=upsample, use_dropout=True)
+    x = torch.randn(2, 1, size, size)
     y = g(x)
-    assert y.shape == x.shape and float(y.abs().max()) <= 1.0
+    assert y.shape == x.shape and float(y.detach().abs().max()) <= 1.0
+
+
+def test_discriminator_shapes():
     assert NLayerDiscriminator(1, 4, 3)(torch.randn(2, 1, 32, 32)).shape == (2, 1, 2, 2)
-    assert float(GANLoss()(torch.ones(2, 1, 2, 2), True)) == 0.0
+    assert define_discriminator("pixel", 1, 4, "batch")(torch.randn(2, 1, 9, 7)).shape == (2, 1, 9, 7)
+
+
+@pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
+def test_inits(init_type):
+    torch.manual_seed(0)
+    net = init_weights(ResnetGenerator(1, 1, 4, "batch", n_blocks=1), init_type, 0.02)
+    conv = net.model[1]
+    assert conv.bias is None  # batch norm: no conv bias, as in the reference
+    std = float(conv.weight.detach().std())
+    expected = {"normal": 0.02, "kaiming": (2 / (1 * 49)) ** 0.5}.get(init_type)
+    if expected:
+        assert abs(std - expected) / expected < 0.3
+    bn = net.model[2]
+    assert float(bn.bias.detach().abs().max()) == 0.0 and abs(float(bn.weight.detach().mean()) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="not one of"):
+        init_weights(net, "uniform")
+
+
+def test_gan_losses():
+    ones = torch.ones(2, 1, 2, 2)
+    assert float(GANLoss("lsgan")(ones, True)) == 0.0 and float(GANLoss("lsgan")(ones, False)) == 1.0
+    assert abs(float(GANLoss("vanilla")(torch.full((2, 1), 20.0), True))) < 1e-6
+    assert float(GANLoss("wgangp")(ones * 3, True)) == -3.0 and float(GANLoss("wgangp")(ones * 3, False)) == 3.0
+    with pytest.raises(ValueError, match="lsgan, vanilla, wgangp"):
+        GANLoss("hinge")
+    # A linear critic f(x) = sum(w * x) has gradient w everywhere: penalty = (|w| - 1)^2 * weight.
+    net = torch.nn.Conv2d(1, 1, 2, bias=False)
+    torch.nn.init.constant_(net.weight, 0.5)  # |w| = 1 over the 2x2 kernel: no penalty
+    x = torch.randn(3, 1, 2, 2)
+    gp = gradient_penalty(net, x, torch.randn(3, 1, 2, 2), torch.Generator().manual_seed(0))
+    assert float(gp) < 1e-8
+    torch.nn.init.constant_(net.weight, 1.0)  # |w| = 2: penalty 10 * 1
+    assert abs(float(gradient_penalty(net, x, x, torch.Generator())) - 10.0) < 1e-4
 
 
 def test_image_pool_fills_then_mixes_and_round_trips():

@@ -1,8 +1,12 @@
+import itertools
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from cyclegan_core.config import config_from_dict
+from cyclegan_core.config import ConfigError, config_from_dict
+from cyclegan_core.networks import ResnetGenerator
 from cyclegan_core.train import CheckpointError, Trainer, load_generators, lr_factor, model_fingerprint
 from tests.conftest import tiny_settings
 
@@ -11,9 +15,11 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 1), dtype=np.uint8)
 
 
-def _cfg(tmp_path, **train):
+def _cfg(tmp_path, model=None, **train):
     raw = tiny_settings(tmp_path, tmp_path / "A", tmp_path / "B")
-    raw["train"].update(train)
+    # One thread: these nets are tiny, and on a shared 2-core machine two threads spin-wait.
+    raw["train"].update({"num_threads": 1, **train})
+    raw["model"].update(model or {})
     return config_from_dict(raw)
 
 
@@ -21,14 +27,35 @@ def _weights(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in t.model.state_dict().items()}
 
 
-def test_resume_is_exact(tmp_path):
-    cfg = _cfg(tmp_path, steps=8, checkpoint_every=4)
+def _same_state(t1: Trainer, t2: Trainer) -> None:
+    w1, w2 = _weights(t1), _weights(t2)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    for name in t1.opts:
+        s1, s2 = t1.opts[name].state_dict(), t2.opts[name].state_dict()
+        assert s1["param_groups"] == s2["param_groups"]  # the LR-schedule position included
+        for idx in s1["state"]:
+            assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(s2["state"][idx][k]))
+                       for k, v in s1["state"][idx].items())
+    for d in t1.pools:
+        assert torch.equal(t1.pools[d].state_tensor(), t2.pools[d].state_tensor())
+    assert torch.equal(t1.rng.get_state(), t2.rng.get_state())
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("model,train", [
+    ({}, {}),
+    ({"arch": "translator"}, {"lr_policy": "cosine"}),
+    ({"norm": "batch", "init_type": "orthogonal", "upsample": "resize_conv"},
+     {"lr_policy": "step", "lr_step_size": 3, "gan_mode": "wgangp", "precision": "bf16"}),
+], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16"])
+def test_resume_is_exact(tmp_path, model, train):
+    cfg = _cfg(tmp_path, model, steps=8, checkpoint_every=4, **train)
     a, b = _images(10, 1), _images(12, 2)
     straight = Trainer(cfg, a, b, tmp_path / "straight")
     straight.fit()
-
-    class Killed(Exception):
-        pass
 
     def kill_at_6(step, total, losses):
         if step == 6:  # two steps past the checkpoint at 4, as a run killed mid-way would be
@@ -40,8 +67,7 @@ def test_resume_is_exact(tmp_path):
     second = Trainer(cfg, a, b, tmp_path / "resumed")
     assert second.try_resume() == 4
     second.fit()
-    w1, w2 = _weights(straight), _weights(second)
-    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    _same_state(straight, second)
     # The loss log has each step once.
     steps = [int(line.split("\t")[0]) for line in (tmp_path / "resumed" / "losses.tsv").read_text().splitlines()[1:]]
     assert steps == list(range(1, 9))
@@ -52,13 +78,118 @@ def test_resume_refuses_other_settings_and_corrupt_files(tmp_path):
     t = Trainer(_cfg(tmp_path, steps=3), a, b, tmp_path / "run")
     t.fit()
     path = t.save_checkpoint()
-    with pytest.raises(CheckpointError, match="another configuration"):
+    with pytest.raises(CheckpointError, match=r"another configuration \(train.lr: 0.0002 -> 0.001\)"):
         Trainer(_cfg(tmp_path, steps=3, lr=1e-3), a, b, tmp_path / "run").try_resume()
-    # Logging cadence does not change weights: resuming with another one is fine.
-    assert Trainer(_cfg(tmp_path, steps=3, log_every=2), a, b, tmp_path / "run").try_resume() == 3
+    with pytest.raises(CheckpointError, match="model.arch: 'cyclegan' -> 'translator'"):
+        Trainer(_cfg(tmp_path, {"arch": "translator"}, steps=3), a, b, tmp_path / "run").try_resume()
+    # Logging cadence and speed switches do not change weights: resuming with others is fine.
+    assert Trainer(_cfg(tmp_path, steps=3, log_every=2, channels_last=True, adam_impl="for_loop"), a, b,
+                   tmp_path / "run").try_resume() == 3
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="no usable checkpoint: .*corrupt"):
         Trainer(_cfg(tmp_path, steps=3), a, b, tmp_path / "run").try_resume()
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    cfg = _cfg(tmp_path, steps=6, checkpoint_every=2)
+    a, b = _images(8, 1), _images(8, 2)
+    straight = Trainer(cfg, a, b, tmp_path / "straight")
+    straight.fit()
+
+    def kill_at_5(step, total, losses):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(cfg, a, b, tmp_path / "run").fit(kill_at_5)
+    run = tmp_path / "run"
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["step"] == 4 and meta["previous"]["step"] == 2
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-00000002.safetensors", "ckpt-00000004.safetensors"]
+    newest = run / meta["file"]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a full disk
+    resumed = Trainer(cfg, a, b, run)
+    assert resumed.try_resume() == 2
+    assert "ckpt-00000004.safetensors: corrupt" in resumed.resumed_note
+    resumed.fit()
+    _same_state(straight, resumed)  # restarting from the older checkpoint is still exact
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, steps=8, checkpoint_every=2, log_every=5)
+    a, b = _images(6, 1), _images(6, 2)
+    t = Trainer(cfg, a, b, tmp_path / "nan")
+
+    def poison_at_3(step, total, losses):
+        if step == 3:
+            with torch.no_grad():
+                next(t.model.G_AB.parameters()).fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match=r"diverged by step 4: non-finite loss .*last good checkpoint"):
+        t.fit(poison_at_3)
+    meta = json.loads((tmp_path / "nan" / "checkpoint.json").read_text())
+    assert meta["step"] == 2  # the step-4 checkpoint was not written with NaN weights
+    again = Trainer(cfg, a, b, tmp_path / "nan")
+    assert again.try_resume() == 2
+    assert all(torch.isfinite(v).all() for v in again.model.state_dict().values())
+    # A direct call to train_step checks at once.
+    x = torch.full((2, 1, 16, 16), float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        Trainer(cfg, a, b, tmp_path / "nan2").train_step(x, x)
+
+
+@pytest.mark.parametrize("switches,same_numbers", [
+    ({"channels_last": True, "adam_impl": "fused"}, True),
+    ({"adam_impl": "for_loop", "pin_memory": False}, True),
+    # Dynamo tracing takes ~20 s on 2 cores; aot_eager skips inductor's C++ build but runs the
+    # same graph capture and AOT autograd as the GPU path.
+    pytest.param({"compile": True, "compile_backend": "aot_eager"}, True, marks=pytest.mark.slow),
+    ({"precision": "bf16", "batch_size": 3}, False),
+    ({"precision": "fp16"}, False),
+], ids=["channels_last-fused", "for_loop", "compile", "bf16-batch3", "fp16-scaler"])
+def test_speed_switches_train_on_cpu(tmp_path, switches, same_numbers):
+    a, b = _images(6, 1), _images(6, 2)
+    runs = {}
+    for name, extra in (("base", {}), ("fast", switches)):
+        t = Trainer(_cfg(tmp_path, steps=2, **extra), a, b, tmp_path / name)
+        seen: list[dict] = []
+        t.fit(lambda step, total, losses, seen=seen: seen.append(dict(losses)))
+        runs[name] = (t, seen)
+    (base, base_losses), (fast, fast_losses) = runs["base"], runs["fast"]
+    assert all(np.isfinite(v) for step in fast_losses for v in step.values())
+    first_b, first_f = base_losses[0], fast_losses[0]
+    if same_numbers:
+        # Layout, optimizer kernels and compilation change the rounding at most: the first step
+        # (same weights, same batch) gives the same losses, and after two Adam steps (each moves
+        # a weight by at most about lr) the weights agree within that bound.
+        assert all(first_f[k] == pytest.approx(first_b[k], rel=1e-4, abs=1e-6) for k in first_b)
+        wb, wf = _weights(base), _weights(fast)
+        assert max(float((wb[k].float() - wf[k].float()).abs().max()) for k in wb) <= 4 * 2e-4
+    else:
+        assert first_f != first_b
+    if switches.get("precision") == "fp16":
+        assert fast.scaler.is_enabled() and fast.scaler.get_scale() > 0
+
+
+@pytest.mark.parametrize("directions", ["both", "AtoB"])
+def test_translator_variant_exports_both_directions(tmp_path, directions):
+    cfg = _cfg(tmp_path, {"arch": "translator", "translator_directions": directions}, steps=2)
+    t = Trainer(cfg, _images(4, 1), _images(4, 2), tmp_path / "m")
+    t.fit()
+    assert list(t._last_values) == ["T", "D_A", "D_B", "T_AB", "T_BA", "recon_A", "recon_B", "dev_A", "dev_B"]
+    t.export("f" * 64, 1.0)
+    gens, meta = load_generators(tmp_path / "m")
+    assert meta["arch"] == "translator"
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    m = t.model.eval()
+    with torch.no_grad():
+        # encoder -> translator -> decoder is exactly one ResNet generator of the same sizes.
+        g = gens["G_AB"]
+        assert sum(p.numel() for p in g.parameters()) == sum(p.numel() for p in ResnetGenerator(1, 1, 4, n_blocks=1)
+                                                             .parameters())
+        assert torch.equal(g(x), m.ae.decoder(m.T_AB(m.ae.encoder(x))))
+        expected_ba = m.ae.decoder((m.T_BA if directions == "both" else torch.nn.Identity())(m.ae.encoder(x)))
+        assert torch.equal(gens["G_BA"](x), expected_ba)
 
 
 def test_export_and_load_generators(tmp_path):
@@ -77,17 +208,43 @@ def test_fingerprint_tracks_what_changes_weights(tmp_path):
     assert model_fingerprint(base, "a", "b") == fp
     assert model_fingerprint(base, "a", "c") != fp
     assert model_fingerprint(_cfg(tmp_path, lr=1e-3), "a", "b") != fp
-    assert model_fingerprint(_cfg(tmp_path, log_every=5, num_threads=1), "a", "b") == fp
+    assert model_fingerprint(_cfg(tmp_path, {"arch": "translator"}), "a", "b") != fp
+    assert model_fingerprint(_cfg(tmp_path, precision="bf16"), "a", "b") != fp
+    assert model_fingerprint(_cfg(tmp_path, log_every=5, num_threads=1, channels_last=True, compile=True,
+                                  device="cpu"), "a", "b") == fp
 
 
-def test_lr_schedule_holds_then_decays():
-    cfg = config_from_dict({"train": {"steps": 10, "decay_start": 0.5}})
-    factors = [lr_factor(s, cfg.train) for s in range(10)]
-    assert factors[:6] == [1.0] * 6 and factors[-1] < factors[6] < 1.0 and factors[-1] > 0
+def test_lr_schedules():
+    def factors(**train):
+        cfg = config_from_dict({"train": {"steps": 10, **train}})
+        return [lr_factor(s, cfg.train) for s in range(10)]
+
+    lin = factors(decay_start=0.5)
+    assert lin[:6] == [1.0] * 6 and lin[-1] < lin[6] < 1.0 and lin[-1] > 0
+    assert factors(lr_policy="step", lr_step_size=4) == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
+    cos = factors(lr_policy="cosine")
+    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(x > y for x, y in itertools.pairwise(cos))
 
 
-def test_non_finite_loss_stops_with_clear_message(tmp_path):
-    t = Trainer(_cfg(tmp_path, steps=2), _images(4, 1), _images(4, 2), tmp_path / "nan")
-    x = torch.full((2, 1, 16, 16), float("nan"))
-    with pytest.raises(FloatingPointError, match="non-finite loss"):
-        t.train_step(x, x)
+@pytest.mark.parametrize("override,message", [
+    ({"model": {"generator": "unet_256"}}, "model.generator=unet_256 halves the image 8 times, so the size must be "
+                                           "a multiple of 256"),
+    ({"model": {"arch": "translator", "generator": "unet_128"}}, "generator must be 'resnet'"),
+    ({"model": {"n_layers_d": 4}}, "too deep for data.image_size=32"),
+    ({"model": {"arch": "translator", "n_layers_d": 5}}, r"image_size / 4 \(the encodings\)"),
+    ({"model": {"init_type": "uniform"}}, r"model.init_type: .*got 'uniform'"),
+    ({"train": {"gan_mode": "hinge"}}, r"train.gan_mode: .*got 'hinge'"),
+    ({"train": {"precision": "fp16", "gan_mode": "wgangp"}}, "use bf16 or fp32"),
+    ({"train": {"fused_adam": True}}, "train.fused_adam: unknown key"),
+])
+def test_model_and_train_settings_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(override)
+    config_from_dict({"model": {"generator": "unet_256", "norm": "batch"}, "data": {"image_size": 256}})
+
+
+def test_vanilla_gan_and_pixel_discriminator_train(tmp_path):
+    t = Trainer(_cfg(tmp_path, {"discriminator": "pixel", "init_type": "kaiming"}, steps=2, gan_mode="vanilla"),
+                _images(4, 1), _images(4, 2), tmp_path / "v")
+    t.fit()
+    assert all(np.isfinite(v) for v in t._last_values.values())

@@ -1,0 +1,118 @@
+"""Data-parallel training across processes started by ``torchrun`` (DDP; NCCL on GPUs, gloo on CPUs).
+
+Each process samples its own batches (seeded by rank), gradients are averaged by
+``DistributedDataParallel``, so ``N`` processes at batch ``b`` train like one at batch ``N*b``.
+Rank 0 alone writes checkpoints, the loss log and the exported model; the per-rank random state
+and image pools are gathered into rank 0's checkpoint, so a resumed run continues exactly.
+
+    torchrun --nproc_per_node 8 -m cyclegan_core.ddp --params params.yaml
+
+trains the model for the ingested data (run ``cycleaug ingest`` first) into the same
+``paths.models/<fingerprint>`` folder ``cycleaug train`` uses, which then reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank and world size from the environment ``torchrun`` sets (a single process otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun set up (idempotent); a no-op for one process."""
+    info = dist_info()
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DDP (gradients averaged over ranks during backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def all_gather(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's copy of ``t`` (same shape on all ranks), on the CPU."""
+    t = t.to(device)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.cpu() for o in out]
+
+
+def check_in_sync(module: nn.Module, device: torch.device) -> None:
+    """Raise if the ranks' weights differ (they must be replicas after every step)."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().reshape(-1) for p in module.parameters()])
+        digest = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, dtype=flat.dtype,
+                                                               device=flat.device)).sum()])
+    copies = all_gather(digest, device)
+    if any(not torch.equal(c, copies[0]) for c in copies[1:]):
+        raise RuntimeError(f"DDP replicas diverged: weight digests {[c.tolist() for c in copies]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the current fingerprint's model on all ranks (what ``cycleaug train`` does on one)."""
+    from .config import load_config
+    from .ingest import manifest_images, read_manifest
+    from .pipeline import CURRENT_MODEL, current_fingerprint, manifest_path
+    from .report import loss_curves
+    from .storage import write_json_atomic
+    from .train import LOSSES_FILE, Trainer
+
+    ap = argparse.ArgumentParser(prog="torchrun ... -m cyclegan_core.ddp", description=main.__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params, args.set)
+    fp = current_fingerprint(cfg)
+    folder = os.path.join(cfg.paths.models, fp)
+    images = {d: manifest_images(read_manifest(manifest_path(cfg, d), ("train",))) for d in ("A", "B")}
+    trainer = Trainer(cfg, images["A"], images["B"], folder)
+    try:
+        resumed = trainer.try_resume()
+        seconds = trainer.fit()
+        check_in_sync(trainer.model, trainer.device)
+        if trainer.dist.is_main:
+            trainer.export(fp, seconds)
+            loss_curves(os.path.join(folder, LOSSES_FILE), os.path.join(folder, "losses.png"))
+            write_json_atomic(os.path.join(cfg.paths.models, CURRENT_MODEL), {"fingerprint": fp, "model_dir": folder})
+            print(f"trained {fp[:12]} on {trainer.dist.world_size} processes: {trainer.step} steps in "
+                  f"{seconds:.1f} s (resumed from {resumed})", flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
