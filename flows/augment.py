@@ -48,7 +48,9 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
     cfg = load_config(params, tuple(overrides))
     log = get_run_logger()
     specs = steps.plan_shards(cfg, model)
-    shard_task = configured(steps.generate_shard, cfg)
+    # No per-shard time limit: shards run in worker threads, which a timeout cannot interrupt; the
+    # subflow as a whole has one (orchestrate.step_timeout_s).
+    shard_task = configured(steps.generate_shard, cfg, timeout=False)
     futures = shard_task.map(cfg=unmapped(cfg), direction=[s["direction"] for s in specs],
                              shard=[s["shard"] for s in specs], manifest=[s["manifest"] for s in specs],
                              model_dir=[s["model_dir"] for s in specs], content=[s["content"] for s in specs],
@@ -58,6 +60,7 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
         result = future.result()
         if future.state.name == "Cached":
             cached += 1
+            result = result | {"translated": 0, "reused": result["rows"]}  # nothing was translated this time
             if not steps.shard_in_place(cfg, result):
                 log.warning("%s shard %d: cached result, but its file is gone or changed; generating it again",
                             spec["direction"], spec["shard"])
@@ -117,7 +120,8 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
     model = configured(steps.train_or_reuse, cfg, timeout=cfg.orchestrate.train_timeout_s)(
         cfg, ingested, retrain, params, overrides)
     t = lap("train", t)
-    generated = generate_shards.with_options(task_runner=task_runner_for(cfg))(
+    generated = generate_shards.with_options(task_runner=task_runner_for(cfg),
+                                             timeout_seconds=cfg.orchestrate.step_timeout_s)(
         params, overrides, model, now_stamp())
     t = lap("generate", t)
     validated, val_cached = _cached_or_refreshed(

@@ -63,10 +63,12 @@ def transient_storage_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def configured(task: Task, cfg: Config, *, timeout: float | None = None, retries: bool = True) -> Task:
-    """``task`` with the retries, backoff and time limit of ``orchestrate``."""
+def configured(task: Task, cfg: Config, *, timeout: float | bool | None = None, retries: bool = True) -> Task:
+    """``task`` with the retries, backoff and time limit of ``orchestrate`` (``timeout=False``: none)."""
     o = cfg.orchestrate
-    options: dict[str, Any] = {"timeout_seconds": timeout or o.step_timeout_s}
+    options: dict[str, Any] = {}
+    if timeout is not False:
+        options["timeout_seconds"] = timeout or o.step_timeout_s
     if retries and o.retries:
         options |= {"retries": o.retries, "retry_delay_seconds": exponential_backoff(o.retry_delay_s),
                     "retry_condition_fn": transient_storage_error}
