@@ -75,12 +75,22 @@ def configured(task: Task, cfg: Config, *, timeout: float | bool | None = None, 
     return task.with_options(**options)
 
 
-def ensure_concurrency_limit(name: str, slots: int = 1) -> None:
-    """Create (or set to ``slots``) the global concurrency limit ``name`` on the Prefect server."""
+def ensure_concurrency_limit(name: str, slots: int = 1) -> bool:
+    """Create the global concurrency limit ``name`` with ``slots`` if the server lacks it; True if created.
+
+    An existing limit is left as it is, so an operator may change it (``prefect gcl update``).
+    """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, slots)
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return False
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            return True
 
 
 def code_hash(*files: str | Path) -> str:

@@ -125,3 +125,24 @@ def test_served_deployment_runs_and_reports(prefect_api, tmp_path, collections):
         api.close()
         stop(serve)
     assert serve.returncode is not None
+
+
+def test_prefect_yaml_matches_the_served_deployments():
+    from prefect.flows import load_flow_from_entrypoint
+
+    from cyclegan_core.config import load_config
+    from flows.augment import augment
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    cfg = load_config(ROOT / "params.yaml")
+    s = cfg.orchestrate.schedule
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(deps) == {"nightly", "retrain"}
+    assert deps["nightly"]["schedules"][0]["cron"] == s.cron
+    assert deps["retrain"]["schedules"][0]["cron"] == s.retrain_cron
+    for name, d in deps.items():
+        assert d["concurrency_limit"] == 1 and set(s.tags) | {name} <= set(d["tags"])
+        assert d["parameters"]["retrain"] is (name == "retrain")
+        assert set(d["parameters"]) == set(augment.parameters.properties)
+        flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
+        assert flow.name == augment.name
