@@ -122,9 +122,21 @@ def test_served_deployment_runs_and_reports(prefect_api, tmp_path, collections):
         assert metrics["type"] == "table" and '"published": 24' in metrics["data"]
         assert any(a["type"] == "progress" and a["data"] == 100.0 for a in arts)
     finally:
-        api.close()
         stop(serve)
     assert serve.returncode is not None
+
+    # prefect.yaml registers the same deployments on a process work pool (what a Prefect worker runs).
+    try:
+        cli = [sys.executable, "-m", "prefect", "--no-prompt"]
+        run_env = env | {"CYCLEAUG_ROOT": str(ROOT)}
+        for args in (["work-pool", "create", "cycleaug", "--type", "process"], ["deploy", "--all"]):
+            done = subprocess.run(cli + args, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        deployed = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly", "retrain"]}}})
+        pools = {d["name"]: d["work_pool_name"] for d in deployed.json()}
+        assert pools == {"nightly": "cycleaug", "retrain": "cycleaug"}
+    finally:
+        api.close()
 
 
 def test_prefect_yaml_matches_the_served_deployments():
