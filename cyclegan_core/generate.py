@@ -117,10 +117,15 @@ def shard_sources(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.T
 
 
 def shard_digest(manifest: str | Path, cfg: GenerateConfig, shard: int) -> str:
-    """Content hash of what a shard is made from: its source samples, their splits and labels."""
-    t = shard_sources(manifest, cfg, shard)
-    items = list(zip(*(t.column(c).to_pylist() for c in ("sample_id", "split", "label", "relpath", "uri")),
-                     strict=True))
+    """Content hash of what a shard is made from: its source samples, their splits and labels.
+
+    Reads only the small columns (the sample id is the sha256 of the source's bytes), so a cache
+    check costs milliseconds even for large collections.
+    """
+    cols = ("sample_id", "split", "label", "relpath", "uri")
+    t = pq.read_table(manifest, columns=list(cols))
+    items = sorted(row for row in zip(*(t.column(c).to_pylist() for c in cols), strict=True)
+                   if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard)
     return sha256_bytes(json.dumps(items).encode())
 
 
