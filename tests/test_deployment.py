@@ -104,7 +104,13 @@ def test_served_deployment_runs_and_reports(prefect_api, tmp_path, collections):
         assert {"name": "cycleaug-train-publish", "limit": 1} in [{"name": g["name"], "limit": g["limit"]}
                                                                  for g in gcls]
 
-        run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={}).json()
+        # Right after registering, the server may still answer with an error (the runner updates the
+        # deployment, SQLite is busy): ask again until the run is created.
+        def create_run():
+            r = api.post(f"/deployments/{dep['id']}/create_flow_run", json={})
+            return r.json() if r.status_code in (200, 201) and "id" in r.json() else None
+
+        run = wait_for("a flow run created from the deployment", create_run, 60, [log])
 
         def finished():
             state = api.get(f"/flow_runs/{run['id']}").json()["state"]
