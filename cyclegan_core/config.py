@@ -245,11 +245,81 @@ class TrainConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
-    """Translation of ingested samples in both directions."""
+    """Translation of ingested samples in both directions.
+
+    A row already generated for the same source sample, by the same model and under the same
+    :meth:`pixel_settings`, is reused rather than translated again, so a nightly run translates only
+    new samples. ``shards`` and ``splits`` only decide where rows go and which are made.
+    """
 
     splits: tuple[Literal["train", "test"], ...] = ("train", "test")
     batch_size: int = Field(64, ge=1)
     shards: int = Field(2, ge=1, description="Shards per direction (by hash of the source id).")
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """The settings that can change a translation's bytes (batch composition can, in float math)."""
+        return {"batch_size": self.batch_size}
+
+
+class DaskConfig(_Strict):
+    """Where mapped generation runs when ``orchestrate.task_runner`` is ``dask``."""
+
+    address: str | None = Field(
+        None, description="Scheduler address (tcp://host:8786); none starts a local cluster on this machine."
+    )
+    workers: int = Field(2, ge=1, le=256, description="Worker processes of the local cluster.")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="Threads of each local worker.")
+
+
+class ScheduleConfig(_Strict):
+    """The deployments ``cycleaug serve`` and ``prefect.yaml`` define."""
+
+    cron: str = Field("0 2 * * *", description="When the nightly augmentation runs (cron, in `timezone`).")
+    retrain_cron: str | None = Field(
+        "0 3 * * 0", description="When a run that retrains on the current data runs; none for never."
+    )
+    timezone: str = "UTC"
+    tags: tuple[str, ...] = ("cycleaug",)
+
+    @field_validator("cron", "retrain_cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a cron expression of 5 fields (minute hour day month weekday)")
+        return value
+
+
+class OrchestrateConfig(_Strict):
+    """How the Prefect flow runs: task runner, model policy for growing data, retries, limits, schedule."""
+
+    task_runner: Literal["local", "dask"] = Field(
+        "local", description="local: threads in the flow's process; dask: prefect-dask DaskTaskRunner."
+    )
+    dask: DaskConfig = DaskConfig()
+    retrain: Literal["on_change", "on_growth", "on_request"] = Field(
+        "on_growth",
+        description="When training samples change: on_change retrains at once; on_growth keeps the current "
+        "model until the samples it has not seen exceed retrain_growth; on_request keeps it until a run "
+        "with retrain=true. Changed training settings or code always retrain.",
+    )
+    retrain_growth: float = Field(
+        0.25, gt=0.0, le=100.0,
+        description="on_growth: share of the model's training samples that may be added or removed since it "
+        "was trained before it is retrained (per collection).",
+    )
+    train_launcher: Literal["inprocess", "torchrun"] = Field(
+        "inprocess", description="torchrun: the training task runs `torchrun ... cycleaug train` as a subprocess."
+    )
+    nproc_per_node: int = Field(1, ge=1, le=64, description="torchrun processes (one per GPU).")
+    retries: int = Field(3, ge=0, le=20, description="Retries of a step after a transient storage error.")
+    retry_delay_s: float = Field(2.0, ge=0.0, description="First retry delay; each next one doubles.")
+    train_timeout_s: float = Field(86400.0, gt=0.0, description="Training task time limit.")
+    step_timeout_s: float = Field(7200.0, gt=0.0, description="Time limit of every other task.")
+    concurrency_limit: str = Field(
+        "cycleaug-train-publish",
+        description="Prefect global concurrency limit (1 slot) held while training and while publishing.",
+    )
+    schedule: ScheduleConfig = ScheduleConfig()
 
 
 class SampleThresholds(_Strict):
@@ -485,6 +555,7 @@ class Config(_Strict):
     publish: PublishConfig = PublishConfig()
     paths: PathsConfig = PathsConfig()
     paired: PairedConfig = PairedConfig()
+    orchestrate: OrchestrateConfig = OrchestrateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

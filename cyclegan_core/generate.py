@@ -1,24 +1,35 @@
 """Generate: translate ingested samples A->B and B->A in batches, with their cycle reconstructions.
 
 Each direction is written as Parquet shards, a source sample going to shard
-``int(source_id[:8], 16) % shards`` so the same source always lands in the same shard.
+``int(source_id[:8], 16) % shards`` so the same source always lands in the same shard. A shard is
+made by :func:`generate_shard`, alone (so an orchestrator can map over shards on several workers),
+into a staging folder; :func:`commit_shards` then moves the staged shards into place. Rows made
+before for the same source by the same model, under the same pixel settings, are reused, not
+translated again: a nightly run over a grown collection translates only its new samples, and a
+source that left the collection leaves the shards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from .config import DIRECTIONS, GenerateConfig
 from .images import decode_png, encode_png, to_tensor, to_uint8
 from .ingest import read_manifest
-from .storage import atomic_dir, sha256_bytes, sha256_file
+from .storage import atomic_path, sha256_bytes, sha256_file
 from .train import load_generators
 
 Progress = Callable[[int, int], None]
@@ -39,6 +50,27 @@ GENERATED_SCHEMA = pa.schema(
         ("created_at", pa.string()),
     ]
 )
+GENERATION_META = b"cycleaug.generation"
+STAGING = ".staging"
+SOURCE_DOMAIN = {"AtoB": "A", "BtoA": "B"}
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One generated shard: where it is staged, its content hash and how many rows were new."""
+
+    direction: str
+    shard: int
+    file: str
+    rows: int
+    translated: int
+    reused: int
+    sha256: str
+    model_fingerprint: str
+    generation_key: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,8 @@ class GenerateResult:
     rows: dict[str, int]
     shards: dict[str, list[dict]]
     seconds: float
+    translated: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +89,44 @@ class GenerateResult:
 
 def shard_of(key: str, shards: int) -> int:
     return int(key[:8], 16) % shards
+
+
+def shard_name(direction: str, shard: int) -> str:
+    return f"{direction}/part-{shard:05d}.parquet"
+
+
+def generation_key(cfg: GenerateConfig) -> str:
+    """What a translation's bytes depend on besides the model and the source: settings and code."""
+    here = Path(__file__).parent
+    code = hashlib.sha256((here / "generate.py").read_bytes() + (here / "images.py").read_bytes()).hexdigest()
+    return sha256_bytes(json.dumps({"settings": cfg.pixel_settings(), "code": code}, sort_keys=True).encode())
+
+
+def now_stamp() -> str:
+    """The time stamp for new rows: ``SOURCE_DATE_EPOCH`` when set (reproducible builds), else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return when.replace(microsecond=0).isoformat()
+
+
+def shard_sources(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.Table:
+    """The manifest rows (configured splits) whose translations go to ``shard``, by source id."""
+    table = read_manifest(manifest, cfg.splits)
+    keep = [shard_of(s, cfg.shards) == shard for s in table.column("sample_id").to_pylist()]
+    return table.filter(pa.array(keep, type=pa.bool_())).sort_by("sample_id")
+
+
+def shard_digest(manifest: str | Path, cfg: GenerateConfig, shard: int) -> str:
+    """Content hash of what a shard is made from: its source samples, their splits and labels.
+
+    Reads only the small columns (the sample id is the sha256 of the source's bytes), so a cache
+    check costs milliseconds even for large collections.
+    """
+    cols = ("sample_id", "split", "label", "relpath", "uri")
+    t = pq.read_table(manifest, columns=list(cols))
+    items = sorted(row for row in zip(*(t.column(c).to_pylist() for c in cols), strict=True)
+                   if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard)
+    return sha256_bytes(json.dumps(items).encode())
 
 
 @torch.inference_mode()
@@ -70,65 +142,141 @@ def translate(forward: torch.nn.Module, backward: torch.nn.Module, sources: list
     return out
 
 
-def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Path, out_dir: str | Path,
-             cfg: GenerateConfig, progress: Progress | None = None) -> GenerateResult:
-    """Translate the configured splits of both collections; write ``out_dir/<direction>/*.parquet``."""
-    import time
+def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fingerprint: str,
+                  key: str) -> dict[str, dict]:
+    """Rows already generated for these sources by this model under this generation key."""
+    found: dict[str, dict] = {}
+    if not source_ids:
+        return found
+    wanted = pa.array(sorted(source_ids), type=pa.string())
+    for path in sorted((Path(out_dir) / direction).glob("part-*.parquet")):
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except (OSError, pa.ArrowInvalid):
+            continue  # an unreadable old shard is regenerated, not trusted
+        if meta.get(GENERATION_META, b"").decode() != key:
+            continue
+        table = pq.read_table(path, filters=pc.field("source_id").isin(wanted))
+        for row in table.to_pylist():
+            if row["model_fingerprint"] == fingerprint:
+                found[row["source_id"]] = row
+    return found
 
-    t0 = time.perf_counter()
-    gens, meta = load_generators(model_dir)
+
+def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: str | Path,
+                   out_dir: str | Path, cfg: GenerateConfig, created_at: str | None = None,
+                   progress: Progress | None = None) -> ShardResult:
+    """Make shard ``shard`` of ``direction`` under ``out_dir/.staging/``; reuse rows made before.
+
+    ``manifest`` is the source collection's manifest (A for AtoB, B for BtoA). Only sources missing
+    from the current shards (new samples, or a new model or generation key) are translated.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if not 0 <= shard < cfg.shards:
+        raise ValueError(f"shard {shard} is outside 0..{cfg.shards - 1} (generate.shards={cfg.shards})")
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     fingerprint = meta["fingerprint"]
-    created = datetime.now(UTC).replace(microsecond=0).isoformat()
-    plan = {
-        "AtoB": (read_manifest(manifest_a, cfg.splits), gens["G_AB"], gens["G_BA"]),
-        "BtoA": (read_manifest(manifest_b, cfg.splits), gens["G_BA"], gens["G_AB"]),
-    }
-    # A row made before keeps its time stamp, so unchanged rows publish as the same bytes.
-    first_made = {
-        sid: when
-        for d in DIRECTIONS
-        for sid, when in zip(*read_generated(out_dir, d, ["sample_id", "created_at"]).to_pydict().values(),
-                             strict=True)
-    }
-    total = sum(t.num_rows for t, _, _ in plan.values())
+    key = generation_key(cfg)
+    created_at = created_at or now_stamp()
+    src = shard_sources(manifest, cfg, shard).to_pylist()
+    old = previous_rows(out_dir, direction, {r["sample_id"] for r in src}, fingerprint, key)
+    todo = [r for r in src if r["sample_id"] not in old]
+    made: dict[str, tuple[bytes, bytes]] = {}
+    if todo:
+        gens, _ = load_generators(model_dir)
+        fwd, bwd = (gens["G_AB"], gens["G_BA"]) if direction == "AtoB" else (gens["G_BA"], gens["G_AB"])
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start:start + cfg.batch_size]
+            for row, pair in zip(chunk, translate(fwd, bwd, [r["image"] for r in chunk], cfg.batch_size),
+                                 strict=True):
+                made[row["sample_id"]] = pair
+            if progress:
+                progress(start + len(chunk), len(todo))
+    rows = []
+    for r in src:  # sorted by source id, so the same rows always make the same bytes
+        prev = old.get(r["sample_id"])
+        if prev is not None:
+            # Provenance of the source can change (a file moved or relabelled) without a new translation.
+            rows.append(prev | {"source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
+                                "label": r["label"]})
+            continue
+        img, rec = made[r["sample_id"]]
+        rows.append({
+            "sample_id": sha256_bytes(img), "direction": direction, "source_id": r["sample_id"],
+            "source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"], "label": r["label"],
+            "source_image": r["image"], "image": img, "reconstruction": rec,
+            "model_fingerprint": fingerprint, "created_at": created_at,
+        })
+    name = shard_name(direction, shard)
+    target = Path(out_dir) / STAGING / name
+    schema = GENERATED_SCHEMA.with_metadata({GENERATION_META: key.encode()})
+    with atomic_path(target) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    return ShardResult(direction, shard, name, len(rows), len(todo), len(rows) - len(todo), sha256_file(target),
+                       fingerprint, key)
+
+
+def commit_shards(out_dir: str | Path, results: list[ShardResult | dict], shards: int,
+                  seconds: float = 0.0) -> GenerateResult:
+    """Move staged shards into place, drop shards beyond ``shards``, and describe the result.
+
+    A shard listed but not staged (an orchestrator's cache said it is unchanged) must already be
+    in place with the listed sha256; otherwise this raises, naming it. Each file is swapped in by
+    a rename, so a reader sees an old or a new shard, never half of one.
+    """
+    out = Path(out_dir)
+    res = [r if isinstance(r, ShardResult) else ShardResult(**r) for r in results]
+    expected = {shard_name(d, k) for d in DIRECTIONS for k in range(shards)}
+    if {r.file for r in res} != expected:
+        raise ValueError(f"commit needs every shard of both directions once; got {sorted(r.file for r in res)}")
+    for r in res:
+        staged, final = out / STAGING / r.file, out / r.file
+        if staged.exists() and sha256_file(staged) == r.sha256:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+        elif not final.exists() or sha256_file(final) != r.sha256:
+            raise FileNotFoundError(f"{final}: shard missing or changed since it was generated; generate it again")
+    for d in DIRECTIONS:
+        for stale in (out / d).glob("part-*.parquet"):
+            if f"{d}/{stale.name}" not in expected:
+                stale.unlink()
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    fps = {r.model_fingerprint for r in res}
+    return GenerateResult(
+        str(out), fps.pop() if len(fps) == 1 else ",".join(sorted(fps)),
+        {d: sum(r.rows for r in res if r.direction == d) for d in DIRECTIONS},
+        {d: [{"file": r.file, "rows": r.rows, "sha256": r.sha256}
+             for r in sorted(res, key=lambda r: r.shard) if r.direction == d] for d in DIRECTIONS},
+        round(seconds, 2),
+        {d: sum(r.translated for r in res if r.direction == d) for d in DIRECTIONS},
+        {d: sum(r.reused for r in res if r.direction == d) for d in DIRECTIONS},
+    )
+
+
+def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Path, out_dir: str | Path,
+             cfg: GenerateConfig, progress: Progress | None = None, created_at: str | None = None) -> GenerateResult:
+    """Translate the configured splits of both collections; write ``out_dir/<direction>/*.parquet``."""
+    t0 = time.perf_counter()
+    manifests = {"AtoB": manifest_a, "BtoA": manifest_b}
+    created_at = created_at or now_stamp()
+    total = sum(read_manifest(m, cfg.splits).num_rows for m in manifests.values())
     done = 0
-    rows_out: dict[str, int] = {}
-    shards_out: dict[str, list[dict]] = {}
-    with atomic_dir(out_dir) as tmp:
-        for direction in DIRECTIONS:
-            table, fwd, bwd = plan[direction]
-            src = table.to_pylist()
-            buckets: dict[int, list[dict]] = {}
-            for start in range(0, len(src), cfg.batch_size):
-                chunk = src[start:start + cfg.batch_size]
-                for row, (img, rec) in zip(chunk, translate(fwd, bwd, [r["image"] for r in chunk], cfg.batch_size),
-                                           strict=True):
-                    sid = sha256_bytes(img)
-                    buckets.setdefault(shard_of(row["sample_id"], cfg.shards), []).append({
-                        "sample_id": sid, "direction": direction,
-                        "source_id": row["sample_id"], "source_relpath": row["relpath"],
-                        "source_uri": row["uri"], "split": row["split"], "label": row["label"],
-                        "source_image": row["image"], "image": img, "reconstruction": rec,
-                        "model_fingerprint": fingerprint, "created_at": first_made.get(sid, created),
-                    })
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-            (tmp / direction).mkdir()
-            shards_out[direction] = []
-            for k in range(cfg.shards):
-                rows = sorted(buckets.get(k, []), key=lambda r: r["source_id"])
-                path = tmp / direction / f"part-{k:05d}.parquet"
-                pq.write_table(pa.Table.from_pylist(rows, schema=GENERATED_SCHEMA), path)
-                shards_out[direction].append(
-                    {"file": f"{direction}/{path.name}", "rows": len(rows), "sha256": sha256_file(path)}
-                )
-            rows_out[direction] = len(src)
-    return GenerateResult(str(out_dir), fingerprint, rows_out, shards_out, round(time.perf_counter() - t0, 2))
+    results = []
+    for direction in DIRECTIONS:
+        for k in range(cfg.shards):
+            r = generate_shard(manifests[direction], direction, k, model_dir, out_dir, cfg, created_at)
+            results.append(r)
+            done += r.rows
+            if progress:
+                progress(done, total)
+    return commit_shards(out_dir, results, cfg.shards, time.perf_counter() - t0)
 
 
 def read_generated(out_dir: str | Path, direction: str, columns: list[str] | None = None) -> pa.Table:
     files = sorted((Path(out_dir) / direction).glob("part-*.parquet"))
     if not files:
         return GENERATED_SCHEMA.empty_table() if columns is None else GENERATED_SCHEMA.empty_table().select(columns)
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    # Shards carry their generation key as metadata; drop it so shards of other keys concatenate.
+    return pa.concat_tables([pq.read_table(f, columns=columns).replace_schema_metadata(None) for f in files])

@@ -6,23 +6,38 @@ The CLI calls these directly (so ``dvc repro`` needs no orchestrator); the Prefe
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
-from .generate import GenerateResult, generate
+from .generate import GenerateResult, generate, now_stamp
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
 from .report import loss_curves, sample_grid
-from .storage import read_json, redact_url, sha256_file, upload_dir, write_json_atomic
-from .train import LOSSES_FILE, MODEL_FILE, MODEL_JSON, Trainer, TrainResult, code_version, model_fingerprint
+from .storage import atomic_path, read_json, redact_url, sha256_bytes, sha256_file, upload_dir, write_json_atomic
+from .train import (
+    LOSSES_FILE,
+    MODEL_FILE,
+    MODEL_JSON,
+    Trainer,
+    TrainResult,
+    code_version,
+    model_fingerprint,
+    training_settings,
+)
 from .validate import ValidateResult, check_gate, nan_to_none, validate
 
 Progress = Callable[..., None]
 CURRENT_MODEL = "current.json"
+TRAINING_DATA = "training_data.parquet"
 
 
 def manifest_path(cfg: Config, domain: str) -> Path:
@@ -51,11 +66,102 @@ def current_fingerprint(cfg: Config) -> str:
     return model_fingerprint(cfg, *digests)
 
 
-def step_train(cfg: Config, progress: Progress | None = None) -> TrainResult:
-    """Train a model for the current fingerprint, or reuse the one already stored under it."""
+def settings_key(cfg: Config) -> str:
+    """The fingerprint without the data: training settings and code. Models sharing it differ only in
+    the samples they saw, which is what the growing-collection policy (``orchestrate.retrain``) weighs."""
+    return sha256_bytes(json.dumps({**training_settings(cfg), "code": code_version()}, sort_keys=True).encode())
+
+
+def _train_ids(cfg: Config) -> dict[str, set[str]]:
+    return {d: set(read_manifest(manifest_path(cfg, d), ("train",)).column("sample_id").to_pylist())
+            for d in ("A", "B")}
+
+
+def _write_training_data(cfg: Config, folder: Path) -> None:
+    """Record which samples a model was trained on, so later runs can measure how far the data moved."""
+    ids = _train_ids(cfg)
+    rows = [(d, s) for d in ("A", "B") for s in sorted(ids[d])]
+    table = pa.table({"domain": pa.array([d for d, _ in rows], pa.string()),
+                      "sample_id": pa.array([s for _, s in rows], pa.string())})
+    table = table.replace_schema_metadata({"cycleaug.settings_key": settings_key(cfg)})
+    with atomic_path(folder / TRAINING_DATA) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read_training_data(folder: Path) -> tuple[str, dict[str, set[str]]] | None:
+    path = folder / TRAINING_DATA
+    if not (path.exists() and (folder / MODEL_FILE).exists() and (folder / MODEL_JSON).exists()):
+        return None
+    table = pq.read_table(path)
+    key = (table.schema.metadata or {}).get(b"cycleaug.settings_key", b"").decode()
+    ids: dict[str, set[str]] = {"A": set(), "B": set()}
+    for d, sid in zip(table.column("domain").to_pylist(), table.column("sample_id").to_pylist(), strict=True):
+        ids[d].add(sid)
+    return key, ids
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model this run translates with, whether it must be trained first, and why."""
+
+    fingerprint: str
+    folder: Path
+    train: bool
+    reason: str
+
+
+def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
+    """Apply ``orchestrate.retrain`` to the ingested data: reuse a stored model or train a new one.
+
+    The model for the exact fingerprint (same training samples, settings and code) is always
+    reused. Otherwise, with ``on_change`` (or ``retrain``) a model is trained for the current
+    samples; with ``on_growth`` or ``on_request`` the last model trained with the same settings and
+    code keeps translating while the training samples it has not seen stay within the policy.
+    """
     fp = current_fingerprint(cfg)
     folder = Path(cfg.paths.models) / fp
     if (folder / MODEL_FILE).exists() and (folder / MODEL_JSON).exists():
+        return ModelChoice(fp, folder, False,
+                           f"reusing model {fp[:12]}: same training data, config and code, nothing to train")
+    if retrain:
+        return ModelChoice(fp, folder, True, f"training model {fp[:12]}: retraining on the current data requested")
+    key = settings_key(cfg)
+    models = Path(cfg.paths.models)
+    current = models / CURRENT_MODEL
+    preferred = Path(read_json(current)["model_dir"]).name if current.exists() else None
+    candidates: list[tuple[float, Path, dict[str, set[str]]]] = []
+    for meta in models.glob(f"*/{MODEL_JSON}"):
+        info = _read_training_data(meta.parent)
+        if info and info[0] == key:
+            # The model the last train step chose comes first, then the newest.
+            rank = float("inf") if meta.parent.name == preferred else meta.stat().st_mtime
+            candidates.append((rank, meta.parent, info[1]))
+    if not candidates:
+        return ModelChoice(fp, folder, True, f"training model {fp[:12]}: no stored model was trained with these "
+                                             "training settings and this code")
+    _, old, seen = max(candidates, key=lambda c: c[0])
+    now = _train_ids(cfg)
+    moved = {d: (len(now[d] - seen[d]), len(seen[d] - now[d])) for d in ("A", "B")}
+    change = ", ".join(f"{d} +{a}/-{r}" for d, (a, r) in moved.items())
+    growth = max((a + r) / max(len(seen[d]), 1) for d, (a, r) in moved.items())
+    policy, limit = cfg.orchestrate.retrain, cfg.orchestrate.retrain_growth
+    if policy == "on_change":
+        return ModelChoice(fp, folder, True, f"training model {fp[:12]}: training samples changed since model "
+                                             f"{old.name[:12]} ({change}) and orchestrate.retrain=on_change")
+    if policy == "on_growth" and growth > limit:
+        return ModelChoice(fp, folder, True, f"training model {fp[:12]}: training samples moved {growth:.0%} since "
+                                             f"model {old.name[:12]} ({change}), more than "
+                                             f"orchestrate.retrain_growth={limit}")
+    why = f"within orchestrate.retrain_growth={limit}" if policy == "on_growth" else "orchestrate.retrain=on_request"
+    return ModelChoice(old.name, old, False, f"reusing model {old.name[:12]}: training samples changed ({change}, "
+                                             f"{growth:.0%}) but {why}; new samples are translated with it")
+
+
+def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = False) -> TrainResult:
+    """Train a model for the current fingerprint, or reuse a stored one as ``orchestrate.retrain`` allows."""
+    choice = choose_model(cfg, retrain)
+    fp, folder = choice.fingerprint, choice.folder
+    if not choice.train:
         meta = read_json(folder / MODEL_JSON)
         result = TrainResult(fp, str(folder), meta["sha256"], True, meta["steps"], 0.0, None)
     else:
@@ -66,22 +172,26 @@ def step_train(cfg: Config, progress: Progress | None = None) -> TrainResult:
         path = trainer.export(fp, seconds)
         loss_curves(folder / LOSSES_FILE, folder / "losses.png")
         result = TrainResult(fp, str(folder), sha256_file(path), False, trainer.step, round(seconds, 2), resumed)
+    if not (folder / TRAINING_DATA).exists() and fp == current_fingerprint(cfg):
+        _write_training_data(cfg, folder)  # also for models trained before this record existed
     write_json_atomic(Path(cfg.paths.models) / CURRENT_MODEL, {"fingerprint": fp, "model_dir": str(folder)})
     return result
 
 
 def current_model_dir(cfg: Config) -> Path:
-    """The stored model for the ingested data and this config; an error if it was not trained yet."""
-    fp = current_fingerprint(cfg)
-    folder = Path(cfg.paths.models) / fp
-    if not (folder / MODEL_FILE).exists():
-        raise FileNotFoundError(f"no trained model for fingerprint {fp[:12]} in {cfg.paths.models}; run train first")
-    return folder
+    """The stored model this run translates with (see :func:`choose_model`); an error if it must be trained."""
+    choice = choose_model(cfg)
+    if choice.train:
+        raise FileNotFoundError(f"no trained model for fingerprint {choice.fingerprint[:12]} in {cfg.paths.models}; "
+                                "run train first")
+    return choice.folder
 
 
-def step_generate(cfg: Config, progress: Progress | None = None) -> GenerateResult:
+def step_generate(cfg: Config, progress: Progress | None = None, created_at: str | None = None) -> GenerateResult:
+    """Translate both collections, shard by shard, reusing rows made before by the same model."""
     return generate(manifest_path(cfg, "A"), manifest_path(cfg, "B"), current_model_dir(cfg), cfg.paths.generated,
-                    cfg.generate, (lambda i, n: progress("generate", i, n)) if progress else None)
+                    cfg.generate, (lambda i, n: progress("generate", i, n)) if progress else None,
+                    created_at or now_stamp())
 
 
 def step_validate(cfg: Config) -> ValidateResult:
@@ -135,12 +245,12 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     return result
 
 
-def run_all(cfg: Config, progress: Progress | None = None) -> dict:
+def run_all(cfg: Config, progress: Progress | None = None, retrain: bool = False) -> dict:
     """All steps in order without an orchestrator (the flow does the same through Prefect)."""
     t0 = time.perf_counter()
     out: dict = {}
     out["ingest"] = {d: r.to_dict() for d, r in step_ingest(cfg, progress).items()}
-    out["train"] = step_train(cfg, progress).to_dict()
+    out["train"] = step_train(cfg, progress, retrain).to_dict()
     out["generate"] = step_generate(cfg, progress).to_dict()
     out["validate"] = step_validate(cfg).to_dict()
     out["publish"] = step_publish(cfg).to_dict()

@@ -63,7 +63,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.augment import augment
 
-    state = augment(params=args.params, overrides=list(args.set), return_state=True)
+    state = augment(params=args.params, overrides=list(args.set), retrain=args.retrain, return_state=True)
     if state.is_failed():
         print(f"\nrun failed: {state.message}", file=sys.stderr)
         if (Path(cfg.paths.reports) / "validation.json").exists():
@@ -71,7 +71,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     result = state.result()
     print(f"\nCycleAug finished in {result['seconds']:.1f} s "
-          f"({'model reused' if result['train']['reused'] else 'model trained'}).")
+          f"({'model reused' if result['train']['reused'] else 'model trained'}; "
+          f"translated {sum(result['generate']['translated'].values())} new samples).")
     print(_summary(cfg))
     return 0
 
@@ -87,7 +88,7 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     elif step == "ingest":
         _print({d: r.to_dict() for d, r in pipeline.step_ingest(cfg, bars).items()})
     elif step == "train":
-        r = pipeline.step_train(cfg, bars)
+        r = pipeline.step_train(cfg, bars, retrain=args.retrain)
         print(f"{'reused' if r.reused else 'trained'} model {r.fingerprint[:12]} ({r.steps} steps)", file=sys.stderr)
         _print(r.to_dict())
     elif step == "generate":
@@ -177,16 +178,29 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="the dataset's path inside --repo (default: paths.published)")
 
 
+def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+    """Serve the scheduled deployments (flows/serve.py) from this process until interrupted."""
+    del cfg
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    from flows.serve import serve
+
+    serve(args.params, list(args.set))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cycleaug", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting (repeatable), e.g. --set train.steps=200")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="the whole pipeline as a Prefect flow")
+    r = sub.add_parser("run", help="the whole pipeline as a Prefect flow")
+    r.add_argument("--retrain", action="store_true", help="train on the current data even if a model could be kept")
+    sub.add_parser("serve", help="serve the nightly and retrain deployments on their cron schedules (Prefect)")
     sub.add_parser("default-data", help="make the bundled default collections (handwritten and typed digits)")
     sub.add_parser("ingest", help="read, check and normalize both collections into manifests")
-    sub.add_parser("train", help="train a model for the current data and config, or reuse the stored one")
+    t = sub.add_parser("train", help="train a model for the current data and config, or reuse the stored one")
+    t.add_argument("--retrain", action="store_true", help="train on the current data even if a model could be kept")
     sub.add_parser("generate", help="translate A->B and B->A with reconstructions")
     v = sub.add_parser("validate", help="score translations and evaluate the quality gate")
     v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
@@ -215,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return cmd_run(cfg, args)
+    if args.command == "serve":
+        return cmd_serve(cfg, args)
     if args.command == "paired-augment":
         return _reported(cmd_paired, cfg, args)
     return _reported(cmd_step, cfg, args)

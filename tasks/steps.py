@@ -1,5 +1,12 @@
-"""The pipeline steps as Prefect tasks. Each calls one ``cyclegan_core.pipeline`` function and
-returns what it wrote (paths, hashes, counts), never tensors or images."""
+"""The pipeline steps as Prefect tasks. Each calls ``cyclegan_core`` and returns what it wrote (paths,
+hashes, counts), never tensors or images.
+
+Generation is one task per shard (``generate_shard``), so a task runner can spread shards over
+workers; generation, validation and publishing are cached on the content hashes of their inputs
+(see :mod:`tasks.policies`), so a rerun with nothing changed does none of them again. Every
+cached result names the files it stands for with their sha256; :func:`outputs_in_place` checks
+them, and the flow recomputes (``refresh_cache``) when they were deleted or changed since.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from cyclegan_core import generate as gen
 from cyclegan_core import pipeline
 from cyclegan_core.config import DIRECTIONS, Config
-from cyclegan_core.storage import read_json
+from cyclegan_core.ingest import read_manifest
+from cyclegan_core.storage import read_json, sha256_file
 
+from .launch import run_torchrun
+from .policies import CONTENT, code_hash
 from .progress import StepProgress
 
 
@@ -39,31 +50,111 @@ def ingest(cfg: Config) -> dict:
 
 
 @task(name="train-or-reuse")
-def train_or_reuse(cfg: Config, ingested: dict) -> dict:
+def train_or_reuse(cfg: Config, ingested: dict, retrain: bool = False, params: str = "params.yaml",
+                   overrides: list[str] | None = None) -> dict:
+    """Apply the model policy; train in this process or under torchrun when a model must be trained.
+
+    Training holds the ``orchestrate.concurrency_limit`` slot, so two runs never train at once.
+    """
     del ingested  # a data dependency: training reads the manifests ingest wrote
-    result = pipeline.step_train(cfg, StepProgress("train"))
     log = get_run_logger()
-    if result.reused:
-        log.info("reusing model %s (%d steps): same training data, config and code, nothing to train",
-                 result.fingerprint[:12], result.steps)
+    choice = pipeline.choose_model(cfg, retrain)
+    log.info("%s", choice.reason)
+    if not choice.train:
+        return pipeline.step_train(cfg, retrain=retrain).to_dict() | {"reason": choice.reason}
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(cfg.orchestrate.concurrency_limit, occupy=1, strict=False):
+        if cfg.orchestrate.train_launcher == "torchrun":
+            run_torchrun(params, overrides or [], cfg.orchestrate.nproc_per_node, retrain, log.info,
+                         cfg.orchestrate.train_timeout_s)
+            result = pipeline.step_train(cfg).to_dict() | {"reused": False, "launcher": "torchrun"}
+        else:
+            result = pipeline.step_train(cfg, StepProgress("train"), retrain).to_dict()
+    start = f", resumed from step {result['resumed_from']}" if result.get("resumed_from") else ""
+    log.info("trained model %s for %d steps in %.1f s%s", result["fingerprint"][:12], result["steps"],
+             result["seconds"], start)
+    return result | {"reason": choice.reason}
+
+
+def plan_shards(cfg: Config, model: dict) -> list[dict]:
+    """One spec per (direction, shard) with the content hashes its output depends on."""
+    model_dir = str(Path(model["model_dir"]).resolve())
+    key = gen.generation_key(cfg.generate)
+    out_dir = str(Path(cfg.paths.generated).resolve())
+    specs = []
+    for direction in DIRECTIONS:
+        manifest = str(pipeline.manifest_path(cfg, gen.SOURCE_DOMAIN[direction]).resolve())
+        for k in range(cfg.generate.shards):
+            specs.append({
+                "direction": direction, "shard": k, "manifest": manifest, "model_dir": model_dir,
+                "content": {"sources": gen.shard_digest(manifest, cfg.generate, k), "model": model["fingerprint"],
+                            "generation": key, "shards": cfg.generate.shards, "splits": list(cfg.generate.splits),
+                            "direction": direction, "shard": k, "out_dir": out_dir},
+            })
+    return specs
+
+
+@task(name="generate-shard", cache_policy=CONTENT, task_run_name="generate-{direction}-{shard}")
+def generate_shard(cfg: Config, direction: str, shard: int, manifest: str, model_dir: str, content: dict,
+                   created_at: str) -> dict:
+    """Translate the sources of one shard that were not translated before by this model."""
+    del content  # the cache key: what this shard is made from
+    progress = StepProgress("generate")
+    result = gen.generate_shard(manifest, direction, shard, model_dir, Path(cfg.paths.generated).resolve(),
+                                cfg.generate, created_at,
+                                lambda i, n: progress(f"{direction} {shard}", i, n))
+    get_run_logger().info("%s shard %d: %d rows, %d translated, %d reused from the last run", direction, shard,
+                          result.rows, result.translated, result.reused)
+    return result.to_dict()
+
+
+def shard_in_place(cfg: Config, result: dict) -> bool:
+    """Whether a (possibly cached) shard result's file is staged or in place with its sha256."""
+    out = Path(cfg.paths.generated)
+    for path in (out / gen.STAGING / result["file"], out / result["file"]):
+        if path.exists() and sha256_file(path) == result["sha256"]:
+            return True
+    return False
+
+
+@task(name="commit-generated")
+def commit_generated(cfg: Config, shards: list[dict], seconds: float) -> dict:
+    result = gen.commit_shards(cfg.paths.generated, shards, cfg.generate.shards, seconds)
+    log = get_run_logger()
+    if not any(result.translated.values()):
+        log.info("generated nothing: every source was translated before by model %s with the same generation "
+                 "settings (%s rows reused)", result.model_fingerprint[:12], result.reused)
     else:
-        start = f" resumed from step {result.resumed_from}" if result.resumed_from else ""
-        log.info("trained model %s for %d steps in %.1f s%s", result.fingerprint[:12], result.steps,
-                 result.seconds, start)
+        log.info("translated %s new sources, reused %s rows, in %.1f s", result.translated, result.reused,
+                 result.seconds)
     return result.to_dict()
 
 
-@task(name="generate")
-def generate(cfg: Config, model: dict) -> dict:
-    del model
-    result = pipeline.step_generate(cfg, StepProgress("generate"))
-    get_run_logger().info("translated %s in %.1f s", result.rows, result.seconds)
-    return result.to_dict()
+def validate_content(cfg: Config, generated: dict) -> dict:
+    """What validation's outputs depend on: generated shards, manifests, judges, settings and code."""
+    return {
+        "generated": {d: [s["sha256"] for s in generated["shards"][d]] for d in DIRECTIONS},
+        "manifests": {d: sha256_file(pipeline.manifest_path(cfg, d)) for d in ("A", "B")},
+        "settings": cfg.section_hash("validate", "data"),
+        "grid_samples": cfg.publish.grid_samples,
+        "code": code_hash("cyclegan_core/validate.py", "cyclegan_core/report.py"),
+        "paths": [str(Path(p).resolve()) for p in (cfg.paths.validated, cfg.paths.judges, cfg.paths.reports)],
+    }
 
 
-@task(name="validate")
-def validate(cfg: Config, generated: dict) -> dict:
-    del generated
+def _files(*paths: Path) -> dict[str, str]:
+    return {str(p): sha256_file(p) for p in paths if p.exists()}
+
+
+def validate_outputs(cfg: Config) -> dict[str, str]:
+    val, rep = Path(cfg.paths.validated), Path(cfg.paths.reports)
+    return _files(val / "summary.json", *(val / f"{d}.parquet" for d in DIRECTIONS), rep / "validation.json")
+
+
+@task(name="validate", cache_policy=CONTENT)
+def validate(cfg: Config, content: dict) -> dict:
+    del content
     result = pipeline.step_validate(cfg)
     log = get_run_logger()
     table = []
@@ -75,13 +166,36 @@ def validate(cfg: Config, generated: dict) -> dict:
     create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
     if not result.passed:
         log.error("quality gate failed: %s", "; ".join(result.failures))
-    return result.to_dict()
+    return result.to_dict() | {"outputs": validate_outputs(cfg)}
 
 
-@task(name="publish")
-def publish(cfg: Config, validated: dict, flow_run_id: str | None) -> dict:
-    del validated
-    result = pipeline.step_publish(cfg, flow_run_id)
+def publish_content(cfg: Config, generated: dict, validated: dict, model: dict) -> dict:
+    return {
+        "generated": {d: [s["sha256"] for s in generated["shards"][d]] for d in DIRECTIONS},
+        "validated": validated["outputs"], "model": model["fingerprint"],
+        "settings": cfg.section_hash("data", "model", "train", "generate", "validate", "publish"),
+        "code": code_hash("cyclegan_core/publish.py", "cyclegan_core/report.py", "cyclegan_core/pipeline.py"),
+        "out_dir": str(Path(cfg.paths.published).resolve()),
+    }
+
+
+def publish_outputs(cfg: Config) -> dict[str, str]:
+    out = Path(cfg.paths.published)
+    if not (out / "manifest.json").exists():
+        return {}
+    files = [out / "manifest.json", out / "README.md", Path(cfg.paths.reports) / "metrics.json"]
+    files += [out / s["file"] for s in read_json(out / "manifest.json")["shards"]]
+    return _files(*files)
+
+
+@task(name="publish", cache_policy=CONTENT)
+def publish(cfg: Config, flow_run_id: str | None, content: dict) -> dict:
+    """Publish a new version, holding the ``orchestrate.concurrency_limit`` slot while writing."""
+    del content
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(cfg.orchestrate.concurrency_limit, occupy=1, strict=False):
+        result = pipeline.step_publish(cfg, flow_run_id)
     manifest = read_json(result.manifest)
     create_markdown_artifact(
         (Path(cfg.paths.published) / "README.md").read_text(encoding="utf-8").split("---", 2)[-1],
@@ -89,4 +203,50 @@ def publish(cfg: Config, validated: dict, flow_run_id: str | None) -> dict:
     )
     get_run_logger().info("published %s rows (%s dropped by the gate) in %d shards to %s", result.rows,
                           result.dropped, len(manifest["shards"]), result.out_dir)
-    return result.to_dict()
+    return result.to_dict() | {"outputs": publish_outputs(cfg)}
+
+
+def outputs_in_place(outputs: dict[str, str]) -> bool:
+    """Whether every file a cached result stands for is still there with the same sha256."""
+    return bool(outputs) and all(Path(p).exists() and sha256_file(p) == h for p, h in outputs.items())
+
+
+@task(name="report")
+def report(cfg: Config, run: dict) -> str:
+    """The run's Markdown report and its metrics table, as artifacts; returns the Markdown."""
+    published = read_json(Path(cfg.paths.published) / "manifest.json")
+    summary = read_json(Path(cfg.paths.validated) / "summary.json")
+    rows = []
+    for d in DIRECTIONS:
+        f = summary["directions"][d]
+        rows.append({
+            "direction": d, "published": published["rows"][d], "dropped": published["dropped"][d],
+            "translated_now": run["generate"]["translated"].get(d), "reused": run["generate"]["reused"].get(d),
+            **{k: (round(f[k], 4) if isinstance(f.get(k), float) else f.get(k))
+               for k in ("mean_cycle_psnr", "p10_cycle_psnr", "mean_realism", "label_accuracy",
+                         "label_accuracy_untranslated", "fid_domain_features", "pass_rate")},
+        })
+    create_table_artifact(rows, key="cycleaug-metrics", description="Published rows and held-out figures")
+    src = {d: read_manifest(pipeline.manifest_path(cfg, d), ("train", "test")).num_rows for d in ("A", "B")}
+    t = run["train"]
+    lines = [
+        "# CycleAug run", "",
+        f"- model: `{t['fingerprint'][:12]}` ({t['steps']} steps), "
+        + ("reused" if t["reused"] else f"trained in {t['seconds']:.1f} s") + f": {t.get('reason', '')}",
+        f"- samples: A {src['A']}, B {src['B']}; generate: translated {run['generate']['translated']}, reused "
+        f"{run['generate']['reused']}" + (" (cached)" if run["cached"].get("generate") else ""),
+        f"- validate: {'cached, inputs unchanged' if run['cached'].get('validate') else 'ran'}; gate passed",
+        f"- publish: {'cached, the published version is unchanged' if run['cached'].get('publish') else 'new version'}"
+        f" at `{cfg.paths.published}` ({sum(published['rows'].values())} rows, {len(published['shards'])} shards)",
+        f"- step seconds: {run['timings']}", "",
+        "| direction | published | dropped | translated now | reused | cycle PSNR (dB) | realism | label acc. "
+        "| untranslated | FID (domain feats) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['direction']} | {r['published']} | {r['dropped']} | {r['translated_now']} | {r['reused']} "
+                     f"| {r['mean_cycle_psnr']} | {r['mean_realism']} | {r['label_accuracy']} "
+                     f"| {r['label_accuracy_untranslated']} | {r['fid_domain_features']} |")
+    text = "\n".join(lines) + "\n"
+    create_markdown_artifact(text, key="cycleaug-report", description="What this run did and what it published")
+    return text

@@ -14,8 +14,9 @@ def test_params_yaml_is_valid_and_complete():
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(raw) == {f.alias or name for name, f in Config.model_fields.items()}
-    assert {"data", "model", "train", "generate", "validate", "publish", "paths", "paired"} <= set(raw)
+    sections = {f.alias or name for name, f in Config.model_fields.items()}
+    assert {"data", "model", "train", "generate", "validate", "publish", "paths", "orchestrate", "paired"} <= sections
+    assert set(raw) == sections
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -1,0 +1,66 @@
+"""The flow on Prefect's test server: a no-change rerun is all cache hits, and generation mapped on a
+2-worker local Dask cluster writes byte-identical shards to the local (threaded) run."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_params(path: Path, work: Path, collections, **sections) -> str:
+    raw = tiny_settings(work, *collections)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def shards(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("part-*.parquet"))}
+
+
+def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_path, monkeypatch):
+    from flows.augment import augment
+
+    # One time stamp for new rows in both runs, as a reproducible build would set it.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    local = write_params(tmp_path / "local.yaml", tmp_path / "local", collections)
+    first = augment(params=local)
+    assert first["generate"]["translated"] == {"AtoB": 24, "BtoA": 24} and not first["train"]["reused"]
+
+    second = augment(params=local)
+    assert second["train"]["reused"] and "nothing to train" in second["train"]["reason"]
+    assert second["cached"] == {"generate": True, "validate": True, "publish": True}
+    assert second["generate"]["translated"] == {"AtoB": 0, "BtoA": 0}
+    assert second["publish"]["manifest"] == first["publish"]["manifest"]
+
+    # A deleted output is noticed: the cached shard is generated again, not trusted.
+    victim = next((tmp_path / "local" / "generated" / "AtoB").glob("part-*.parquet"))
+    kept = victim.read_bytes()
+    victim.unlink()
+    third = augment(params=local)
+    assert not third["cached"]["generate"] and victim.read_bytes() == kept
+
+    # Same data and model folder, generation on Dask: the same shard bytes.
+    dask = write_params(tmp_path / "dask.yaml", tmp_path / "dask", collections,
+                        paths={"models": str(tmp_path / "local" / "models")},
+                        orchestrate={"task_runner": "dask", "dask": {"workers": 2}})
+    on_dask = augment(params=dask)
+    assert on_dask["train"]["reused"] and on_dask["generate"]["translated"] == {"AtoB": 24, "BtoA": 24}
+    assert shards(tmp_path / "dask" / "generated") == shards(tmp_path / "local" / "generated")
+    assert len(shards(tmp_path / "dask" / "generated")) == 4
