@@ -80,37 +80,31 @@ def check_in_sync(module: nn.Module, device: torch.device) -> None:
         raise RuntimeError(f"DDP replicas diverged: weight digests {[c.tolist() for c in copies]}")
 
 
+def barrier_and_finish() -> None:
+    """Wait for every rank, then leave the process group (rank 0 writes the model afterwards)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Train the current fingerprint's model on all ranks (what ``cycleaug train`` does on one)."""
+    """Train on all ranks what ``cycleaug train`` trains on one (the same step, model policy and folder)."""
     from .config import load_config
-    from .ingest import manifest_images, read_manifest
-    from .pipeline import CURRENT_MODEL, current_fingerprint, manifest_path
-    from .report import loss_curves
-    from .storage import write_json_atomic
-    from .train import LOSSES_FILE, Trainer
+    from .pipeline import step_train
 
     ap = argparse.ArgumentParser(prog="torchrun ... -m cyclegan_core.ddp", description=main.__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train on the current data whatever orchestrate.retrain says")
     args = ap.parse_args(argv)
     cfg = load_config(args.params, args.set)
-    fp = current_fingerprint(cfg)
-    folder = os.path.join(cfg.paths.models, fp)
-    images = {d: manifest_images(read_manifest(manifest_path(cfg, d), ("train",))) for d in ("A", "B")}
-    trainer = Trainer(cfg, images["A"], images["B"], folder)
-    try:
-        resumed = trainer.try_resume()
-        seconds = trainer.fit()
-        check_in_sync(trainer.model, trainer.device)
-        if trainer.dist.is_main:
-            trainer.export(fp, seconds)
-            loss_curves(os.path.join(folder, LOSSES_FILE), os.path.join(folder, "losses.png"))
-            write_json_atomic(os.path.join(cfg.paths.models, CURRENT_MODEL), {"fingerprint": fp, "model_dir": folder})
-            print(f"trained {fp[:12]} on {trainer.dist.world_size} processes: {trainer.step} steps in "
-                  f"{seconds:.1f} s (resumed from {resumed})", flush=True)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    info = dist_info()
+    result = step_train(cfg, retrain=args.retrain)
+    if info.is_main:
+        print(f"trained {result.fingerprint[:12]} on {info.world_size} processes: {result.steps} steps in "
+              f"{result.seconds:.1f} s (resumed from {result.resumed_from})" if not result.reused else
+              f"reused model {result.fingerprint[:12]} ({result.steps} steps)", flush=True)
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import ddp
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .generate import GenerateResult, generate, now_stamp
@@ -167,8 +168,16 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
     else:
         images = {d: manifest_images(read_manifest(manifest_path(cfg, d), ("train",))) for d in ("A", "B")}
         trainer = Trainer(cfg, images["A"], images["B"], folder)
-        resumed = trainer.try_resume()
-        seconds = trainer.fit((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)
+        try:
+            resumed = trainer.try_resume()
+            seconds = trainer.fit((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)
+            if trainer.dist.enabled:  # under torchrun: replicas must agree; rank 0 alone writes
+                ddp.check_in_sync(trainer.model, trainer.device)
+                if not trainer.dist.is_main:
+                    return TrainResult(fp, str(folder), "", False, trainer.step, round(seconds, 2), resumed)
+        finally:
+            if trainer.dist.enabled:
+                ddp.barrier_and_finish()
         path = trainer.export(fp, seconds)
         loss_curves(folder / LOSSES_FILE, folder / "losses.png")
         result = TrainResult(fp, str(folder), sha256_file(path), False, trainer.step, round(seconds, 2), resumed)

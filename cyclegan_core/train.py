@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 StepProgress = Callable[[int, int, dict[str, float]], None]
 LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
 CHECKPOINT_JSON = "checkpoint.json"
+# Under torchrun the Trainer joins the process group, wraps the networks in DDP and lets rank 0
+# alone write (see ddp.py and pipeline.step_train); the flow's launcher checks this flag.
+DDP_SUPPORTED = True
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
 LOSSES_FILE = "losses.tsv"
