@@ -193,10 +193,11 @@ def markdown_report(summary: dict, pictures: tuple[str, ...] = ("grid_AtoB.png",
         lines += [
             "", "## How realism is measured", "",
             "Realism ranks each translation's domain-judge margin (target logit minus source logit) among the "
-            "margins of held-out real target samples: (1 + real targets scoring no higher) / (n + 1), a conformal "
-            "p-value of 'is a real target sample'. Real targets average 0.5; a translation less target-like than "
-            "every real target gets 1 / (n + 1). The judge's own softmax P(target) is saturated on clearly "
-            "different domains (row 'judge P(target)'), which is why it is not the realism figure. The judge sees "
+            "margins of held-out real target samples: (real targets scoring lower + 1/2) / (n + 1), a mid-rank "
+            "conformal p-value of 'is a real target sample'. Real targets average 0.5; a translation less "
+            "target-like than every real target gets 0.5 / (n + 1). The judge's own softmax P(target) is saturated "
+            "on clearly different domains (row 'judge P(target)'), which is why it is not the realism figure. The "
+            "judge sees "
             f"every image through a Gaussian blur of sigma {judge['blur_sigma']} px so that sharpness alone does "
             f"not decide; its accuracy on {judge['held_out_samples']} held-out real samples: "
             f"{'n/a' if acc is None else format(acc, '.3f')}. FID and KID use the same judge's 128-d penultimate "

@@ -13,10 +13,10 @@ separates the real collections perfectly (held-out accuracy 1.000, with or witho
 P(target) is 1.000 for anything on the target side of its boundary and says nothing about how
 convincing a translation is. Instead each translation's judge margin (target logit minus source
 logit) is ranked among the margins of held-out real target samples:
-realism = (1 + #{real targets with margin <= the translation's}) / (n + 1). Under the hypothesis
-"this is a real target sample" it is uniform, so real targets average 0.5, a translation as
-convincing as the median real target scores 0.5, and one less target-like than every real target
-scores 1 / (n + 1). The judge also sees every image through a fixed Gaussian blur
+realism = (#{real targets with a lower margin} + 1/2) / (n + 1) (ties count half). Under the
+hypothesis "this is a real target sample" it is uniform with mean 0.5, so a translation as
+convincing as the median real target scores 0.5 and one less target-like than every real target
+scores 0.5 / (n + 1). The judge also sees every image through a fixed Gaussian blur
 (``validate.judge_blur_sigma``), in training and scoring alike, so its margin rests on shape and
 stroke style more than on sharpness (A is blurry, B sharp on the bundled digits). The raw softmax
 P(target) is still reported (``mean_p_target``) to show the saturation this replaces.
@@ -230,24 +230,28 @@ def margins(logits: np.ndarray, target: int) -> np.ndarray:
 
 
 def conformal_realism(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(1 + #{reference <= score}) / (n + 1) for each score: a conformal p-value of "is a reference sample".
+    """Mid-rank conformal p-value of "is a reference sample": (#{ref < s} + #{ref = s} / 2 + 1/2) / (n + 1).
 
-    NaN when there is no reference (no held-out real target samples).
+    For a sample exchangeable with the reference its expectation is exactly 0.5; it lies strictly
+    between 0 and 1 (a bound of 0 or 1 is thus never met by accident). NaN without a reference.
     """
     if len(reference) == 0:
         return np.full(len(scores), np.nan)
     ref = np.sort(reference)
-    return (1.0 + np.searchsorted(ref, scores, side="right")) / (len(ref) + 1.0)
+    below = np.searchsorted(ref, scores, side="left")
+    ties = np.searchsorted(ref, scores, side="right") - below
+    return (below + 0.5 * ties + 0.5) / (len(ref) + 1.0)
 
 
 def _leave_one_out_realism(reference: np.ndarray) -> float | None:
-    """Mean realism of the reference samples themselves, each ranked among the others (about 0.5)."""
+    """Mean realism of the reference samples themselves, each ranked among the others (0.5 by construction)."""
     n = len(reference)
     if n < 2:
         return None
     ref = np.sort(reference)
-    below = np.searchsorted(ref, reference, side="right") - 1  # minus the sample itself
-    return float(np.mean((1.0 + below) / n))
+    below = np.searchsorted(ref, reference, side="left")
+    ties = np.searchsorted(ref, reference, side="right") - below - 1  # minus the sample itself
+    return float(np.mean((below + 0.5 * ties + 0.5) / n))
 
 
 # -------------------------------------------------------------------------------------------- metrics
