@@ -51,10 +51,10 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
             if v["pred_label"] is not None:
                 label += f", label {g['label']}->{v['pred_label']}" + ("" if v["label_ok"] else " (x)")
             axes[r][col0 + 1].set_title(label, fontsize=6, pad=2)
-        heads = (f"{title}: {src}", f"{src}->{dst}", f"{dst}->{src}")
+        heads = (f"{title}: input {src}", f"translation {src}->{dst}", f"reconstruction {dst}->{src}")
         for c, head in enumerate(heads):
             axes[0][col0 + c].text(0.5, 1.35, head, transform=axes[0][col0 + c].transAxes, ha="center",
-                                   fontsize=7, weight="bold")
+                                   fontsize=6, weight="bold")
     fig.suptitle(f"{direction}: input | translation | reconstruction; best and worst held-out by cycle L1",
                  fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
