@@ -323,22 +323,48 @@ class OrchestrateConfig(_Strict):
 
 
 class SampleThresholds(_Strict):
-    """Per-sample gate: a translation failing any bound is dropped and counted."""
+    """Per-sample gate: a translation failing any bound is dropped from the published set and counted."""
 
     min_cycle_psnr: float = Field(0.0, description="dB, between x and F(G(x)).")
     max_cycle_l1: float = Field(1.0, ge=0.0, le=1.0, description="Mean |x - F(G(x))| on [0, 1].")
-    min_realism: float = Field(0.0, ge=0.0, le=1.0, description="P(target domain) of G(x).")
+    min_cycle_ssim: float = Field(
+        -1.0, ge=-1.0, le=1.0, description="SSIM between x and F(G(x)) (Gaussian window 11, sigma 1.5)."
+    )
+    max_identity_l1: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="Mean |x - F(x)| on [0, 1]: how much the target->source generator alters a real source.",
+    )
+    min_realism: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Realism of G(x): the share of held-out real targets the domain judge finds no more target-like "
+                    "(a conformal p-value; real targets average 0.5).",
+    )
+    require_label_ok: bool = Field(
+        False, description="Drop labelled translations whose predicted label differs from the source's."
+    )
 
 
 class RunThresholds(_Strict):
-    """Run-level gate on held-out samples: if any bound fails, nothing is published."""
+    """Run-level gate on held-out samples: if any bound fails, nothing is published.
+
+    Upper bounds left at ``null`` are off; a bound set on a figure that was not measured fails.
+    """
 
     min_mean_cycle_psnr: float = 0.0
-    min_mean_realism: float = Field(0.0, ge=0.0, le=1.0)
+    min_mean_cycle_ssim: float = Field(-1.0, ge=-1.0, le=1.0)
+    min_mean_realism: float = Field(0.0, ge=0.0, le=1.0, description="Real targets score 0.5 on average.")
     min_label_accuracy: float = Field(
         0.0, ge=0.0, le=1.0, description="Share of labelled held-out translations keeping the label."
     )
     min_pass_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share passing per-sample bounds.")
+    max_fid_domain: float | None = Field(
+        None, ge=0.0, description="Frechet distance to held-out real targets on the domain judge's features."
+    )
+    max_kid_domain: float | None = Field(None, description="KID (unbiased MMD^2) on the domain judge's features.")
+    max_fid_inception: float | None = Field(
+        None, ge=0.0, description="FID on InceptionV3 pool features (needs validate.inception_weights)."
+    )
+    max_kid_inception: float | None = Field(None, description="KID on InceptionV3 features.")
 
 
 class ValidateConfig(_Strict):
@@ -350,6 +376,20 @@ class ValidateConfig(_Strict):
     run: dict[Literal["AtoB", "BtoA"], RunThresholds] = {d: RunThresholds() for d in DIRECTIONS}
     classifier_epochs: int = Field(8, ge=1, description="Epochs for the judge classifiers.")
     classifier_seed: int = 0
+    judge_blur_sigma: float = Field(
+        1.0, ge=0.0, le=8.0,
+        description="Gaussian blur (px, at data.image_size) applied to every image the domain judge sees, in "
+                    "training and scoring alike, so sharpness alone cannot tell the domains apart; 0 turns it off.",
+    )
+    kid_subset_size: int = Field(
+        1000, ge=2, description="KID subset size; smaller sample counts use every sample (min of the two sets)."
+    )
+    kid_subsets: int = Field(100, ge=1, description="KID subsets averaged.")
+    inception_weights: str | None = Field(
+        None,
+        description="Local TorchScript InceptionV3 feature extractor (e.g. NVIDIA's inception-2015-12-05.pt) for "
+                    "standard FID/KID; never downloaded; a path that does not exist is a configuration error.",
+    )
 
     @field_validator("sample", "run", mode="before")
     @classmethod

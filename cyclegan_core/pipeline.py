@@ -19,11 +19,20 @@ import pyarrow.parquet as pq
 from . import ddp
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
-from .generate import GenerateResult, generate, now_stamp
+from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
-from .report import loss_curves, sample_grid
-from .storage import atomic_path, read_json, redact_url, sha256_bytes, sha256_file, upload_dir, write_json_atomic
+from .report import epoch_curves, loss_curves, markdown_report, sample_grid
+from .storage import (
+    atomic_path,
+    read_json,
+    redact_url,
+    sha256_bytes,
+    sha256_file,
+    upload_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from .train import (
     LOSSES_FILE,
     MODEL_FILE,
@@ -39,6 +48,8 @@ from .validate import ValidateResult, check_gate, nan_to_none, validate
 Progress = Callable[..., None]
 CURRENT_MODEL = "current.json"
 TRAINING_DATA = "training_data.parquet"
+REPORT_FILE = "report.md"
+EPOCH_LOSSES_FILE = "losses_epoch.tsv"
 
 
 def manifest_path(cfg: Config, domain: str) -> Path:
@@ -203,14 +214,28 @@ def step_generate(cfg: Config, progress: Progress | None = None, created_at: str
                     created_at or now_stamp())
 
 
+def generated_model_dir(cfg: Config) -> Path | None:
+    """The stored model that made the current translations (None when it is not there any more)."""
+    fps = set()
+    for d in DIRECTIONS:
+        table = read_generated(cfg.paths.generated, d, ["model_fingerprint"])
+        fps.update(table.column("model_fingerprint").unique().to_pylist())
+    if len(fps) != 1:
+        return None
+    folder = Path(cfg.paths.models) / fps.pop()
+    return folder if (folder / MODEL_FILE).exists() else None
+
+
 def step_validate(cfg: Config) -> ValidateResult:
-    """Score and gate; writes ``reports/validation.json`` and the sample grids, even when failing."""
+    """Score and gate; writes ``reports/validation.json``, ``report.md`` and the sample grids, even when failing."""
     result = validate(cfg, manifest_path(cfg, "A"), manifest_path(cfg, "B"), cfg.paths.generated,
-                      cfg.paths.validated)
+                      cfg.paths.validated, model_dir=generated_model_dir(cfg))
     reports = Path(cfg.paths.reports)
-    write_json_atomic(reports / "validation.json", nan_to_none(read_json(result.summary)))
+    summary = nan_to_none(read_json(result.summary))
+    write_json_atomic(reports / "validation.json", summary)
     for d in DIRECTIONS:
         sample_grid(cfg.paths.generated, cfg.paths.validated, d, reports / f"grid_{d}.png", cfg.publish.grid_samples)
+    write_bytes_atomic(reports / REPORT_FILE, markdown_report(summary).encode("utf-8"))
     return result
 
 
@@ -242,12 +267,16 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     shutil.copyfile(model_dir / LOSSES_FILE, reports / LOSSES_FILE)
     if (model_dir / "losses.png").exists():
         shutil.copyfile(model_dir / "losses.png", reports / "losses.png")
+    # An epoch is one pass over the larger training collection at train.batch_size.
+    n_train = max(read_manifest(manifest_path(cfg, d), ("train",)).num_rows for d in ("A", "B"))
+    epoch_curves(model_dir / LOSSES_FILE, reports / EPOCH_LOSSES_FILE, n_train, cfg.train.batch_size)
     metrics = {
         "gate_passed": True,
         "model": {"fingerprint": model["fingerprint"], "steps": model["steps"],
                   "train_seconds": model["train_seconds"]},
         "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards,
                       "url": redact_url(cfg.paths.publish_url) if cfg.paths.publish_url else None},
+        "domain_judge": summary.get("domain_judge"),
         **{d: summary["directions"][d] for d in DIRECTIONS},
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))

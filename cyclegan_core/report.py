@@ -1,8 +1,10 @@
-"""Pictures and text for people: sample grids, loss curves, the dataset card."""
+"""Pictures and text for people: sample grids, loss curves (per step and per epoch), the Markdown
+validation report and the dataset card."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
@@ -45,15 +47,16 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
                 ax = axes[r][col0 + c]
                 ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255,
                           interpolation="nearest")
-            label = f"{v['cycle_psnr']:.1f} dB"
+            label = f"{v['cycle_psnr']:.1f} dB, SSIM {v['cycle_ssim']:.2f}"
             if v["pred_label"] is not None:
                 label += f", label {g['label']}->{v['pred_label']}" + ("" if v["label_ok"] else " (x)")
             axes[r][col0 + 1].set_title(label, fontsize=6, pad=2)
-        heads = (f"{title}: {src}", f"{src}->{dst}", f"{dst}->{src}")
+        heads = (f"{title}: input {src}", f"translation {src}->{dst}", f"reconstruction {dst}->{src}")
         for c, head in enumerate(heads):
             axes[0][col0 + c].text(0.5, 1.35, head, transform=axes[0][col0 + c].transAxes, ha="center",
-                                   fontsize=7, weight="bold")
-    fig.suptitle(f"{direction}: input | translation | reconstruction (held-out, by cycle L1)", fontsize=8)
+                                   fontsize=6, weight="bold")
+    fig.suptitle(f"{direction}: input | translation | reconstruction; best and worst held-out by cycle L1",
+                 fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, out_png)
 
@@ -82,6 +85,34 @@ def loss_curves(losses_tsv: str | Path, out_png: str | Path) -> Path | None:
     return _save(fig, out_png)
 
 
+def epoch_curves(losses_tsv: str | Path, out_tsv: str | Path, samples_per_epoch: int, batch_size: int) -> Path | None:
+    """Per-epoch means of the per-step losses the trainer logs, as a TSV for DVC plots.
+
+    An epoch is one pass over ``samples_per_epoch`` samples (the larger training collection) at
+    ``batch_size``: ``ceil(samples_per_epoch / batch_size)`` steps. Each row averages the logged
+    steps of its epoch; a last, partial epoch is kept and its ``fraction`` says how much of it ran.
+    """
+    with open(losses_tsv, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        return None
+    per_epoch = max(1, math.ceil(samples_per_epoch / batch_size))
+    names = [k for k in rows[0] if k not in ("step", "lr")]
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((int(r["step"]) - 1) // per_epoch + 1, []).append(r)
+    out = Path(out_tsv)
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["epoch", "step", "fraction", "lr", *names])
+        for epoch, items in sorted(groups.items()):
+            last = int(items[-1]["step"])
+            frac = min(1.0, (last - (epoch - 1) * per_epoch) / per_epoch)
+            means = [float(np.mean([float(r[n]) for r in items])) for n in names]
+            w.writerow([epoch, last, f"{frac:.4g}", items[-1]["lr"], *(f"{m:.6f}" for m in means)])
+    return out
+
+
 def _save(fig, out_png: str | Path) -> Path:
     out = Path(out_png)
     with atomic_path(out) as tmp:
@@ -94,6 +125,99 @@ def _fmt(v) -> str:
     if v is None:
         return "n/a"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# (label, key, format) rows of the report's figure table; a key missing from the figures is skipped.
+_REPORT_ROWS = (
+    ("translations (all splits)", "generated", "d"),
+    ("passed per-sample bounds", "passed", "d"),
+    ("dropped", "dropped", "d"),
+    ("held-out translations", "held_out", "d"),
+    ("held-out pass rate", "pass_rate", ".3f"),
+    ("cycle L1, mean (p90)", ("mean_cycle_l1", "p90_cycle_l1"), ".4f"),
+    ("cycle PSNR dB, mean (p10)", ("mean_cycle_psnr", "p10_cycle_psnr"), ".2f"),
+    ("cycle SSIM, mean (p10)", ("mean_cycle_ssim", "p10_cycle_ssim"), ".3f"),
+    ("identity drift L1, mean (p90)", ("mean_identity_l1", "p90_identity_l1"), ".4f"),
+    ("realism: translations, mean (p10)", ("mean_realism", "p10_realism"), ".3f"),
+    ("realism: untranslated sources", "realism_untranslated", ".3f"),
+    ("realism: held-out real targets", "realism_real_target", ".3f"),
+    ("judge P(target): translations", "mean_p_target", ".3f"),
+    ("label accuracy: translations", "label_accuracy", ".3f"),
+    ("label accuracy: untranslated", "label_accuracy_untranslated", ".3f"),
+    ("FID, domain features: translations", "fid_domain_features", ".3f"),
+    ("FID, domain features: untranslated", "fid_domain_untranslated", ".3f"),
+    ("KID, domain features: translations", "kid_domain_features", ".4f"),
+    ("KID, domain features: untranslated", "kid_domain_untranslated", ".4f"),
+    ("KID subset size", "kid_subset_size", "d"),
+    ("FID, Inception", "fid_inception", ".2f"),
+    ("KID, Inception", "kid_inception", ".4f"),
+)
+
+
+def _cell(fig: dict, key, spec: str) -> str | None:
+    keys = key if isinstance(key, tuple) else (key,)
+    if keys[0] not in fig:
+        return None
+    vals = [fig.get(k) for k in keys]
+    text = ["n/a" if v is None else format(v, spec) for v in vals]
+    return text[0] + (f" ({text[1]})" if len(text) > 1 else "")
+
+
+def markdown_report(summary: dict, pictures: tuple[str, ...] = ("grid_AtoB.png", "grid_BtoA.png")) -> str:
+    """The validation report a person reads (``reports/report.md``, also posted as a Prefect artifact).
+
+    It states the gate's outcome first, each failed threshold with its value and bound, then the
+    figures per direction on held-out samples, what the per-sample bounds dropped, and the bounds.
+    """
+    dirs = summary["directions"]
+    names = list(dirs)
+    lines = ["# CycleAug validation report", ""]
+    if summary["passed"]:
+        lines += ["**Gate: passed.** Every run-level threshold holds; passing rows are published.", ""]
+    else:
+        lines += ["**Gate: FAILED.** Nothing is published and the previous version stays as it was. Failed:", ""]
+        lines += [f"- `{f}`" for f in summary["failures"]] + [""]
+    lines += ["## Figures per direction (held-out samples)", "", "| figure | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for label, key, spec in _REPORT_ROWS:
+        cells = [_cell(dirs[d], key, spec) for d in names]
+        if all(c is None for c in cells):
+            continue
+        lines.append(f"| {label} | " + " | ".join(c or "n/a" for c in cells) + " |")
+    lines.append("")
+    for d in names:
+        by = dirs[d].get("dropped_by") or {}
+        if by:
+            lines.append(f"- {d}: rows dropped by bound (a row may fail several): "
+                         + ", ".join(f"{k} {v}" for k, v in by.items()))
+    judge = summary.get("domain_judge")
+    if judge:
+        acc = judge.get("held_out_accuracy")
+        lines += [
+            "", "## How realism is measured", "",
+            "Realism ranks each translation's domain-judge margin (target logit minus source logit) among the "
+            "margins of held-out real target samples: (real targets scoring lower + 1/2) / (n + 1), a mid-rank "
+            "conformal p-value of 'is a real target sample'. Real targets average 0.5; a translation less "
+            "target-like than every real target gets 0.5 / (n + 1). The judge's own softmax P(target) is saturated "
+            "on clearly different domains (row 'judge P(target)'), which is why it is not the realism figure. The "
+            "judge sees "
+            f"every image through a Gaussian blur of sigma {judge['blur_sigma']} px so that sharpness alone does "
+            f"not decide; its accuracy on {judge['held_out_samples']} held-out real samples: "
+            f"{'n/a' if acc is None else format(acc, '.3f')}. FID and KID use the same judge's 128-d penultimate "
+            "features: compare them between rows of this table (translations against untranslated), not with "
+            "Inception FID figures elsewhere.",
+        ]
+    th = summary.get("thresholds")
+    if th:
+        lines += ["", "## Bounds (params.yaml, `validate`)", ""]
+        for level in ("sample", "run"):
+            for d in names:
+                bounds = ", ".join(f"{k} {v}" for k, v in th[level][d].items())
+                lines.append(f"- {level} {d}: {bounds}")
+    lines += ["", "## Pictures", ""]
+    lines += [f"![{p}]({p})" for p in pictures]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def dataset_card(*, rows: dict, dropped: dict, figures: dict, provenance: dict, source_a: str, source_b: str,
@@ -138,16 +262,17 @@ def dataset_card(*, rows: dict, dropped: dict, figures: dict, provenance: dict, 
         "(`reconstruction`) as PNG bytes, the source's label and split, the label a classifier of the target "
         "domain predicts for the translation, per-sample metrics and provenance.",
         "",
-        "| direction | published | dropped | mean cycle PSNR (dB) | mean realism | label accuracy "
-        "| label accuracy untranslated | FID (domain features) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| direction | published | dropped | mean cycle PSNR (dB) | mean cycle SSIM | mean realism "
+        "| label accuracy | label accuracy untranslated | FID (domain features) | KID (domain features) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d, n in rows.items():
         f = figures.get(d, {})
         lines.append(
-            f"| {d} | {n} | {dropped.get(d, 0)} | {_fmt(f.get('mean_cycle_psnr'))} | {_fmt(f.get('mean_realism'))} "
-            f"| {_fmt(f.get('label_accuracy'))} | {_fmt(f.get('label_accuracy_untranslated'))} "
-            f"| {_fmt(f.get('fid_domain_features'))} |"
+            f"| {d} | {n} | {dropped.get(d, 0)} | {_fmt(f.get('mean_cycle_psnr'))} | {_fmt(f.get('mean_cycle_ssim'))} "
+            f"| {_fmt(f.get('mean_realism'))} | {_fmt(f.get('label_accuracy'))} "
+            f"| {_fmt(f.get('label_accuracy_untranslated'))} | {_fmt(f.get('fid_domain_features'))} "
+            f"| {_fmt(f.get('kid_domain_features'))} |"
         )
     lines += ["", "Figures are measured on held-out samples.", "", "## Provenance", ""]
     lines += [f"- {k}: `{v}`" for k, v in provenance.items()]

@@ -160,10 +160,17 @@ def validate(cfg: Config, content: dict) -> dict:
     table = []
     for d in DIRECTIONS:
         f = result.figures[d]
-        table.append({"direction": d, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()}})
-        log.info("%s: %d/%d passed; held-out cycle PSNR %.2f dB, realism %.3f, label accuracy %s", d, f["passed"],
-                 f["generated"], f["mean_cycle_psnr"] or 0.0, f["mean_realism"] or 0.0, f["label_accuracy"])
+        table.append({"direction": d, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()
+                                         if not isinstance(v, dict)}})
+        log.info("%s: %d/%d passed; held-out cycle PSNR %.2f dB, SSIM %.3f, realism %.3f (real targets %.3f), "
+                 "label accuracy %s (untranslated %s), FID/KID on domain features %s / %s", d, f["passed"],
+                 f["generated"], f["mean_cycle_psnr"] or 0.0, f["mean_cycle_ssim"] or 0.0, f["mean_realism"] or 0.0,
+                 f["realism_real_target"] or 0.0, f["label_accuracy"], f["label_accuracy_untranslated"],
+                 f["fid_domain_features"], f["kid_domain_features"])
     create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
+    report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
+    create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report",
+                             description="Validation report: the gate's outcome, figures per direction, bounds")
     if not result.passed:
         log.error("quality gate failed: %s", "; ".join(result.failures))
     return result.to_dict() | {"outputs": validate_outputs(cfg)}

@@ -49,4 +49,4 @@ def test_flow_runs_reuses_and_gates(prefect_server, params_file, tmp_path):
             return await client.read_artifacts()
 
     keys = {a.key for a in asyncio.run(artifacts())}
-    assert {"validation", "dataset-card", "train-train"} <= keys
+    assert {"validation", "validation-report", "dataset-card", "train-train"} <= keys
