@@ -245,15 +245,28 @@ class ShardedParquetDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _reader_slot(self) -> tuple[int, int]:
+    def _dist_slot(self) -> tuple[int, int]:
+        """(rank, world size): as given, else from ``torch.distributed`` in this process."""
         import torch.distributed as dist
-        from torch.utils.data import get_worker_info
 
         rank, world = self.rank, self.world_size
         if rank is None or world is None:
             initialized = dist.is_available() and dist.is_initialized()
             rank = (dist.get_rank() if initialized else 0) if rank is None else rank
             world = (dist.get_world_size() if initialized else 1) if world is None else world
+        return rank, world
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn or forkserver (macOS's default, or after Prefect ran in
+        # this process) do not share the rank's process group: hand them the rank it resolved here.
+        state = dict(self.__dict__)
+        state["rank"], state["world_size"] = self._dist_slot()
+        return state
+
+    def _reader_slot(self) -> tuple[int, int]:
+        from torch.utils.data import get_worker_info
+
+        rank, world = self._dist_slot()
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, {world})")
         info = get_worker_info()

@@ -439,6 +439,23 @@ def _spread(name: str, values: np.ndarray) -> dict:
     return out
 
 
+def _realism_calibration(folder: Path, real_logits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The judge margins of held-out real samples that realism is ranked against, per domain.
+
+    Fixed when first measured for a judge and kept beside its weights: samples added to the
+    held-out split later do not move the realism of rows already scored, so a re-published row
+    keeps its bytes. A new judge (the training data changed) is calibrated anew.
+    """
+    path = folder / "realism_calibration.json"
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return {d: np.asarray(stored[d], dtype=np.float64) for d in ("A", "B")}
+    cal = {d: margins(real_logits[d][0], 0 if d == "A" else 1).astype(np.float64) for d in ("A", "B")}
+    if all(len(m) for m in cal.values()):  # only a complete calibration is worth keeping
+        write_json_atomic(path, {d: [float(x) for x in m] for d, m in cal.items()})
+    return cal
+
+
 @dataclass(frozen=True)
 class ValidateResult:
     out_dir: str
@@ -484,6 +501,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
     cal_labels = np.concatenate([np.zeros(len(real_logits["A"][0]), np.int64),
                                  np.ones(len(real_logits["B"][0]), np.int64)])
     judge_acc = float((cal_logits.argmax(1) == cal_labels).mean()) if len(cal_labels) else None
+    calibration = _realism_calibration(Path(cfg.paths.judges) / judge_key, real_logits)
     gens = None
     if model_dir is not None:
         from .train import load_generators
@@ -511,7 +529,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             ident = _identity(gens[back], src) if gens is not None and n else None
             logits, feats = _classify(judges.domain, out)
             real_t_logits, real_t_feats = real_logits[target]
-            real_margin = margins(real_t_logits, t_idx)
+            real_margin = calibration[target]
             realism = conformal_realism(margins(logits, t_idx), real_margin)
             src_logits, src_feats = _classify(judges.domain, src)
             labels = gen.column("label").to_pylist()

@@ -83,7 +83,7 @@ def test_errors_name_the_key_the_allowed_values_and_what_was_given(tmp_path):
     assert "paths.reportz: unknown key; allowed keys here: ingest, models" in text and "publish_url" in text
     p.write_text("validate:\n  run:\n    AtoB:\n      min_psnr: 3\n")
     with pytest.raises(ConfigError, match=r"validate\.run\.AtoB\.min_psnr: unknown key; allowed keys here: "
-                                          r"min_mean_cycle_psnr, min_mean_realism"):
+                                          r"min_mean_cycle_psnr, .*min_mean_realism"):
         load_config(p)
     p.write_text("model: [16, 16]\n")
     with pytest.raises(ConfigError, match=r"model: expected a section \(mapping\) with keys ngf, ndf"):

@@ -136,7 +136,7 @@ def test_served_deployment_runs_and_reports(prefect_api, tmp_path, collections):
         cli = [sys.executable, "-m", "prefect", "--no-prompt"]
         run_env = env | {"CYCLEAUG_ROOT": str(ROOT)}
         for args in (["work-pool", "create", "cycleaug", "--type", "process"], ["deploy", "--all"]):
-            done = subprocess.run(cli + args, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+            done = subprocess.run([*cli, *args], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         deployed = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["nightly", "retrain"]}}})
         pools = {d["name"]: d["work_pool_name"] for d in deployed.json()}

@@ -172,17 +172,17 @@ def test_new_metric_columns_flow_through(versions, tmp_path):
     shutil.copytree(cfg.paths.validated, validated)
     for d in ("AtoB", "BtoA"):
         t = pq.read_table(validated / f"{d}.parquet")
-        ssim = pa.array(np.linspace(0, 1, t.num_rows), pa.float32())
-        t = t.add_column(t.schema.get_field_index("passed"), "cycle_ssim", ssim)
+        sharp = pa.array(np.linspace(0, 1, t.num_rows), pa.float32())
+        t = t.add_column(t.schema.get_field_index("passed"), "sharpness", sharp)
         pq.write_table(t, validated / f"{d}.parquet")
     table, dropped = build_rows(cfg.paths.generated, validated, "AtoB", mode="L", size=16,
                                 provenance={"code_version": "c", "params_hash": "p", "seed": 0, "flow_run_id": None})
-    assert table.schema.field("cycle_ssim").type == pa.float32() and dropped == 0
+    assert table.schema.field("sharpness").type == pa.float32() and dropped == 0
     src = pq.read_table(validated / "AtoB.parquet")
-    assert dict(zip(table["sample_id"].to_pylist(), table["cycle_ssim"].to_pylist(), strict=True)) == dict(
-        zip(src["sample_id"].to_pylist(), src["cycle_ssim"].to_pylist(), strict=True))
+    assert dict(zip(table["sample_id"].to_pylist(), table["sharpness"].to_pylist(), strict=True)) == dict(
+        zip(src["sample_id"].to_pylist(), src["sharpness"].to_pylist(), strict=True))
     feats = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
-    assert feats["cycle_ssim"] == {"dtype": "float32", "_type": "Value"}
+    assert feats["sharpness"] == {"dtype": "float32", "_type": "Value"}
     # Failing rows are dropped and counted.
     t = pq.read_table(validated / "AtoB.parquet")
     passed = pa.array([i % 3 != 0 for i in range(t.num_rows)])

@@ -117,8 +117,11 @@ def test_huggingface_datasets_decodes_images(v2, tmp_path, monkeypatch):
 
 
 def _loader_keys(dataset: ShardedParquetDataset, workers: int) -> list[tuple[str, str]]:
+    # Workers come from a fork server, not a fork of this process: once a Prefect flow has run in a
+    # process (other tests here do), Prefect's at-fork handlers make forked children exit with 1.
     keys = []
-    for batch in DataLoader(dataset, batch_size=4, num_workers=workers):
+    context = "forkserver" if workers else None
+    for batch in DataLoader(dataset, batch_size=4, num_workers=workers, multiprocessing_context=context):
         assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (1, 16, 16)
         keys += [_key(d, s) for d, s in zip(batch["direction"], batch["source_id"], strict=True)]
     return keys
@@ -179,11 +182,11 @@ def _ddp_rank(rank: int, v2: str, rendezvous: str, out: str) -> None:
 
 
 def test_torch_ddp_two_ranks_split_the_rows(v2, tmp_path):
-    # Two real gloo ranks (forked), each with a 2-worker DataLoader and no rank given by hand.
+    # Two real gloo ranks, each with a 2-worker DataLoader and no rank given by hand.
     import torch.multiprocessing as mp
 
     mp.start_processes(_ddp_rank, args=(str(v2), str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2,
-                       start_method="fork")
+                       start_method="forkserver")
     ranks = [collections.Counter(tuple(line.split()) for line in (tmp_path / f"rank{r}.txt").read_text().splitlines())
              for r in (0, 1)]
     expected = collections.Counter(_key(d, s) for d, s in zip(
