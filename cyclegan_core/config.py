@@ -345,6 +345,24 @@ class PairedAlignmentConfig(_Strict):
     on_fail: Literal["keep", "drop"] = Field("keep", description="keep: the unaugmented sample; drop: no output.")
 
 
+class PairedCloudConfig(_Strict):
+    """One 3D transform per sample holding a point cloud; its camera (and image, for a mirror) follow."""
+
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a 3D transform of the point cloud.")
+    degrees: float = Field(30.0, ge=0.0, le=180.0, description="Rotation about a random axis, +- degrees.")
+    scale: tuple[float, float] = Field((0.9, 1.1), description="Uniform scale range of the cloud.")
+    translate: float = Field(0.5, ge=0.0, description="Translation range per axis, +- world units.")
+    mirror_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of mirroring the world (x -> -x); "
+                            "the image flips with it (and caption words, stereo channels).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError("scale: values must be > 0")
+        return _ordered_range(v, "scale")
+
+
 class PairedDemoConfig(_Strict):
     """The generated scenes the demo writes to ``paired.input`` when it is missing."""
 
@@ -374,6 +392,7 @@ class PairedConfig(_Strict):
     mixup: PairedMixupConfig = PairedMixupConfig()
     dropout: PairedDropoutConfig = PairedDropoutConfig()
     alignment: PairedAlignmentConfig = PairedAlignmentConfig()
+    cloud: PairedCloudConfig = PairedCloudConfig()
     demo: PairedDemoConfig = PairedDemoConfig()
 
 
