@@ -372,12 +372,35 @@ class Geometry(Op):
                 changes["caption"], edits = self.policy.mirrored(s.caption)
                 if edits:
                     eff["caption_edits"] = edits
+            if s.caption and s.meta.get("phrases") and self.policy.objects is not None:
+                caption, edits = self._object_edits(s, changes, m, ow)
+                if edits:
+                    changes["caption"] = caption
+                    eff["caption_object_edits"] = edits
             if mirrored and s.audio is not None and s.audio.shape[0] == 2:
                 changes["audio"] = s.audio.flip(0)
                 eff["audio_channels_swapped"] = True
             outs.append(s.replace(**changes))
             effects.append(eff)
         return outs, effects
+
+    def _object_edits(self, s: PairedSample, changes: dict, m: torch.Tensor, ow: int) -> tuple[str, list[dict]]:
+        """Caption edits for objects the draw removed and for spatial words it changed (the policy's
+        ``objects`` rules), from the objects' transformed box centres."""
+        caption = changes.get("caption", s.caption)
+        ids = [int(obj) for obj, _ in s.meta["phrases"]]
+        if s.mask is not None and "mask" in changes:
+            present = set(changes["mask"].unique().tolist())
+        else:
+            present = set(changes.get("box_mask_ids", torch.zeros(0)).tolist())
+        centres: dict[int, float] = {}
+        if s.boxes is not None and s.box_mask_ids is not None and s.boxes.shape[0]:
+            b = s.boxes.to(m.device).double()
+            mid = torch.stack([(b[:, 0] + b[:, 2]) / 2 - 0.5, (b[:, 1] + b[:, 3]) / 2 - 0.5], -1)
+            pts = transform_points(m.double(), mid[None])[0] + 0.5
+            centres = {int(k): float(x) for k, x in zip(s.box_mask_ids.tolist(), pts[:, 0], strict=True)}
+        removed = {i for i in ids if i not in present}
+        return self.policy.objects.rewrite(caption, s.meta["phrases"], centres, removed, float(ow))
 
     def _boxes(self, boxes: torch.Tensor, m: torch.Tensor, oh: int, ow: int) -> tuple[torch.Tensor, torch.Tensor]:
         if boxes.shape[0] == 0:

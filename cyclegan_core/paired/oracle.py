@@ -43,9 +43,10 @@ def parse_caption(text: str) -> tuple:
     if m:
         a, side, b = m.group(1).lower(), m.group(2).lower(), m.group(3).lower()
         return ("order", (a, b) if side == "left" else (b, a))
-    m = re.fullmatch(rf"((?:{_NAME}, )+)({_NAME}) and ({_NAME}), from (left to right|right to left)", t, flags=re.I)
+    m = re.fullmatch(rf"((?:{_NAME}, )*)({_NAME}) and ({_NAME}), from (left to right|right to left)", t, flags=re.I)
     if m:
-        names = [n.lower() for n in m.group(1).rstrip(", ").split(", ")] + [m.group(2).lower(), m.group(3).lower()]
+        head = [n.lower() for n in m.group(1).rstrip(", ").split(", ")] if m.group(1) else []
+        names = [*head, m.group(2).lower(), m.group(3).lower()]
         return ("order", tuple(names) if m.group(4).lower() == "left to right" else tuple(reversed(names)))
     return ("unparsed", t)
 
@@ -72,9 +73,12 @@ def transformed_objects(out: PairedSample, record: dict) -> list[SceneObject]:
 def check_caption(out: PairedSample, record: dict) -> CaptionCheck | None:
     """Compare the augmented caption with the description of the transformed scene (None when the
     sample has no caption to check: dropped, or mixed with another scene)."""
-    if not out.caption or "caption" in out.dropped or any(e["op"] == "mixup" for e in record["ops"]):
+    if out.caption is None or "caption" in out.dropped or any(e["op"] == "mixup" for e in record["ops"]):
         return None
     objects = transformed_objects(out, record)
+    if not out.caption:  # the policy emptied it: right only when no object is left to name
+        return CaptionCheck(out.sample_id, "", describe(objects, out.canvas()[1]) if objects else "", not objects,
+                            "" if not objects else "the caption was emptied but objects remain")
     width = out.canvas()[1]
     if not objects:
         return CaptionCheck(out.sample_id, out.caption, "", False, "every object left the frame")

@@ -188,6 +188,8 @@ def make_scene(rng: np.random.Generator, sample_id: str, size: int = 64, frames:
         points=cloud.get("points"), point_features=cloud.get("point_features"),
         point_labels=cloud.get("point_labels"), intrinsics=intrinsics, extrinsics=extrinsics,
         meta={"generator": GENERATOR, "size": size,
+              "phrases": [[k + 1, f"a {o.colour} {o.shape}"] for k, o in
+                          sorted(enumerate(objects), key=lambda ko: ko[1].cx)],
               "objects": [{"id": k + 1, "shape": o.shape, "colour": o.colour, "center": [o.cx, o.cy],
                            "radius": o.r, "vx": o.vx,
                            **({"depth": cloud["depths"][k]} if cloud else {})} for k, o in enumerate(objects)]},
