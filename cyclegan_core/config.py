@@ -372,6 +372,10 @@ class PairedDemoConfig(_Strict):
     frame_rate: float = Field(8.0, gt=0.0)
     sample_rate: int = Field(8000, ge=1000, le=192000)
     seed: int = 0
+    points_per_object: int = Field(48, ge=0, le=100_000, description="Points of each shape's 3D extrusion "
+                                   "in the scene's point cloud (0: no cloud and no camera).")
+    preview: int = Field(4, ge=0, le=32, description="Samples drawn before/after in <output>/preview.png by "
+                         "`paired-augment --demo` (0: no picture).")
 
 
 class PairedConfig(_Strict):

@@ -164,3 +164,22 @@ def test_samples_without_a_cloud_are_unchanged_by_the_3d_op_and_bad_clouds_are_n
     bad_r[0, 0] = 3.0
     with pytest.raises(PairedSampleError, match="rotation"):
         good.replace(extrinsics=bad_r).validate()
+
+
+def test_demo_writes_a_picture_beside_the_parquet_output(tmp_path):
+    from PIL import Image
+
+    from cyclegan_core.paired.io import count_rows
+    from cyclegan_core.paired.pipeline import augment_paired, make_demo_input
+
+    cfg = PairedConfig(input=str(tmp_path / "src"), output=str(tmp_path / "out"), copies=1, batch_size=4,
+                       demo={"samples": 3, "image_size": 24, "frames": 2, "sample_rate": 2000, "points_per_object": 8})
+    make_demo_input(cfg)
+    result = augment_paired(cfg, preview=2)
+    assert result.preview == str(tmp_path / "out" / "preview.png")
+    with Image.open(result.preview) as im:
+        assert im.format == "PNG" and im.width >= 2 * 256 and im.height >= 2 * 256
+    assert count_rows(tmp_path / "out") == 3  # the picture is not a data file
+    rows = read_samples(tmp_path / "out")
+    assert all(r.points is not None and r.intrinsics is not None for r in rows)
+    assert augment_paired(cfg).preview is None
