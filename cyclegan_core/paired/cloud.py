@@ -38,7 +38,8 @@ class CloudTransform(Op):
         out: list[Params | None] = []
         sp = self.spec
         for s in samples:
-            if s.points is None or rng.random() >= sp["p"]:
+            # p == 0 draws nothing, so the other ops' draws are those of a run without this op.
+            if s.points is None or sp["p"] == 0 or rng.random() >= sp["p"]:
                 out.append(None)
                 continue
             axis = rng.normal(size=3)
