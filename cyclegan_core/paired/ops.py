@@ -391,8 +391,10 @@ class Geometry(Op):
         ids = [int(obj) for obj, _ in s.meta["phrases"]]
         if s.mask is not None and "mask" in changes:
             present = set(changes["mask"].unique().tolist())
-        else:
-            present = set(changes.get("box_mask_ids", torch.zeros(0)).tolist())
+        elif "box_mask_ids" in changes:
+            present = set(changes["box_mask_ids"].tolist())
+        else:  # nothing says which objects are left: remove none
+            present = set(ids)
         centres: dict[int, float] = {}
         if s.boxes is not None and s.box_mask_ids is not None and s.boxes.shape[0]:
             b = s.boxes.to(m.device).double()
