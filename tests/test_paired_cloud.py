@@ -67,7 +67,7 @@ clouds = st.builds(dict, p=st.sampled_from([0.0, 1.0]), degrees=st.floats(0.0, 1
                    mirror_p=st.sampled_from([0.0, 0.5, 1.0]))
 
 
-@FAST
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sample=clouds_with_cameras(), geometry=geometries, cloud=clouds, seed=st.integers(0, 2**31))
 def test_projection_identity_for_random_clouds_cameras_and_draws(sample, geometry, cloud, seed):
     (out, record), = _augmenter(geometry, cloud).augment([sample], seed)
