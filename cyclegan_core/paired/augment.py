@@ -118,10 +118,12 @@ class SyncAugmenter:
         policy = self.alignment
         rejected: list[Counter[str]] = [Counter() for _ in cur]
         reasons: list[dict[str, str]] = [{} for _ in cur]
+        draws = [1] * len(cur)
         failing = list(range(len(cur)))
         for attempt in range(policy.max_redraws + 1):
             still = []
             for i in failing:
+                draws[i] = attempt + 1
                 failed = check_alignment(sources[i], cur[i], records[i], policy)
                 if failed:
                     rejected[i].update(failed.keys())
@@ -148,7 +150,7 @@ class SyncAugmenter:
                 if policy.on_fail == "drop":
                     dropped.add(i)
             if rejected[i]:
-                records[i]["alignment"] = {"rejected": dict(rejected[i]), "outcome": outcome,
+                records[i]["alignment"] = {"rejected": dict(rejected[i]), "outcome": outcome, "draws": draws[i],
                                            **({"reasons": reasons[i]} if outcome != "augmented" else {})}
         return cur, records, active, dropped
 

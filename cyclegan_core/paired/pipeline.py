@@ -83,7 +83,7 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None, preview:
     outcomes: Counter[str] = Counter()
     listing: list[dict] = []
     shown: list[tuple] = []
-    done = rows = 0
+    done = rows = draws = 0
     with atomic_dir(cfg.output) as tmp:
         (tmp / "data").mkdir()
         buffer: list[dict] = []
@@ -111,6 +111,7 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None, preview:
                     alignment = record.get("alignment", {})
                     rejected.update(alignment.get("rejected", {}))
                     outcomes[alignment.get("outcome", "augmented")] += 1
+                    draws += alignment.get("draws", 1)
                     if out is None:
                         continue
                     if copy == 0 and len(shown) < preview:
@@ -131,7 +132,8 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None, preview:
             "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "input": str(cfg.input), "sources": done, "copies": cfg.copies, "rows": rows,
             "ops": dict(sorted(ops.items())), "dropped": dict(sorted(dropped.items())),
-            "alignment": {"rejected_draws": dict(sorted(rejected.items())), "outcomes": dict(sorted(outcomes.items()))},
+            "alignment": {"draws": draws, "rejected_draws": dict(sorted(rejected.items())),
+                          "outcomes": dict(sorted(outcomes.items()))},
             "shards": listing, "config": cfg.model_dump(mode="json"),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
