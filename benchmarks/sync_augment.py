@@ -2,8 +2,9 @@
 
 Both paths run the same ops with the default ``paired`` settings on the same generated scenes, in
 one process, side by side; the ratio is batched / per-sample. Runs on CPU, and on CUDA as well when
-a device is present. Two workloads: full scenes (image, mask, boxes, keypoints, caption, text
-embedding, stereo audio and video frames) and image-only scenes (image and annotations).
+a device is present. Workloads: full scenes (image, mask, boxes, keypoints, caption, text
+embedding, stereo audio and video frames) and image-only scenes (image and annotations), each with
+and without a point cloud and its camera (``--points`` per object; the 3D op at its default p).
 
     PYTHONPATH=$PWD python benchmarks/sync_augment.py [--samples 128 --batch-size 32 --size 64]
 """
@@ -60,20 +61,35 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--points", type=int, default=48, help="points per object in the clouds")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 keeps torch's default)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    full = make_scenes(args.samples, seed=0, size=args.size, frames=args.frames)
-    image_only = [s.replace(video=None, frame_rate=None, audio=None, sample_rate=None) for s in full]
+    cloud = make_scenes(args.samples, seed=0, size=args.size, frames=args.frames, points_per_object=args.points)
+    no_cloud = [s.replace(points=None, point_features=None, point_labels=None, intrinsics=None, extrinsics=None)
+                for s in cloud]
+    workloads = {
+        "full scene": no_cloud,
+        "full + cloud": cloud,
+        "image only": [s.replace(video=None, frame_rate=None, audio=None, sample_rate=None) for s in no_cloud],
+        "image + cloud": [s.replace(video=None, frame_rate=None, audio=None, sample_rate=None) for s in cloud],
+    }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {args.samples} samples "
-          f"{args.size}x{args.size}, video {args.frames} frames; batch {args.batch_size}; best of {args.repeats}")
-    print(f"{'device':<7} {'workload':<12} {'batched/s':>10} {'loop/s':>10} {'ratio':>7}")
+          f"{args.size}x{args.size}, video {args.frames} frames, clouds {int(cloud[0].points.shape[0])}+ points; "
+          f"batch {args.batch_size}; best of {args.repeats}")
+    print(f"{'device':<7} {'workload':<14} {'batched/s':>10} {'loop/s':>10} {'ratio':>7}")
     for device in devices:
-        for name, data in (("full scene", full), ("image only", image_only)):
-            b, one = bench(data, args.batch_size, device, args.repeats)
-            print(f"{device.type:<7} {name:<12} {b:>10.1f} {one:>10.1f} {b / one:>6.2f}x")
+        # Two rounds, best of both kept: a shared machine's load moves between workloads otherwise.
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(2):
+            for name, data in workloads.items():
+                b, one = bench(data, args.batch_size, device, args.repeats)
+                old = best.get(name, (0.0, 0.0))
+                best[name] = (max(b, old[0]), max(one, old[1]))
+        for name, (b, one) in best.items():
+            print(f"{device.type:<7} {name:<14} {b:>10.1f} {one:>10.1f} {b / one:>6.2f}x")
 
 
 if __name__ == "__main__":

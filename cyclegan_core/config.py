@@ -520,6 +520,24 @@ class PairedAlignmentConfig(_Strict):
     on_fail: Literal["keep", "drop"] = Field("keep", description="keep: the unaugmented sample; drop: no output.")
 
 
+class PairedCloudConfig(_Strict):
+    """One 3D transform per sample holding a point cloud; its camera (and image, for a mirror) follow."""
+
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a 3D transform of the point cloud.")
+    degrees: float = Field(30.0, ge=0.0, le=180.0, description="Rotation about a random axis, +- degrees.")
+    scale: tuple[float, float] = Field((0.9, 1.1), description="Uniform scale range of the cloud.")
+    translate: float = Field(0.5, ge=0.0, description="Translation range per axis, +- world units.")
+    mirror_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of mirroring the world (x -> -x); "
+                            "the image flips with it (and caption words, stereo channels).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError("scale: values must be > 0")
+        return _ordered_range(v, "scale")
+
+
 class PairedDemoConfig(_Strict):
     """The generated scenes the demo writes to ``paired.input`` when it is missing."""
 
@@ -529,6 +547,10 @@ class PairedDemoConfig(_Strict):
     frame_rate: float = Field(8.0, gt=0.0)
     sample_rate: int = Field(8000, ge=1000, le=192000)
     seed: int = 0
+    points_per_object: int = Field(48, ge=0, le=100_000, description="Points of each shape's 3D extrusion "
+                                   "in the scene's point cloud (0: no cloud and no camera).")
+    preview: int = Field(4, ge=0, le=32, description="Samples drawn before/after in <output>/preview.png by "
+                         "`paired-augment --demo` (0: no picture).")
 
 
 class PairedConfig(_Strict):
@@ -549,6 +571,7 @@ class PairedConfig(_Strict):
     mixup: PairedMixupConfig = PairedMixupConfig()
     dropout: PairedDropoutConfig = PairedDropoutConfig()
     alignment: PairedAlignmentConfig = PairedAlignmentConfig()
+    cloud: PairedCloudConfig = PairedCloudConfig()
     demo: PairedDemoConfig = PairedDemoConfig()
 
 

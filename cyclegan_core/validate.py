@@ -528,7 +528,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             back = "G_BA" if direction == "AtoB" else "G_AB"
             ident = _identity(gens[back], src) if gens is not None and n else None
             logits, feats = _classify(judges.domain, out)
-            real_t_logits, real_t_feats = real_logits[target]
+            real_t_feats = real_logits[target][1]
             real_margin = calibration[target]
             realism = conformal_realism(margins(logits, t_idx), real_margin)
             src_logits, src_feats = _classify(judges.domain, src)

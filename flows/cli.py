@@ -154,7 +154,7 @@ def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
         if made["made"]:
             print(f"wrote {made['samples']} generated paired scenes to {made['path']}", file=sys.stderr)
     try:
-        result = augment_paired(cfg.paired, _Bars())
+        result = augment_paired(cfg.paired, _Bars(), preview=cfg.paired.demo.preview if args.demo else 0)
     except (FileNotFoundError, ValueError, PairedSampleError) as err:
         print(f"paired-augment: {err}", file=sys.stderr)
         return 1
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(e)
     pa = sub.add_parser("paired-augment", help="augment a paired multimodal Parquet dataset paired.copies times "
                         "per sample (synchronized ops, mixup, modality dropout, replay records)")
-    pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing")
+    pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing, "
+                    "and a picture of paired.demo.preview samples before/after in <output>/preview.png")
     pa.add_argument("--prefect", action="store_true", help="run as the Prefect flow cycleaug-paired-augment")
     return p
 

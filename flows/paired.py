@@ -19,4 +19,5 @@ def paired_augment(params: str = "params.yaml", overrides: list[str] | None = No
     generated scenes first when the input is missing."""
     cfg = load_config(params, tuple(overrides or ()))
     made = paired_tasks.paired_demo_data(cfg) if demo or uses_default_input(cfg.paired.input) else None
-    return {"demo": made, "augment": paired_tasks.paired_augment(cfg, made)}
+    preview = cfg.paired.demo.preview if demo else 0
+    return {"demo": made, "augment": paired_tasks.paired_augment(cfg, made, preview)}

@@ -24,9 +24,11 @@ def paired_demo_data(cfg: Config) -> dict:
 
 
 @task(name="paired-augment")
-def paired_augment(cfg: Config, demo: dict | None = None) -> dict:
+def paired_augment(cfg: Config, demo: dict | None = None, preview: int = 0) -> dict:
     del demo  # a data dependency: the input the demo task wrote
-    result = augment_paired(cfg.paired, StepProgress("paired"))
+    result = augment_paired(cfg.paired, StepProgress("paired"), preview=preview)
+    if result.preview:
+        get_run_logger().info("picture of %d samples before/after: %s", preview, result.preview)
     get_run_logger().info(
         "augmented %d samples x %d copies = %d rows in %.1f s into %s (%d shards); ops applied %s; masked %s",
         result.sources, cfg.paired.copies, result.rows, result.seconds, result.out_dir, result.shards, result.ops,

@@ -34,6 +34,10 @@ def test_every_output_passes_or_is_kept_or_dropped_with_the_reason(seed, fractio
         src = by_id[record["source_id"]]
         info = record.get("alignment", {"outcome": "augmented", "rejected": {}})
         assert sum(info["rejected"].values()) <= (redraws + 1) * 2
+        if "draws" in info:  # the draws made; every rejected one failed at least one check
+            failed = info["draws"] - (info["outcome"] == "augmented")
+            assert failed >= 1 and max(info["rejected"].values()) <= failed <= sum(info["rejected"].values())
+            assert info["outcome"] == "augmented" or info["draws"] == redraws + 1
         if info["outcome"] == "augmented":
             assert out is not None and check_alignment(src, out, record, policy) == {}
             assert replay(src, record, by_id).equals(out)

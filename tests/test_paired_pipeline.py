@@ -81,6 +81,7 @@ def test_paired_augment_command(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["rows"] == 16 and out["sources"] == 8
+    assert Path(tmp_path / out["preview"]).stat().st_size > 0  # the demo picture, beside the Parquet data
 
 
 def test_paired_augment_command_names_a_missing_input(tmp_path, capsys):
@@ -108,3 +109,4 @@ def test_paired_flow(tmp_path, monkeypatch):
     assert state.is_completed(), state.message
     result = state.result()
     assert result["demo"]["made"] is True and result["augment"]["rows"] == 8
+    assert result["augment"]["preview"] and Path(result["augment"]["preview"]).is_file()

@@ -75,9 +75,9 @@ def test_flip_twice_is_identity_on_every_modality(seed, words, seps):
     out = twice[0]
     assert eff[0]["mirrored"]
     assert torch.equal(once[0].audio, scene.audio.flip(0))  # stereo channels swapped by one flip
-    for name in ("boxes", "keypoints"):
+    for name in ("boxes", "keypoints", "points", "intrinsics"):  # float coordinates: up to rounding
         torch.testing.assert_close(getattr(out, name), getattr(scene, name), atol=1e-4, rtol=0)
-    same = scene.replace(boxes=out.boxes, keypoints=out.keypoints)
+    same = scene.replace(boxes=out.boxes, keypoints=out.keypoints, points=out.points, intrinsics=out.intrinsics)
     assert out.equals(same), out.differences(same)
 
 

@@ -38,7 +38,7 @@ def geometry_matrix(record: dict) -> tuple[torch.Tensor, tuple[int, int] | None]
     m = torch.eye(3, dtype=torch.float64)
     size = None
     for entry in record["ops"]:
-        if entry["op"] == "geometry":
+        if "matrix" in entry.get("effects", {}):  # geometry, and the image flip of a mirrored cloud
             m = torch.tensor(entry["effects"]["matrix"], dtype=torch.float64) @ m
             size = tuple(entry["effects"]["out_size"])
     return m, size

@@ -2,7 +2,7 @@
 
 Alignment checks (``align.py``) run after the synchronized ops and before mixup and dropout.
 
-:class:`SyncAugmenter` runs the ops in a fixed order -- temporal crop, speed, geometry, photometric
+:class:`SyncAugmenter` runs the ops in a fixed order -- temporal crop, speed, 3D cloud transform, geometry, photometric
 jitter, pixel noise, audio noise, mixup, modality dropout -- over a batch, drawing every op's
 parameters once per sample, and returns each output with its replay record. :func:`replay`
 rebuilds an output from its source and record alone, through the same ``apply`` code.
@@ -20,6 +20,7 @@ import torch
 
 from . import record as rec
 from .align import AlignmentPolicy, check_alignment
+from .cloud import CloudTransform
 from .ops import (
     AudioNoise,
     Geometry,
@@ -53,6 +54,8 @@ class SyncAugmenter:
         ops: list[Op] = [
             TemporalCrop(p=t.crop_p, fraction=t.crop_fraction),
             SpeedChange(p=t.speed_p, rate=t.speed, text_policy=cfg.text_policy),
+            CloudTransform(p=cfg.cloud.p, degrees=cfg.cloud.degrees, scale=cfg.cloud.scale,
+                           translate=cfg.cloud.translate, mirror_p=cfg.cloud.mirror_p, text_policy=cfg.text_policy),
             Geometry(hflip_p=g.hflip_p, crop=g.crop, crop_scale=g.crop_scale, crop_ratio=g.crop_ratio,
                      output_size=g.output_size, affine_p=g.affine_p, degrees=g.degrees, translate=g.translate,
                      scale=g.scale, shear=g.shear, min_box_area=g.min_box_area, text_policy=cfg.text_policy),
@@ -115,10 +118,12 @@ class SyncAugmenter:
         policy = self.alignment
         rejected: list[Counter[str]] = [Counter() for _ in cur]
         reasons: list[dict[str, str]] = [{} for _ in cur]
+        draws = [1] * len(cur)
         failing = list(range(len(cur)))
         for attempt in range(policy.max_redraws + 1):
             still = []
             for i in failing:
+                draws[i] = attempt + 1
                 failed = check_alignment(sources[i], cur[i], records[i], policy)
                 if failed:
                     rejected[i].update(failed.keys())
@@ -145,7 +150,7 @@ class SyncAugmenter:
                 if policy.on_fail == "drop":
                     dropped.add(i)
             if rejected[i]:
-                records[i]["alignment"] = {"rejected": dict(rejected[i]), "outcome": outcome,
+                records[i]["alignment"] = {"rejected": dict(rejected[i]), "outcome": outcome, "draws": draws[i],
                                            **({"reasons": reasons[i]} if outcome != "augmented" else {})}
         return cur, records, active, dropped
 

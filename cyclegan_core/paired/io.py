@@ -2,7 +2,9 @@
 
 Images and masks are PNG in the Hugging Face ``struct<bytes, path>`` image layout (masks 8- or 16-bit
 gray), audio is a float32 WAV in the same layout (lossless), video is a list of PNG frames, boxes
-and keypoints are lists of float32 lists, and ``augmentation`` holds the replay record (JSON) of an
+and keypoints are lists of float32 lists, a point cloud is a list of float32 [x, y, z] lists
+(with per-point feature lists and int64 labels), the camera is its float64 intrinsics (9) and
+extrinsics (12) row-major (exact through Parquet), and ``augmentation`` holds the replay record (JSON) of an
 augmented row. Pixels are stored as 8-bit, so an image read back is ``round(x * 255) / 255``: the
 quantization is the same for an output and for its replay, so replay stays exact on stored data.
 """
@@ -45,6 +47,11 @@ PAIRED_SCHEMA = pa.schema([
     ("video", pa.list_(pa.binary())),
     ("frame_rate", pa.float64()),
     ("labels", FLOATS),
+    ("points", pa.list_(FLOATS)),
+    ("point_features", pa.list_(FLOATS)),
+    ("point_labels", pa.list_(pa.int64())),
+    ("intrinsics", pa.list_(pa.float64())),
+    ("extrinsics", pa.list_(pa.float64())),
     ("dropped", pa.list_(pa.string())),
     ("meta", pa.string()),
     ("augmentation", pa.string()),
@@ -62,6 +69,9 @@ def _hf_features() -> dict:
         "keypoint_visible": seq("bool"), "caption": {**value, "dtype": "string"},
         "text_embedding": seq("float32"), "audio": {"_type": "Audio"}, "sample_rate": {**value, "dtype": "int32"},
         "video": seq("binary"), "frame_rate": {**value, "dtype": "float64"}, "labels": seq("float32"),
+        "points": {"_type": "Sequence", "feature": seq("float32")},
+        "point_features": {"_type": "Sequence", "feature": seq("float32")}, "point_labels": seq("int64"),
+        "intrinsics": seq("float64"), "extrinsics": seq("float64"),
         "dropped": seq("string"), "meta": {**value, "dtype": "string"}, "augmentation": {**value, "dtype": "string"},
     }
 
@@ -131,7 +141,11 @@ def sample_to_row(s: PairedSample, record: dict | None = None, source_id: str | 
         "audio": None if s.audio is None else {"bytes": _wav(s.audio, s.sample_rate), "path": f"{sid}.wav"},
         "sample_rate": s.sample_rate,
         "video": None if s.video is None else [_image_png(f) for f in s.video],
-        "frame_rate": s.frame_rate, "labels": lst(s.labels), "dropped": list(s.dropped),
+        "frame_rate": s.frame_rate, "labels": lst(s.labels),
+        "points": lst(s.points), "point_features": lst(s.point_features), "point_labels": lst(s.point_labels),
+        "intrinsics": None if s.intrinsics is None else lst(s.intrinsics.reshape(-1)),
+        "extrinsics": None if s.extrinsics is None else lst(s.extrinsics.reshape(-1)),
+        "dropped": list(s.dropped),
         "meta": json.dumps(s.meta, sort_keys=True) if s.meta else None,
         "augmentation": None if record is None else json.dumps(record, sort_keys=True, separators=(",", ":")),
     }
@@ -174,6 +188,11 @@ def row_to_sample(row: dict, where: str = "row") -> PairedSample:
             video=video,
             frame_rate=row.get("frame_rate"),
             labels=t("labels", torch.float32),
+            points=t("points", torch.float32, (-1, 3)),
+            point_features=_features(row.get("point_features")),
+            point_labels=t("point_labels", torch.int64),
+            intrinsics=t("intrinsics", torch.float64, (3, 3)),
+            extrinsics=t("extrinsics", torch.float64, (3, 4)),
             dropped=tuple(row.get("dropped") or ()),
             meta=json.loads(row["meta"]) if row.get("meta") else {},
         )
@@ -182,6 +201,13 @@ def row_to_sample(row: dict, where: str = "row") -> PairedSample:
         raise PairedSampleError(f"{where}: {err}") from None
     except Exception as err:  # a corrupt PNG/WAV or a malformed list: name the row
         raise PairedSampleError(f"{where}: sample {sid!r} cannot be decoded: {type(err).__name__}: {err}") from None
+
+
+def _features(rows: list | None) -> torch.Tensor | None:
+    if rows is None:
+        return None
+    width = len(rows[0]) if rows else 0
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
 
 def write_table(rows: Iterable[dict], path: str | Path) -> int:

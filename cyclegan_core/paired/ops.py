@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from kornia.geometry.linalg import transform_points
 from kornia.geometry.transform import warp_perspective
 
+from . import camera as cam
 from .record import merge_params, slice_params
 from .sample import DROPPABLE, PairedSample
 from .text import load_policy
@@ -210,7 +211,9 @@ class Geometry(Op):
     (bilinear), the mask once (nearest), so there is a single resampling. Boxes are the enclosure of
     their transformed corners, clipped to the frame (boxes left empty are removed and listed in the
     effects); keypoints are transformed and marked invisible outside the frame. A mirroring matrix
-    also swaps left/right words in the caption and the two channels of stereo audio.
+    also swaps left/right words in the caption and the two channels of stereo audio. A camera's
+    intrinsics go through the same matrix, and a mirroring matrix mirrors the point cloud in the
+    camera's vertical plane (``camera.after_warp``), so the cloud still projects onto the same pixels.
     """
 
     name = "geometry"
@@ -359,16 +362,47 @@ class Geometry(Op):
                 inside = (pts[:, 0] >= 0) & (pts[:, 0] <= ow) & (pts[:, 1] >= 0) & (pts[:, 1] <= oh)
                 changes["keypoints"] = pts
                 changes["keypoint_visible"] = s.keypoint_visible.to(device) & inside
+            if s.intrinsics is not None:
+                k_new, world = cam.after_warp(s.intrinsics, s.extrinsics, m[0], in_hw[1])
+                changes["intrinsics"] = k_new.to(s.intrinsics.device)
+                if world is not None and s.points is not None:
+                    changes["points"] = cam.transform_points(s.points, world.to(s.points.device))
+                    eff["cloud_matrix"] = world.tolist()
             if mirrored and s.caption:
                 changes["caption"], edits = self.policy.mirrored(s.caption)
                 if edits:
                     eff["caption_edits"] = edits
+            if s.caption and s.meta.get("phrases") and self.policy.objects is not None:
+                caption, edits = self._object_edits(s, changes, m, ow)
+                if edits:
+                    changes["caption"] = caption
+                    eff["caption_object_edits"] = edits
             if mirrored and s.audio is not None and s.audio.shape[0] == 2:
                 changes["audio"] = s.audio.flip(0)
                 eff["audio_channels_swapped"] = True
             outs.append(s.replace(**changes))
             effects.append(eff)
         return outs, effects
+
+    def _object_edits(self, s: PairedSample, changes: dict, m: torch.Tensor, ow: int) -> tuple[str, list[dict]]:
+        """Caption edits for objects the draw removed and for spatial words it changed (the policy's
+        ``objects`` rules), from the objects' transformed box centres."""
+        caption = changes.get("caption", s.caption)
+        ids = [int(obj) for obj, _ in s.meta["phrases"]]
+        if s.mask is not None and "mask" in changes:
+            present = set(changes["mask"].unique().tolist())
+        elif "box_mask_ids" in changes:
+            present = set(changes["box_mask_ids"].tolist())
+        else:  # nothing says which objects are left: remove none
+            present = set(ids)
+        centres: dict[int, float] = {}
+        if s.boxes is not None and s.box_mask_ids is not None and s.boxes.shape[0]:
+            b = s.boxes.to(m.device).double()
+            mid = torch.stack([(b[:, 0] + b[:, 2]) / 2 - 0.5, (b[:, 1] + b[:, 3]) / 2 - 0.5], -1)
+            pts = transform_points(m.double(), mid[None])[0] + 0.5
+            centres = {int(k): float(x) for k, x in zip(s.box_mask_ids.tolist(), pts[:, 0], strict=True)}
+        removed = {i for i in ids if i not in present}
+        return self.policy.objects.rewrite(caption, s.meta["phrases"], centres, removed, float(ow))
 
     def _boxes(self, boxes: torch.Tensor, m: torch.Tensor, oh: int, ow: int) -> tuple[torch.Tensor, torch.Tensor]:
         if boxes.shape[0] == 0:
@@ -574,7 +608,8 @@ class Mixup(Op):
             changes[key] = lam * x + (1.0 - lam) * y.to(x.device)
             mixed.append(key)
         for key in ("mask", "boxes", "box_labels", "box_mask_ids", "keypoints", "keypoint_visible", "caption",
-                    "sample_rate", "frame_rate", "meta"):
+                    "sample_rate", "frame_rate", "meta", "points", "point_features", "point_labels", "intrinsics",
+                    "extrinsics"):
             changes[key] = getattr(dominant, key)
         if changes["audio"] is not None and changes["audio"] is not dominant.audio:
             changes["sample_rate"] = a.sample_rate

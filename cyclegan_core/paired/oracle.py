@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .align import geometry_matrix
 from .sample import PairedSample
 from .scenes import SceneObject, describe
 
@@ -42,9 +43,10 @@ def parse_caption(text: str) -> tuple:
     if m:
         a, side, b = m.group(1).lower(), m.group(2).lower(), m.group(3).lower()
         return ("order", (a, b) if side == "left" else (b, a))
-    m = re.fullmatch(rf"((?:{_NAME}, )+)({_NAME}) and ({_NAME}), from (left to right|right to left)", t, flags=re.I)
+    m = re.fullmatch(rf"((?:{_NAME}, )*)({_NAME}) and ({_NAME}), from (left to right|right to left)", t, flags=re.I)
     if m:
-        names = [n.lower() for n in m.group(1).rstrip(", ").split(", ")] + [m.group(2).lower(), m.group(3).lower()]
+        head = [n.lower() for n in m.group(1).rstrip(", ").split(", ")] if m.group(1) else []
+        names = [*head, m.group(2).lower(), m.group(3).lower()]
         return ("order", tuple(names) if m.group(4).lower() == "left to right" else tuple(reversed(names)))
     return ("unparsed", t)
 
@@ -55,10 +57,7 @@ def transformed_objects(out: PairedSample, record: dict) -> list[SceneObject]:
     objects = out.meta.get("objects")
     if objects is None:
         raise ValueError(f"sample {out.sample_id!r} is not a generated scene (no meta.objects)")
-    matrix = torch.eye(3, dtype=torch.float64)
-    for entry in record["ops"]:
-        if entry["op"] == "geometry":
-            matrix = torch.tensor(entry["effects"]["matrix"], dtype=torch.float64) @ matrix
+    matrix, _ = geometry_matrix(record)
     present = set(out.mask.unique().tolist()) if out.mask is not None else {o["id"] for o in objects}
     result = []
     for o in objects:
@@ -74,9 +73,12 @@ def transformed_objects(out: PairedSample, record: dict) -> list[SceneObject]:
 def check_caption(out: PairedSample, record: dict) -> CaptionCheck | None:
     """Compare the augmented caption with the description of the transformed scene (None when the
     sample has no caption to check: dropped, or mixed with another scene)."""
-    if not out.caption or "caption" in out.dropped or any(e["op"] == "mixup" for e in record["ops"]):
+    if out.caption is None or "caption" in out.dropped or any(e["op"] == "mixup" for e in record["ops"]):
         return None
     objects = transformed_objects(out, record)
+    if not out.caption:  # the policy emptied it: right only when no object is left to name
+        return CaptionCheck(out.sample_id, "", describe(objects, out.canvas()[1]) if objects else "", not objects,
+                            "" if not objects else "the caption was emptied but objects remain")
     width = out.canvas()[1]
     if not objects:
         return CaptionCheck(out.sample_id, out.caption, "", False, "every object left the frame")
@@ -123,3 +125,54 @@ def check_colours(out: PairedSample, policy_path: str | None = None) -> list[tup
         now = min(policy.hue_colours, key=lambda n: abs((policy.hue_colours[n] - hue + 180.0) % 360.0 - 180.0))
         pairs.append((name.split()[1], now))
     return pairs
+
+
+@dataclass(frozen=True)
+class CloudCheck:
+    sample_id: str
+    world_error: float  # max |augmented point - ground-truth transform of the source point| (world units)
+    pixel_error: float  # max |project(cloud', camera') - A(project(cloud, camera))| (pixels)
+    on_object: float  # share of the points inside the frame that land on their own object's mask pixels
+    near_object: float  # ... that land within one pixel of them (nearest-neighbour mask warps move edges)
+    in_frame: int
+
+
+def check_cloud(src: PairedSample, out: PairedSample, record: dict) -> CloudCheck | None:
+    """Check an augmented cloud against the transformed ground truth: the source cloud through the
+    recorded 3D transforms, its projection through the recorded 2D map, and the transformed mask."""
+    from . import camera as cam
+
+    if src.points is None or out.points is None or src.intrinsics is None or \
+            any(e["op"] == "mixup" for e in record["ops"]):
+        return None
+    world = torch.eye(4, dtype=torch.float64)
+    for entry in record["ops"]:
+        if "cloud_matrix" in entry.get("effects", {}):
+            world = torch.tensor(entry["effects"]["cloud_matrix"], dtype=torch.float64) @ world
+    expected = src.points.double() @ world[:3, :3].T + world[:3, 3]
+    world_error = float((out.points.double().cpu() - expected).abs().max()) if len(expected) else 0.0
+    m, _ = geometry_matrix(record)
+    a = cam.continuous(m)
+    uv_src, _ = cam.project(src.points, src.intrinsics, src.extrinsics)
+    want = torch.cat([uv_src, torch.ones(len(uv_src), 1, dtype=torch.float64)], 1) @ a.T
+    want = want[:, :2] / want[:, 2:3]
+    got, _ = cam.project(out.points.cpu(), out.intrinsics.cpu(), out.extrinsics.cpu())
+    pixel_error = float((got - want).abs().max()) if len(got) else 0.0
+    on_object = near_object = 1.0
+    inside = 0
+    if out.mask is not None and out.point_labels is not None:
+        mask = out.mask.cpu()
+        h, w = mask.shape
+        ij = got.floor().long()
+        ok = (ij[:, 0] >= 0) & (ij[:, 0] < w) & (ij[:, 1] >= 0) & (ij[:, 1] < h)
+        inside = int(ok.sum())
+        if inside:
+            x, y, lab = ij[ok, 0], ij[ok, 1], out.point_labels.cpu()[ok]
+            on_object = float((mask[y, x] == lab).double().mean())
+            near = torch.zeros_like(lab, dtype=torch.bool)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xx = (y + dy).clamp(0, h - 1), (x + dx).clamp(0, w - 1)
+                    near |= mask[yy, xx] == lab
+            near_object = float(near.double().mean())
+    return CloudCheck(out.sample_id, world_error, pixel_error, on_object, near_object, inside)

@@ -1,6 +1,7 @@
 """Augment a paired Parquet dataset N times per sample, writing Parquet with replay records.
 
-The output folder (``data/part-*.parquet`` plus ``manifest.json`` with every shard's sha256) is
+The output folder (``data/part-*.parquet`` plus ``manifest.json`` with every shard's sha256, and with
+the demo ``preview.png``, a picture of a few samples before and after) is
 built under a temporary name and swapped in whole, so readers see the old version or the new one.
 Input is read a batch at a time; each batch is augmented ``copies`` times with seeds derived from
 ``(seed, batch, copy)``, so the same input and settings give the same output.
@@ -22,6 +23,7 @@ from ..config import PairedConfig
 from ..storage import atomic_dir, sha256_file, write_json_atomic
 from .augment import SyncAugmenter
 from .io import count_rows, iter_rows, row_to_sample, sample_to_row, write_samples, write_table
+from .preview import write_preview
 from .scenes import make_scenes
 
 DATASET_FORMAT = "cycleaug-paired-1"
@@ -40,6 +42,7 @@ class PairedAugmentResult:
     dropped: dict[str, int]
     rejected_draws: dict[str, int]
     outcomes: dict[str, int]
+    preview: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +55,7 @@ def make_demo_input(cfg: PairedConfig, path: str | Path | None = None) -> dict:
         return {"made": False, "path": str(target)}
     d = cfg.demo
     scenes = make_scenes(d.samples, seed=d.seed, size=d.image_size, frames=d.frames, frame_rate=d.frame_rate,
-                         sample_rate=d.sample_rate)
+                         sample_rate=d.sample_rate, points_per_object=d.points_per_object)
     file = target / "scenes.parquet" if target.suffix != ".parquet" else target
     write_samples(scenes, file)
     return {"made": True, "path": str(target), "samples": len(scenes)}
@@ -67,8 +70,9 @@ def batch_seed(seed: int, batch: int, copy: int) -> int:
     return int(np.random.SeedSequence([seed, batch, copy]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> PairedAugmentResult:
-    """Augment every sample of ``cfg.input`` ``cfg.copies`` times into ``cfg.output``."""
+def augment_paired(cfg: PairedConfig, progress: Progress | None = None, preview: int = 0) -> PairedAugmentResult:
+    """Augment every sample of ``cfg.input`` ``cfg.copies`` times into ``cfg.output``; with ``preview`` > 0,
+    also draw that many samples of the first copy, before and after, in ``<output>/preview.png``."""
     t0 = time.perf_counter()
     total = count_rows(cfg.input)
     augmenter = SyncAugmenter.from_config(cfg)
@@ -78,7 +82,8 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
     rejected: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     listing: list[dict] = []
-    done = rows = 0
+    shown: list[tuple] = []
+    done = rows = draws = 0
     with atomic_dir(cfg.output) as tmp:
         (tmp / "data").mkdir()
         buffer: list[dict] = []
@@ -106,8 +111,11 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
                     alignment = record.get("alignment", {})
                     rejected.update(alignment.get("rejected", {}))
                     outcomes[alignment.get("outcome", "augmented")] += 1
+                    draws += alignment.get("draws", 1)
                     if out is None:
                         continue
+                    if copy == 0 and len(shown) < preview:
+                        shown.append((src, out.to("cpu"), record))
                     ops.update(e["op"] for e in record["ops"])
                     dropped.update(out.dropped)
                     buffer.append(sample_to_row(out.to("cpu").validate(), record, src.sample_id, copy))
@@ -124,10 +132,13 @@ def augment_paired(cfg: PairedConfig, progress: Progress | None = None) -> Paire
             "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "input": str(cfg.input), "sources": done, "copies": cfg.copies, "rows": rows,
             "ops": dict(sorted(ops.items())), "dropped": dict(sorted(dropped.items())),
-            "alignment": {"rejected_draws": dict(sorted(rejected.items())), "outcomes": dict(sorted(outcomes.items()))},
+            "alignment": {"draws": draws, "rejected_draws": dict(sorted(rejected.items())),
+                          "outcomes": dict(sorted(outcomes.items()))},
             "shards": listing, "config": cfg.model_dump(mode="json"),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
+        if shown:
+            write_preview(shown, tmp / "preview.png")
     return PairedAugmentResult(str(cfg.output), str(Path(cfg.output) / "manifest.json"), done, rows, len(listing),
                                round(time.perf_counter() - t0, 2), dict(ops), dict(dropped), dict(rejected),
-                               dict(outcomes))
+                               dict(outcomes), str(Path(cfg.output) / "preview.png") if shown else None)

@@ -15,6 +15,10 @@ Conventions (shared by every op, the Parquet format and the replay records):
   interpolate them; ``text_embedding`` (D,) float32 is a caption embedding given as a vector.
 - ``dropped`` names modalities masked by modality dropout: their data is zeroed (empty caption) but
   kept, with this flag, never removed.
+- ``points`` (N, 3) float32 is a point cloud in world coordinates, with optional ``point_features``
+  (N, F) float32 and ``point_labels`` (N,) int64 (an object id per point); ``intrinsics`` (3, 3) and
+  ``extrinsics`` (3, 4) float64 are the camera that produced the image (``camera.py`` has the
+  conventions: ``(u, v, 1) ~ K [R | t] P`` in continuous pixel coordinates).
 - ``meta`` is JSON-able data about the sample (a generated scene's description, for instance).
 """
 
@@ -28,7 +32,8 @@ from typing import Any
 import torch
 
 #: Every modality a sample may hold, in the order records and tables list them.
-MODALITIES = ("image", "mask", "boxes", "keypoints", "caption", "text_embedding", "audio", "video", "labels")
+MODALITIES = ("image", "mask", "boxes", "keypoints", "caption", "text_embedding", "audio", "video", "labels",
+              "points")
 #: Modalities that modality dropout may mask (inputs a model reads, not targets).
 DROPPABLE = ("image", "video", "audio", "caption", "text_embedding")
 
@@ -56,6 +61,11 @@ class PairedSample:
     video: torch.Tensor | None = None
     frame_rate: float | None = None
     labels: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    point_features: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    intrinsics: torch.Tensor | None = None
+    extrinsics: torch.Tensor | None = None
     dropped: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -141,10 +151,41 @@ class PairedSample:
                 if abs(video_s - audio_s) > 1.0 / self.frame_rate + 1e-9:
                     raise bad(f"audio lasts {audio_s:.4f} s but video {video_s:.4f} s: they must cover the same "
                               "time span (within one frame)")
+        self._validate_cloud(bad, canvas)
         unknown = set(self.dropped) - set(DROPPABLE)
         if unknown:
             raise bad(f"dropped names unknown modalities {sorted(unknown)}")
         return self
+
+    def _validate_cloud(self, bad, canvas: tuple[int, int] | None) -> None:
+        pts = self.points
+        if pts is not None and (pts.ndim != 2 or pts.shape[1] != 3 or pts.dtype != torch.float32):
+            raise bad(f"points must be a float32 (N, 3) tensor, got {pts.dtype} {tuple(pts.shape)}")
+        n = None if pts is None else pts.shape[0]
+        feats, labels = self.point_features, self.point_labels
+        if (feats is not None or labels is not None) and pts is None:
+            raise bad("point_features and point_labels need points")
+        if feats is not None and (feats.ndim != 2 or feats.shape[0] != n or feats.dtype != torch.float32):
+            raise bad(f"point_features must be a float32 ({n}, F) tensor, got {feats.dtype} {tuple(feats.shape)}")
+        if labels is not None and (labels.ndim != 1 or labels.shape[0] != n or labels.dtype != torch.int64):
+            raise bad(f"point_labels must be an int64 ({n},) tensor, got {labels.dtype} {tuple(labels.shape)}")
+        k, e = self.intrinsics, self.extrinsics
+        if (k is None) != (e is None):
+            raise bad("a camera needs both intrinsics (3, 3) and extrinsics (3, 4)")
+        if k is not None:
+            if k.shape != (3, 3) or e.shape != (3, 4) or k.dtype != torch.float64 or e.dtype != torch.float64:
+                raise bad(f"intrinsics must be float64 (3, 3) and extrinsics float64 (3, 4), got "
+                          f"{k.dtype} {tuple(k.shape)} and {e.dtype} {tuple(e.shape)}")
+            if not torch.equal(k[2].cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)):
+                raise bad(f"intrinsics must have last row (0, 0, 1), got {k[2].tolist()}")
+            if abs(float(torch.linalg.det(k[:2, :2]))) < 1e-12:
+                raise bad("intrinsics are singular")
+            r = e[:, :3].cpu()
+            if not torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-6) or \
+                    float(torch.linalg.det(r)) < 0:
+                raise bad("extrinsics [R | t] need a rotation R (orthonormal, det +1)")
+            if canvas is None:
+                raise bad("a camera needs an image, video or mask: it is the camera of that canvas")
 
     def equals(self, other: PairedSample) -> bool:
         """Exact equality of every field (tensors bit for bit); for replay checks."""

@@ -5,6 +5,15 @@ Used by the tests, the demo command and the benchmark; nothing is downloaded. Be
 modality comes from the description, a scene is an oracle: its caption says where things are
 ("a red circle left of a blue square"), its stereo audio pans each object's tone by its position,
 so a horizontal flip must swap the caption's left/right and the audio channels together.
+
+Each scene also has a point cloud and the camera that renders the image from it: every shape is
+extruded to 3D along the camera's viewing rays, between a depth drawn per object and that depth plus
+``thickness`` (a slab of the generalized cone through the shape), and points are drawn on it at the
+object's pixel centres with per-point labels (the object's mask id) and features (its RGB colour).
+Projecting the cloud through the camera gives back exactly the pixel centres, so the cloud, mask and
+image agree by construction. The camera (pinhole, centred principal point, a random pose) and the
+cloud come from a generator seeded by the scene's id and caption, so scenes drawn before the clouds
+existed are unchanged.
 """
 
 from __future__ import annotations
@@ -96,8 +105,43 @@ def _place(rng: np.random.Generator, n: int, size: int) -> list[SceneObject]:
     return objects
 
 
+def scene_camera(size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pinhole camera (focal 1.5 x size, principal point at the centre) at a random pose."""
+    from .camera import rotation_matrix
+
+    f = 1.5 * size
+    k = torch.tensor([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    axis = torch.from_numpy(rng.normal(size=3))
+    r = rotation_matrix(axis, float(rng.uniform(-25.0, 25.0)))
+    t = torch.from_numpy(rng.uniform(-2.0, 2.0, 3))
+    return k, torch.cat([r, t[:, None]], 1)
+
+
+def scene_cloud(objects: list[SceneObject], ids: np.ndarray, k: torch.Tensor, ext: torch.Tensor,
+                rng: np.random.Generator, per_object: int, thickness: float = 0.5) -> dict:
+    """Points on the shapes extruded along the viewing rays (see the module docstring), in world coordinates."""
+    pts, labels, feats, depths = [], [], [], []
+    for n, o in enumerate(objects):
+        ys, xs = np.nonzero(ids == n + 1)
+        depth = float(rng.uniform(4.0, 8.0))
+        depths.append(depth)
+        if not len(xs):
+            continue
+        pick = rng.integers(0, len(xs), per_object)
+        uv1 = np.stack([xs[pick] + 0.5, ys[pick] + 0.5, np.ones(per_object)], 1)
+        z = rng.uniform(depth, depth + thickness, per_object)
+        pts.append(torch.from_numpy(uv1 * z[:, None]))
+        labels += [n + 1] * per_object
+        feats += [[c / 255.0 for c in COLOURS[o.colour]]] * per_object
+    cam = torch.cat(pts) @ torch.linalg.inv(k).T if pts else torch.zeros(0, 3, dtype=torch.float64)
+    r, t = ext[:, :3], ext[:, 3]
+    world = (cam - t) @ r  # P = R^T (X_c - t)
+    return {"points": world.float(), "point_labels": torch.tensor(labels, dtype=torch.int64),
+            "point_features": torch.tensor(feats, dtype=torch.float32).reshape(-1, 3), "depths": depths}
+
+
 def make_scene(rng: np.random.Generator, sample_id: str, size: int = 64, frames: int = 8, frame_rate: float = 8.0,
-               sample_rate: int = 8000, max_objects: int = 3) -> PairedSample:
+               sample_rate: int = 8000, max_objects: int = 3, points_per_object: int = 48) -> PairedSample:
     """One generated scene with every modality (see the module docstring)."""
     objects = _place(rng, int(rng.integers(1, max_objects + 1)), size)
     background = rng.uniform(0.05, 0.3, 3).astype(np.float32)
@@ -119,6 +163,12 @@ def make_scene(rng: np.random.Generator, sample_id: str, size: int = 64, frames:
         audio[0] += (1.0 - pan) * tone
         audio[1] += pan * tone
     caption = describe(objects, size)
+    cloud: dict = {}
+    intrinsics = extrinsics = None
+    if points_per_object > 0:
+        rng3 = np.random.default_rng(zlib.crc32(f"{sample_id}|{caption}".encode()))
+        intrinsics, extrinsics = scene_camera(size, rng3)
+        cloud = scene_cloud(objects, ids, intrinsics, extrinsics, rng3, points_per_object)
     return PairedSample(
         sample_id=sample_id,
         image=torch.from_numpy(img).permute(2, 0, 1).contiguous(),
@@ -135,9 +185,14 @@ def make_scene(rng: np.random.Generator, sample_id: str, size: int = 64, frames:
         video=torch.from_numpy(video).permute(0, 3, 1, 2).contiguous(),
         frame_rate=float(frame_rate),
         labels=one_hot(sorted({SHAPES.index(o.shape) for o in objects}), len(SHAPES)),
+        points=cloud.get("points"), point_features=cloud.get("point_features"),
+        point_labels=cloud.get("point_labels"), intrinsics=intrinsics, extrinsics=extrinsics,
         meta={"generator": GENERATOR, "size": size,
+              "phrases": [[k + 1, f"a {o.colour} {o.shape}"] for k, o in
+                          sorted(enumerate(objects), key=lambda ko: ko[1].cx)],
               "objects": [{"id": k + 1, "shape": o.shape, "colour": o.colour, "center": [o.cx, o.cy],
-                           "radius": o.r, "vx": o.vx} for k, o in enumerate(objects)]},
+                           "radius": o.r, "vx": o.vx,
+                           **({"depth": cloud["depths"][k]} if cloud else {})} for k, o in enumerate(objects)]},
     ).validate()
 
 
