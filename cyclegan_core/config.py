@@ -589,6 +589,11 @@ class PathsConfig(_Strict):
         None, description="fsspec URL (s3://bucket/prefix, memory://x) each published version is copied to, "
         "manifest.json last; credentials come from the environment, never from this file."
     )
+    models_url: str | None = Field(
+        None, description="fsspec URL of a shared model store: each trained model folder is copied to "
+        "<models_url>/<fingerprint>/ (model.json last), and a run with no local model for its fingerprint "
+        "fetches it from there instead of training; credentials from the environment."
+    )
 
     @field_validator("ingest", "models", "judges", "generated", "validated", "published", "reports")
     @classmethod
@@ -598,14 +603,14 @@ class PathsConfig(_Strict):
                              "remote storage")
         return _local_path_inside_project(value)
 
-    @field_validator("publish_url")
+    @field_validator("publish_url", "models_url")
     @classmethod
-    def _publish_storage(cls, value: str | None) -> str | None:
+    def _remote_storage(cls, value: str | None) -> str | None:
         if value is None:
             return None
         if not is_remote(value):
-            raise ValueError(f"{value!r} is not a URL; paths.published is the local copy, publish_url a remote "
-                             "one such as s3://bucket/prefix")
+            raise ValueError(f"{value!r} is not a URL; paths.published and paths.models are the local copies, "
+                             "publish_url and models_url remote ones such as s3://bucket/prefix")
         return _storage_url(value)
 
 

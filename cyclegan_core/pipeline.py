@@ -25,6 +25,7 @@ from .publish import PublishResult, publish
 from .report import epoch_curves, loss_curves, markdown_report, sample_grid
 from .storage import (
     atomic_path,
+    download_dir,
     read_json,
     redact_url,
     sha256_bytes,
@@ -135,6 +136,11 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
     if (folder / MODEL_FILE).exists() and (folder / MODEL_JSON).exists():
         return ModelChoice(fp, folder, False,
                            f"reusing model {fp[:12]}: same training data, config and code, nothing to train")
+    if cfg.paths.models_url and download_dir(_model_url(cfg, fp), folder, commit_file=MODEL_JSON,
+                                             retries=cfg.data.retries, backoff_s=cfg.data.retry_backoff_s):
+        return ModelChoice(fp, folder, False, f"reusing model {fp[:12]} fetched from "
+                                              f"{redact_url(cfg.paths.models_url)}: trained elsewhere on the same "
+                                              "data, config and code")
     if retrain:
         return ModelChoice(fp, folder, True, f"training model {fp[:12]}: retraining on the current data requested")
     key = settings_key(cfg)
@@ -169,6 +175,10 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
                                              f"{growth:.0%}) but {why}; new samples are translated with it")
 
 
+def _model_url(cfg: Config, fingerprint: str) -> str:
+    return f"{str(cfg.paths.models_url).rstrip('/')}/{fingerprint}"
+
+
 def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = False) -> TrainResult:
     """Train a model for the current fingerprint, or reuse a stored one as ``orchestrate.retrain`` allows."""
     choice = choose_model(cfg, retrain)
@@ -194,6 +204,9 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
         result = TrainResult(fp, str(folder), sha256_file(path), False, trainer.step, round(seconds, 2), resumed)
     if not (folder / TRAINING_DATA).exists() and fp == current_fingerprint(cfg):
         _write_training_data(cfg, folder)  # also for models trained before this record existed
+    if cfg.paths.models_url and not result.reused:  # share it: model.json goes up last
+        upload_dir(folder, _model_url(cfg, fp), commit_file=MODEL_JSON, retries=cfg.data.retries,
+                   backoff_s=cfg.data.retry_backoff_s)
     write_json_atomic(Path(cfg.paths.models) / CURRENT_MODEL, {"fingerprint": fp, "model_dir": str(folder)})
     return result
 

@@ -334,3 +334,27 @@ def upload_dir(local: str | Path, url: str, *, commit_file: str = "manifest.json
         with_retries(lambda r=rel: fs.rm_file(posixpath.join(root, r)), what=f"{url}/{rel}", retries=retries,
                      backoff_s=backoff_s, sleep=sleep)
     return files
+
+
+def download_dir(url: str, local: str | Path, *, commit_file: str, retries: int = 4, backoff_s: float = 0.5,
+                 sleep: Callable[[float], None] | None = None) -> bool:
+    """Copy a folder written by :func:`upload_dir` from an fsspec URL to ``local`` (swapped in whole).
+
+    Returns False, touching nothing, when ``commit_file`` is not there: the upload never finished or
+    never happened. Object names are confined to ``local`` (a key with ``..`` is refused).
+    """
+    fs, root = open_fs(url)
+    marker = posixpath.join(root, commit_file)
+    if not with_retries(lambda: fs.exists(marker), what=f"{url}/{commit_file}", retries=retries,
+                        backoff_s=backoff_s, sleep=sleep):
+        return False
+    keys = with_retries(lambda: fs.find(root), what=url, retries=retries, backoff_s=backoff_s, sleep=sleep)
+    with atomic_dir(local) as tmp:
+        for key in keys:
+            rel = posixpath.relpath(key, root)
+            dest = confined(tmp, rel, "stored object")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(with_retries(lambda k=key: fs.cat_file(k), what=f"{url}/{rel}", retries=retries,
+                                          backoff_s=backoff_s, sleep=sleep))
+    return True
+

@@ -259,3 +259,32 @@ def test_upload_retries_each_object_and_commits_the_manifest_last(flaky, tmp_pat
     writes = [c.split(" ", 1)[1] for c in fs_cls.calls if c.startswith("write")]
     assert writes[-1] == "/flaky8/pub/manifest.json" and len(waits) == 2
     assert fsspec.filesystem("memory").cat_file("/flaky8/pub/data/AtoB-00001-of-00003.parquet") == b"shard 1"
+
+
+def test_models_url_shares_a_trained_model_between_workspaces(tmp_path):
+    """A model trained in one workspace is fetched, not retrained, by another with the same data and config;
+    an upload that never finished (no model.json) is never used."""
+    a, b = tiny_collections(tmp_path / "raw")
+    url = f"memory://models-{uuid.uuid4().hex}/store"
+    first = config_from_dict(tiny_settings(tmp_path / "one", a, b, paths={"models_url": url}))
+    pipeline.step_ingest(first)
+    trained = pipeline.step_train(first)
+    assert not trained.reused
+    fs = fsspec.filesystem("memory")
+    remote = f"{url}/{trained.fingerprint}"
+    assert fs.exists(f"{remote}/model.json") and fs.exists(f"{remote}/model.safetensors")
+
+    second = config_from_dict(tiny_settings(tmp_path / "two", a, b, paths={"models_url": url}))
+    pipeline.step_ingest(second)
+    choice = pipeline.choose_model(second)
+    assert not choice.train and "fetched from" in choice.reason
+    fetched = pipeline.step_train(second)
+    assert fetched.reused and fetched.fingerprint == trained.fingerprint
+    assert (Path(fetched.model_dir) / "model.safetensors").read_bytes() == \
+        (Path(trained.model_dir) / "model.safetensors").read_bytes()
+    assert pipeline.step_generate(second).rows == {"AtoB": 24, "BtoA": 24}  # the fetched model translates
+
+    fs.rm_file(f"{remote}/model.json")  # as if the upload had died before its last object
+    third = config_from_dict(tiny_settings(tmp_path / "three", a, b, paths={"models_url": url}))
+    pipeline.step_ingest(third)
+    assert pipeline.choose_model(third).train
