@@ -128,7 +128,8 @@ class ObjectRules:
 
         def place(token: str) -> str:
             x = centres.get(int(token[2:-1]), width / 2.0)
-            return self.places[min(2, max(0, int(3.0 * x / width)))]
+            # The same thirds as the scene description: a centre exactly on a boundary is the middle.
+            return self.places[0 if x < width / 3 else (2 if x > 2 * width / 3 else 1)]
 
         x_tok = r"(?P<x><#\d+>)"
         for obj in sorted(removed):
