@@ -82,3 +82,15 @@ def params_file(tmp_path: Path, collections: tuple[Path, Path]) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(tiny_settings(tmp_path / "work", *collections)))
     return path
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """Prefect's test server for the flows of one test module, with its own PREFECT_HOME."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+

@@ -1,7 +1,6 @@
 """The flow on Prefect's test server: a no-change rerun is all cache hits, and generation mapped on a
 2-worker local Dask cluster writes byte-identical shards to the local (threaded) run."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,6 @@ import yaml
 from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def write_params(path: Path, work: Path, collections, **sections) -> str:

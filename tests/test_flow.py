@@ -1,21 +1,10 @@
 """The Prefect flow against Prefect's test server: a full run, a reuse run, a gate failure."""
 
-import os
 
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_flow_runs_reuses_and_gates(prefect_server, params_file, tmp_path):
