@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import tarfile
@@ -74,14 +75,17 @@ def test_shards_layout_schema_and_card(versions):
     feats = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
     assert feats["image"] == {"_type": "Image"} and feats["cycle_psnr"] == {"dtype": "float64", "_type": "Value"}
 
-    # Per-column compression: PNG bytes stored as they are (and without min/max), the rest zstd.
+    # Per-column codecs: PNG bytes stored as they are (and without min/max), zstd on free-text strings,
+    # dictionary encoding (no codec) for low-cardinality columns, floats plain.
     col = pq.ParquetFile(files[0]).metadata.row_group(0)
-    for i in range(col.num_columns):
-        c = col.column(i)
-        if c.path_in_schema.endswith(".bytes"):
-            assert c.compression == "UNCOMPRESSED" and not c.is_stats_set, c.path_in_schema
-        else:
-            assert c.compression == "ZSTD", c.path_in_schema
+    codecs = {col.column(i).path_in_schema: col.column(i) for i in range(col.num_columns)}
+    for name, c in codecs.items():
+        if name.endswith(".bytes"):
+            assert c.compression == "UNCOMPRESSED" and not c.is_stats_set, name
+    assert {n for n, c in codecs.items() if c.compression == "ZSTD"} == {
+        "sample_id", "source_id", "source_uri", "image.path", "source_image.path", "reconstruction.path"}
+    for name in ("direction", "split", "model_fingerprint", "label", "seed", "width"):
+        assert "RLE_DICTIONARY" in codecs[name].encodings or "PLAIN_DICTIONARY" in codecs[name].encodings, name
 
     card = (v2 / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
@@ -101,6 +105,25 @@ def test_row_groups_of_about_100_rows(tmp_path):
     write_shard(table, tmp_path / "s.parquet")
     meta = pq.read_metadata(tmp_path / "s.parquet")
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 50]
+
+
+def test_shard_hash_follows_the_file_as_it_grows(tmp_path, monkeypatch):
+    # The writer's sha256 is taken from the file while pyarrow writes it; read in tiny chunks here so
+    # the following thread catches up with the writer many times.
+    import cyclegan_core.publish as pub
+
+    monkeypatch.setattr(pub._FollowingHash, "CHUNK", 997)
+    rng = np.random.default_rng(0)
+    n = 300
+    table = pa.table({"sample_id": [f"{i:04d}" for i in range(n)],
+                      "image": pa.array([{"bytes": encode_png(rng.integers(0, 255, (16, 16, 3), np.uint8)),
+                                          "path": f"{i}.png"} for i in range(n)], IMAGE_TYPE),
+                      "direction": ["AtoB"] * n, "label": list(range(n))})
+    size, digest = write_shard(table, tmp_path / "s.parquet")
+    data = (tmp_path / "s.parquet").read_bytes()
+    assert size == len(data) > 997 * 100
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert pq.read_table(tmp_path / "s.parquet").equals(table)
 
 
 def test_shard_assignment_splits_only_what_outgrows():
