@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo demo-voices test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/cycleaug run
 
+demo-voices: $(STAMP)
+	$(BIN)/cycleaug --params params.voices.yaml run
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
@@ -33,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf data/ingest data/models data/generated data/validated data/augmented reports .prefect
+	rm -rf data/ingest data/models data/generated data/validated data/augmented data/voices reports .prefect

@@ -200,7 +200,9 @@ class Spectrogram:
         """Fast Griffin-Lim (Perraudin et al. 2013, as librosa's ``griffinlim``), batched."""
         c = self.cfg
         gen = torch.Generator().manual_seed(0)
-        angles = torch.polar(torch.ones_like(mag), 2 * math.pi * torch.rand(mag.shape, generator=gen))
+        # One starting phase for every row, so a clip's result does not depend on its batch.
+        start = 2 * math.pi * torch.rand(mag.shape[1:], generator=gen)
+        angles = torch.polar(torch.ones_like(mag), start.expand_as(mag))
         previous = torch.zeros_like(angles)
         momentum = 0.99
         for _ in range(c.griffin_lim_iters):

@@ -100,9 +100,16 @@ def _storage_url(value: str) -> str:
     return _local_path_inside_project(value)
 
 
+# Where the bundled default collections are made when the configured folders are these.
+DEFAULT_COLLECTIONS = {"image": ("data/raw/A", "data/raw/B"), "audio": ("data/raw/voices/A", "data/raw/voices/B")}
+
+
 class DataConfig(_Strict):
     """Where the two unpaired collections are and what the pipeline turns them into."""
 
+    kind: Literal["image", "audio"] = Field(
+        "image", description="image, or audio (clips become log-magnitude spectrograms, see data.audio)."
+    )
     domain_a: str = Field("data/raw/A", description="Folder or fsspec URL of collection A.")
     domain_b: str = Field("data/raw/B", description="Folder or fsspec URL of collection B.")
     image_size: int = Field(32, ge=8, le=1024, description="Square side after ingest, px.")
@@ -146,7 +153,34 @@ class DataConfig(_Strict):
 
     @property
     def channels(self) -> int:
-        return 1 if self.mode == "L" else 3
+        return 1 if self.kind == "audio" or self.mode == "L" else 3
+
+    @property
+    def picture_mode(self) -> str:
+        """PIL mode of the pictures the models see (spectrograms are gray)."""
+        return "L" if self.kind == "audio" else self.mode
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the pictures the models see: the image side, or bins x frames for audio."""
+        if self.kind == "audio":
+            return self.audio.bins, self.audio.frames
+        return self.image_size, self.image_size
+
+    @property
+    def file_extensions(self) -> tuple[str, ...]:
+        """The file endings ingest lists: ``extensions`` for images, ``audio.extensions`` for audio."""
+        return self.audio.extensions if self.kind == "audio" else self.extensions
+
+    @property
+    def audio_settings(self) -> AudioConfig | None:
+        """``audio`` when the collections are audio, else None."""
+        return self.audio if self.kind == "audio" else None
+
+    @property
+    def uses_default_collections(self) -> bool:
+        """Whether both collections are the bundled default ones (digits, or spoken words for audio)."""
+        return (self.domain_a, self.domain_b) == DEFAULT_COLLECTIONS[self.kind]
 
 
 class ModelConfig(_Strict):
@@ -342,6 +376,13 @@ class SampleThresholds(_Strict):
     require_label_ok: bool = Field(
         False, description="Drop labelled translations whose predicted label differs from the source's."
     )
+    # Audio only (null = off): the cycle measured on spectrograms and on waveforms.
+    max_cycle_lsd: float | None = Field(
+        None, ge=0.0, description="Audio: log-spectral distance (dB) between the source's and the cycle's spectrograms."
+    )
+    min_cycle_si_sdr: float | None = Field(
+        None, description="Audio: SI-SDR (dB) of the cycle's waveform against the source clip."
+    )
 
 
 class RunThresholds(_Strict):
@@ -365,6 +406,8 @@ class RunThresholds(_Strict):
         None, ge=0.0, description="FID on InceptionV3 pool features (needs validate.inception_weights)."
     )
     max_kid_inception: float | None = Field(None, description="KID on InceptionV3 features.")
+    max_mean_cycle_lsd: float | None = Field(None, ge=0.0, description="Audio: mean cycle log-spectral distance, dB.")
+    min_mean_cycle_si_sdr: float | None = Field(None, description="Audio: mean cycle SI-SDR on waveforms, dB.")
 
 
 class ValidateConfig(_Strict):

@@ -2,10 +2,11 @@
 
 - ``export_image_folder``: ``<split>/<direction>/<sample_id>.png`` plus ``metadata.csv`` (one row
   per published row, ``file_name`` first: the layout Hugging Face ``imagefolder`` and most
-  ``ImageFolder``-style loaders read);
+  ``ImageFolder``-style loaders read); for audio datasets ``<sample_id>.wav`` (``audiofolder``);
 - ``export_webdataset``: tar shards ``<split>-<direction>-NNNNNN.tar`` in the WebDataset layout:
   each sample is consecutive members ``<key>.png`` (translation), ``<key>.source.png``,
-  ``<key>.rec.png``, ``<key>.json`` (every other column) and ``<key>.cls`` (label, when known).
+  ``<key>.rec.png``, for audio ``<key>.wav``, ``<key>.source.wav``, ``<key>.rec.wav``, then
+  ``<key>.json`` (every other column) and ``<key>.cls`` (label, when known).
 
 Both stream the rows in batches, write under a temporary name and swap the result in, and make the
 same bytes from the same version (sorted rows, fixed tar member times and owners).
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .reader import IMAGE_COLUMNS, PublishedDataset, row_filter
+from .reader import BYTES_COLUMNS, PublishedDataset, row_filter
 from .storage import atomic_dir
 
 BATCH_ROWS = 512
@@ -71,12 +72,14 @@ def export_image_folder(dataset: PublishedDataset, out_dir: str | Path, *, split
             folder = tmp / s / d
             folder.mkdir(parents=True, exist_ok=True)
             for row in _rows(dataset, s, d):
-                rel = f"{s}/{d}/{row['sample_id']}.png"
+                # Audio datasets: the translated clip is the file (audiofolder layout), the picture beside it.
+                audio = row.get("audio") is not None
+                rel = f"{s}/{d}/{row['sample_id']}.{'wav' if audio else 'png'}"
                 target = tmp / rel
                 if not target.exists():  # the same bytes (same sample id) are written once
-                    target.write_bytes(row["image"]["bytes"])
+                    target.write_bytes(row["audio" if audio else "image"]["bytes"])
                     files += 1
-                meta = {k: v for k, v in row.items() if k not in IMAGE_COLUMNS}
+                meta = {k: v for k, v in row.items() if k not in BYTES_COLUMNS}
                 if fields is None:
                     fields = list(meta)
                     writer.writerow(["file_name", *fields])
@@ -109,7 +112,11 @@ def export_webdataset(dataset: PublishedDataset, out_dir: str | Path, *, samples
                         _member(tar, f"{key}.png", row["image"]["bytes"])
                         _member(tar, f"{key}.source.png", row["source_image"]["bytes"])
                         _member(tar, f"{key}.rec.png", row["reconstruction"]["bytes"])
-                        meta = {c: _plain(v) for c, v in row.items() if c not in IMAGE_COLUMNS}
+                        if row.get("audio") is not None:
+                            _member(tar, f"{key}.wav", row["audio"]["bytes"])
+                            _member(tar, f"{key}.source.wav", row["source_audio"]["bytes"])
+                            _member(tar, f"{key}.rec.wav", row["reconstruction_audio"]["bytes"])
+                        meta = {c: _plain(v) for c, v in row.items() if c not in BYTES_COLUMNS}
                         _member(tar, f"{key}.json", json.dumps(meta, sort_keys=True, default=str).encode())
                         if row.get("label") is not None:
                             _member(tar, f"{key}.cls", str(row["label"]).encode())

@@ -7,6 +7,10 @@ into a staging folder; :func:`commit_shards` then moves the staged shards into p
 before for the same source by the same model, under the same pixel settings, are reused, not
 translated again: a nightly run over a grown collection translates only its new samples, and a
 source that left the collection leaves the shards.
+
+For audio (``audio`` settings given) the pictures are spectrograms: each translation and cycle is
+also turned back into a waveform (Griffin-Lim, or the source clip's phase; ``data.audio.inversion``)
+and stored as WAV beside the source clip.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from .config import DIRECTIONS, GenerateConfig
+from .config import DIRECTIONS, AudioConfig, GenerateConfig
 from .images import decode_png, encode_png, to_tensor, to_uint8
 from .ingest import read_manifest
 from .storage import atomic_path, sha256_bytes, sha256_file
@@ -46,6 +51,10 @@ GENERATED_SCHEMA = pa.schema(
         ("source_image", pa.binary()),
         ("image", pa.binary()),
         ("reconstruction", pa.binary()),
+        # Audio only (null for images): the source clip, the translation and the cycle as WAV.
+        ("source_audio", pa.binary()),
+        ("audio", pa.binary()),
+        ("reconstruction_audio", pa.binary()),
         ("model_fingerprint", pa.string()),
         ("created_at", pa.string()),
     ]
@@ -95,11 +104,15 @@ def shard_name(direction: str, shard: int) -> str:
     return f"{direction}/part-{shard:05d}.parquet"
 
 
-def generation_key(cfg: GenerateConfig) -> str:
+def generation_key(cfg: GenerateConfig, audio: AudioConfig | None = None) -> str:
     """What a translation's bytes depend on besides the model and the source: settings and code."""
     here = Path(__file__).parent
-    code = hashlib.sha256((here / "generate.py").read_bytes() + (here / "images.py").read_bytes()).hexdigest()
-    return sha256_bytes(json.dumps({"settings": cfg.pixel_settings(), "code": code}, sort_keys=True).encode())
+    files = ("generate.py", "images.py", "audio.py") if audio is not None else ("generate.py", "images.py")
+    code = hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()
+    payload: dict = {"settings": cfg.pixel_settings(), "code": code}
+    if audio is not None:
+        payload["audio"] = audio.model_dump(mode="json")
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
 
 
 def now_stamp() -> str:
@@ -142,6 +155,19 @@ def translate(forward: torch.nn.Module, backward: torch.nn.Module, sources: list
     return out
 
 
+def invert_audio(pictures: list[bytes], source_wavs: list[bytes], audio: AudioConfig) -> list[bytes]:
+    """WAV bytes of spectrogram PNGs, with the source clips' phase or Griffin-Lim (``audio.inversion``)."""
+    from .audio import Spectrogram, decode_wav, encode_wav, uint8_to_picture
+
+    spec = Spectrogram(audio)
+    pics = uint8_to_picture(np.stack([decode_png(b) for b in pictures]))
+    phase = None
+    if audio.inversion == "source_phase":
+        phase = np.stack([decode_wav(b)[0] for b in source_wavs])
+    waves = spec.invert(pics, phase_from=phase)
+    return [encode_wav(w, audio.sample_rate) for w in waves]
+
+
 def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fingerprint: str,
                   key: str) -> dict[str, dict]:
     """Rows already generated for these sources by this model under this generation key."""
@@ -165,11 +191,12 @@ def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fin
 
 def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: str | Path,
                    out_dir: str | Path, cfg: GenerateConfig, created_at: str | None = None,
-                   progress: Progress | None = None) -> ShardResult:
+                   progress: Progress | None = None, audio: AudioConfig | None = None) -> ShardResult:
     """Make shard ``shard`` of ``direction`` under ``out_dir/.staging/``; reuse rows made before.
 
     ``manifest`` is the source collection's manifest (A for AtoB, B for BtoA). Only sources missing
     from the current shards (new samples, or a new model or generation key) are translated.
+    ``audio``: the collections are audio; translations and cycles are also written as WAV.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -178,20 +205,27 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     fingerprint = meta["fingerprint"]
-    key = generation_key(cfg)
+    key = generation_key(cfg, audio)
     created_at = created_at or now_stamp()
     src = shard_sources(manifest, cfg, shard).to_pylist()
     old = previous_rows(out_dir, direction, {r["sample_id"] for r in src}, fingerprint, key)
     todo = [r for r in src if r["sample_id"] not in old]
-    made: dict[str, tuple[bytes, bytes]] = {}
+    made: dict[str, dict] = {}
     if todo:
         gens, _ = load_generators(model_dir)
         fwd, bwd = (gens["G_AB"], gens["G_BA"]) if direction == "AtoB" else (gens["G_BA"], gens["G_AB"])
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
-            for row, pair in zip(chunk, translate(fwd, bwd, [r["image"] for r in chunk], cfg.batch_size),
-                                 strict=True):
-                made[row["sample_id"]] = pair
+            pairs = translate(fwd, bwd, [r["image"] for r in chunk], cfg.batch_size)
+            outs = [{"image": img, "reconstruction": rec} for img, rec in pairs]
+            if audio is not None:
+                wavs = [r["audio"] for r in chunk]
+                for kind in ("image", "reconstruction"):
+                    name = "audio" if kind == "image" else "reconstruction_audio"
+                    for o, w in zip(outs, invert_audio([o[kind] for o in outs], wavs, audio), strict=True):
+                        o[name] = w
+            for row, o in zip(chunk, outs, strict=True):
+                made[row["sample_id"]] = o
             if progress:
                 progress(start + len(chunk), len(todo))
     rows = []
@@ -202,11 +236,13 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
             rows.append(prev | {"source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
                                 "label": r["label"]})
             continue
-        img, rec = made[r["sample_id"]]
+        o = made[r["sample_id"]]
         rows.append({
-            "sample_id": sha256_bytes(img), "direction": direction, "source_id": r["sample_id"],
-            "source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"], "label": r["label"],
-            "source_image": r["image"], "image": img, "reconstruction": rec,
+            "sample_id": sha256_bytes(o.get("audio") or o["image"]), "direction": direction,
+            "source_id": r["sample_id"], "source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
+            "label": r["label"], "source_image": r["image"], "image": o["image"], "reconstruction": o["reconstruction"],
+            "source_audio": r.get("audio") if audio is not None else None, "audio": o.get("audio"),
+            "reconstruction_audio": o.get("reconstruction_audio"),
             "model_fingerprint": fingerprint, "created_at": created_at,
         })
     name = shard_name(direction, shard)
@@ -256,7 +292,8 @@ def commit_shards(out_dir: str | Path, results: list[ShardResult | dict], shards
 
 
 def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Path, out_dir: str | Path,
-             cfg: GenerateConfig, progress: Progress | None = None, created_at: str | None = None) -> GenerateResult:
+             cfg: GenerateConfig, progress: Progress | None = None, created_at: str | None = None,
+             audio: AudioConfig | None = None) -> GenerateResult:
     """Translate the configured splits of both collections; write ``out_dir/<direction>/*.parquet``."""
     t0 = time.perf_counter()
     manifests = {"AtoB": manifest_a, "BtoA": manifest_b}
@@ -266,7 +303,7 @@ def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Pa
     results = []
     for direction in DIRECTIONS:
         for k in range(cfg.shards):
-            r = generate_shard(manifests[direction], direction, k, model_dir, out_dir, cfg, created_at)
+            r = generate_shard(manifests[direction], direction, k, model_dir, out_dir, cfg, created_at, audio=audio)
             results.append(r)
             done += r.rows
             if progress:

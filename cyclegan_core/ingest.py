@@ -1,9 +1,13 @@
-"""Ingest: a folder or fsspec URL of images -> a Parquet manifest of checked, normalized samples.
+"""Ingest: a folder or fsspec URL of images or audio clips -> a Parquet manifest of checked, normalized samples.
 
 Every file is hashed (sha256 of its bytes, the sample id), decoded, checked and converted to the
 configured mode and size; the normalized PNG is kept in the manifest so later steps never touch
-the source storage again. Files that cannot be used go to a quarantine list with the reason
-(``quarantine.csv``: path, reason) and the run goes on; a collection with nothing usable is a
+the source storage again. With ``data.kind: audio`` a clip is mixed to mono, resampled, cut or
+padded to the clip length (see :mod:`cyclegan_core.audio`); the manifest then keeps the normalized
+clip as WAV (``audio``) beside its spectrogram picture (``image``), and the clip's offset.
+
+Files that cannot be used go to a quarantine list with the reason (``quarantine.csv``: path,
+reason) and the run goes on; a collection with nothing usable is a
 :class:`CollectionError` before any later step starts. Storage calls are retried on transient
 errors. On a re-run, samples already in the previous manifest (same bytes, same processing) are
 not decoded again.
@@ -44,8 +48,15 @@ MANIFEST_SCHEMA = pa.schema(
         ("orig_mode", pa.string()),
         ("size_bytes", pa.int64()),
         ("image", pa.binary()),
+        # Audio collections only (null for images): the normalized clip and where it came from.
+        ("audio", pa.binary()),
+        ("orig_sample_rate", pa.int32()),
+        ("orig_channels", pa.int32()),
+        ("orig_frames", pa.int64()),
+        ("clip_offset", pa.int64()),
     ]
 )
+AUDIO_INFO = ("orig_sample_rate", "orig_channels", "orig_frames", "clip_offset")
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 
 
@@ -71,9 +82,30 @@ class IngestResult:
 
 
 def processing_key(cfg: DataConfig) -> str:
-    """What a normalized image depends on besides the source bytes."""
+    """What a normalized sample depends on besides the source bytes."""
+    if cfg.kind == "audio":
+        a = cfg.audio.model_dump(exclude={"inversion", "griffin_lim_iters", "extensions"})
+        return json.dumps({"kind": "audio", "audio": a, "decoder": 1}, sort_keys=True)
     return json.dumps({"mode": cfg.mode, "size": cfg.image_size, "max_pixels": cfg.max_image_pixels,
                        "min_side": cfg.min_image_side, "decoder": 2}, sort_keys=True)
+
+
+class _AudioDecoder:
+    """Clip bytes -> (spectrogram PNG, normalized clip WAV, clip info); raises BadAudio naming the problem."""
+
+    def __init__(self, cfg: DataConfig):
+        from .audio import Spectrogram
+
+        self.cfg, self.spec = cfg.audio, Spectrogram(cfg.audio)
+
+    def __call__(self, data: bytes) -> tuple[bytes, bytes, dict]:
+        from .audio import decode_audio, encode_wav, picture_to_uint8
+
+        clip = decode_audio(data, self.cfg)
+        png = encode_png(picture_to_uint8(self.spec.picture(clip.wave[None]))[0])
+        info = {"orig_sample_rate": clip.orig_sample_rate, "orig_channels": clip.orig_channels,
+                "orig_frames": clip.orig_frames, "clip_offset": clip.offset}
+        return png, encode_wav(clip.wave, self.cfg.sample_rate), info
 
 
 def _split_of(relpath: str, sample_id: str, test_fraction: float) -> str:
@@ -142,7 +174,7 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
         raise CollectionError(f"{shown}: collection not found")
     if not with_retries(lambda: fs.isdir(root), what=url, **retry):
         raise CollectionError(f"{shown}: not a folder")
-    exts = tuple(e.lower() for e in cfg.extensions)
+    exts = tuple(e.lower() for e in cfg.file_extensions)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     try:
         found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
@@ -179,7 +211,7 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, int]:
         _, _, files, _ = list_images(url, cfg)
         if not files:
             raise CollectionError(f"collection {domain} ({redact_url(url)}): empty, no files ending in "
-                                  f"{', '.join(cfg.extensions)}")
+                                  f"{', '.join(cfg.file_extensions)}")
         counts[domain] = len(files)
     return counts
 
@@ -191,7 +223,10 @@ def _load_previous(manifest: Path, key: str) -> dict[str, dict]:
     meta = pq.read_schema(manifest).metadata or {}
     if meta.get(b"cycleaug.processing", b"").decode() != key:
         return {}
-    table = pq.read_table(manifest, columns=["sample_id", "orig_width", "orig_height", "orig_mode", "image"])
+    cols = ["sample_id", "orig_width", "orig_height", "orig_mode", "image", "audio", *AUDIO_INFO]
+    if not set(cols) <= set(pq.read_schema(manifest).names):
+        return {}
+    table = pq.read_table(manifest, columns=cols)
     return {row["sample_id"]: row for row in table.to_pylist()}
 
 
@@ -205,6 +240,8 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
 
     fs, root, files, quarantine = list_images(url, cfg)
     labels = _read_labels(fs, root, cfg)
+    audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
+    what = "clips" if audio else "images"
     rows: list[dict] = []
     seen: dict[str, str] = {}
     decoded = reused = 0
@@ -226,10 +263,22 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
         if sid in seen:
             quarantine.append((rel, f"duplicate content of {seen[sid]}"))
             continue
+        wav, info = None, dict.fromkeys(AUDIO_INFO)
         if sid in previous:
             prev = previous[sid]
             png, w, h, mode = prev["image"], prev["orig_width"], prev["orig_height"], prev["orig_mode"]
+            wav, info = prev["audio"], {k: prev[k] for k in AUDIO_INFO}
             reused += 1
+        elif audio is not None:
+            from .audio import BadAudio
+
+            try:
+                png, wav, info = audio(data)
+            except BadAudio as err:
+                quarantine.append((rel, str(err)))
+                continue
+            w = h = mode = None
+            decoded += 1
         else:
             try:
                 arr = decode_image(data, cfg.mode, cfg.image_size, cfg.max_image_pixels, cfg.min_image_side)
@@ -247,6 +296,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
             "sample_id": sid, "domain": domain, "relpath": rel, "uri": uri,
             "split": _split_of(rel, sid, cfg.test_fraction), "label": labels.get(rel),
             "orig_width": w, "orig_height": h, "orig_mode": mode, "size_bytes": len(data), "image": png,
+            "audio": wav, **info,
         })
         if progress:
             progress(i + 1, len(files))
@@ -254,13 +304,13 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
     if not rows:
         detail = f"; {len(quarantine)} file(s) quarantined, see {quarantine_path}" if quarantine else ""
         _write_quarantine(quarantine_path, quarantine)
-        raise CollectionError(f"{source}: no usable images (looked for {', '.join(cfg.extensions)}){detail}")
+        raise CollectionError(f"{source}: no usable {what} (looked for {', '.join(cfg.file_extensions)}){detail}")
     if not any(r["split"] == "train" for r in rows) and not any(_has_split_dir(r["relpath"]) for r in rows):
         # A tiny collection split by hash can land wholly in test; training needs at least one sample.
         min(rows, key=lambda r: r["sample_id"])["split"] = "train"
     if not any(r["split"] == "train" for r in rows):
         _write_quarantine(quarantine_path, quarantine)
-        raise CollectionError(f"{source}: no training images: all {len(rows)} usable images are in held-out "
+        raise CollectionError(f"{source}: no training {what}: all {len(rows)} usable {what} are in held-out "
                               "folders (test/, val/); put some under train/")
 
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -17,12 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ddp
+from .audio import listening_page
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
-from .report import epoch_curves, loss_curves, markdown_report, sample_grid
+from .report import epoch_curves, listening_rows, loss_curves, markdown_report, sample_grid
 from .storage import (
     atomic_path,
     download_dir,
@@ -51,6 +52,7 @@ CURRENT_MODEL = "current.json"
 TRAINING_DATA = "training_data.parquet"
 REPORT_FILE = "report.md"
 EPOCH_LOSSES_FILE = "losses_epoch.tsv"
+LISTEN_DIR = "listen"  # reports/listen/index.html: audio runs only
 
 
 def manifest_path(cfg: Config, domain: str) -> Path:
@@ -58,7 +60,13 @@ def manifest_path(cfg: Config, domain: str) -> Path:
 
 
 def step_default_data(cfg: Config) -> dict:
-    """Materialize the bundled digits where ``data.domain_a``/``domain_b`` point (local folders)."""
+    """Materialize the bundled collections where ``data.domain_a``/``domain_b`` point (local folders):
+    the digits for images, the spoken words (eSpeak NG, the ``voices`` extra) for ``data.kind: audio``."""
+    if cfg.data.kind == "audio":
+        from .voices import make_voices_data
+
+        return {"made": make_voices_data(cfg.data.domain_a, cfg.data.domain_b), "A": cfg.data.domain_a,
+                "B": cfg.data.domain_b}
     made = make_default_data(cfg.data.domain_a, cfg.data.domain_b, cfg.data.default)
     return {"made": made, "A": cfg.data.domain_a, "B": cfg.data.domain_b}
 
@@ -224,7 +232,7 @@ def step_generate(cfg: Config, progress: Progress | None = None, created_at: str
     """Translate both collections, shard by shard, reusing rows made before by the same model."""
     return generate(manifest_path(cfg, "A"), manifest_path(cfg, "B"), current_model_dir(cfg), cfg.paths.generated,
                     cfg.generate, (lambda i, n: progress("generate", i, n)) if progress else None,
-                    created_at or now_stamp())
+                    created_at or now_stamp(), audio=cfg.data.audio_settings)
 
 
 def generated_model_dir(cfg: Config) -> Path | None:
@@ -246,8 +254,13 @@ def step_validate(cfg: Config) -> ValidateResult:
     reports = Path(cfg.paths.reports)
     summary = nan_to_none(read_json(result.summary))
     write_json_atomic(reports / "validation.json", summary)
+    audio = cfg.data.kind == "audio"
     for d in DIRECTIONS:
-        sample_grid(cfg.paths.generated, cfg.paths.validated, d, reports / f"grid_{d}.png", cfg.publish.grid_samples)
+        sample_grid(cfg.paths.generated, cfg.paths.validated, d, reports / f"grid_{d}.png", cfg.publish.grid_samples,
+                    spectrogram=audio)
+    if audio:  # a page to listen to: source | translation | cycle, best and worst held-out clips
+        listen = [r for d in DIRECTIONS for r in listening_rows(cfg.paths.generated, cfg.paths.validated, d)]
+        listening_page(listen, reports / LISTEN_DIR, "CycleAug: listen to the translations")
     write_bytes_atomic(reports / REPORT_FILE, markdown_report(summary).encode("utf-8"))
     return result
 
@@ -268,12 +281,19 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         "figures": summary["directions"],
         "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"]},
         "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
-                    "mode": cfg.data.mode},
+                    "mode": cfg.data.mode, "kind": cfg.data.kind},
     }
+    audio = cfg.data.audio_settings
+    if audio is not None:
+        card_info["sources"].update({
+            "sample_rate": audio.sample_rate, "duration_s": round(audio.clip_samples / audio.sample_rate, 3),
+            "bins": audio.bins, "frames": audio.frames, "representation": audio.representation,
+            "inversion": audio.inversion.replace("_", "-")})
     result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published,
                      provenance={k: v for k, v in provenance.items() if k != "model_fingerprint"},
-                     mode=cfg.data.mode, size=cfg.data.image_size,
-                     max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20), card_info=card_info)
+                     mode=cfg.data.picture_mode, size=cfg.data.shape,
+                     max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20), card_info=card_info,
+                     sample_rate=audio.sample_rate if audio is not None else None)
     if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
         upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
                    backoff_s=cfg.data.retry_backoff_s)

@@ -40,6 +40,11 @@ from .validate import read_validated
 FORMAT = "cycleaug-dataset-2"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 IMAGE_COLUMNS = ("image", "source_image", "reconstruction")
+# Audio datasets: the translation, its source clip and the cycle as WAV in the Hugging Face ``Audio``
+# layout (the same struct; the ``huggingface`` metadata names the feature). ``image`` and friends
+# then hold the spectrogram pictures the model translated.
+AUDIO_COLUMNS = ("audio", "source_audio", "reconstruction_audio")
+BYTES_COLUMNS = IMAGE_COLUMNS + AUDIO_COLUMNS
 # About 100 rows per row group is the Hugging Face practice for image Parquet: a reader (or the
 # dataset viewer) fetches a page of rows without pulling hundreds of MB.
 ROW_GROUP_ROWS = 100
@@ -64,14 +69,24 @@ _TAIL = [("source_id", pa.string()), ("source_uri", pa.string()), ("model_finger
          ("mode", pa.string())]
 
 
-def published_schema(validated: pa.Schema) -> pa.Schema:
-    """The shard schema: fixed columns, then every per-sample column of ``validated`` as typed there."""
-    fixed = {name for name, _ in _HEAD + _TAIL}
+_AUDIO_HEAD = [(c, IMAGE_TYPE) for c in AUDIO_COLUMNS]
+_AUDIO_TAIL = [("sample_rate", pa.int32()), ("duration_s", pa.float64())]
+
+
+def published_schema(validated: pa.Schema, audio: bool = False) -> pa.Schema:
+    """The shard schema: fixed columns, then every per-sample column of ``validated`` as typed there.
+
+    ``audio``: the three WAV columns follow the pictures, and the sample rate and clip duration
+    follow the provenance.
+    """
+    head = _HEAD[:1] + (_AUDIO_HEAD if audio else []) + _HEAD[1:]
+    tail = _TAIL + (_AUDIO_TAIL if audio else [])
+    fixed = {name for name, _ in head + tail}
     metrics = [f for f in validated if f.name not in NOT_COPIED_FROM_VALIDATED]
     clash = [f.name for f in metrics if f.name in fixed]
     if clash:
         raise ValueError(f"validated columns {clash} clash with published columns of the same name")
-    schema = pa.schema([*(pa.field(n, t) for n, t in _HEAD), *metrics, *(pa.field(n, t) for n, t in _TAIL)])
+    schema = pa.schema([*(pa.field(n, t) for n, t in head), *metrics, *(pa.field(n, t) for n, t in tail)])
     return schema.with_metadata(hf_metadata(schema))
 
 
@@ -89,7 +104,8 @@ def _hf_feature(t: pa.DataType) -> dict | None:
 
 
 def hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
-    feats = {f.name: feat for f in schema if (feat := _hf_feature(f.type)) is not None}
+    feats = {f.name: ({"_type": "Audio"} if f.name in AUDIO_COLUMNS and f.type == IMAGE_TYPE else feat)
+             for f in schema if (feat := _hf_feature(f.type)) is not None}
     return {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
 
 
@@ -186,7 +202,7 @@ def write_shard(table: pa.Table, path: str | Path) -> tuple[int, str]:
     A second thread hashes the file as it grows (see ``_FollowingHash``). Returns (bytes, sha256).
     """
     names = _leaf_paths(table.schema)
-    raw = {f"{c}.bytes" for c in IMAGE_COLUMNS if c in table.column_names}
+    raw = {f"{c}.bytes" for c in BYTES_COLUMNS if c in table.column_names}
     dictionary = [f.name for f in table.schema if f.name in DICTIONARY_COLUMNS or pa.types.is_integer(f.type)]
     # zstd only where it pays: free-text strings (hex ids, URIs, image paths). PNG is already
     # deflated (zstd saves ~1% and costs a decompression on every read); dictionary columns and
@@ -249,11 +265,16 @@ def _aligned(gen: pa.Table, val: pa.Table, direction: str) -> pa.Table:
 
 
 def build_rows(generated_dir: str | Path, validated_dir: str | Path, direction: str, *, provenance: dict,
-               mode: str, size: int) -> tuple[pa.Table, int]:
-    """The passing rows of one direction as a table of the published schema, and how many were dropped."""
+               mode: str, size: int | tuple[int, int], sample_rate: int | None = None) -> tuple[pa.Table, int]:
+    """The passing rows of one direction as a table of the published schema, and how many were dropped.
+
+    ``size``: the pictures' side, or (height, width); ``sample_rate``: the rows are audio clips at that rate.
+    """
     gen = read_generated(generated_dir, direction)
     val = _aligned(gen, read_validated(validated_dir, direction), direction)
-    schema = published_schema(val.schema)
+    audio = sample_rate is not None
+    schema = published_schema(val.schema, audio)
+    height, width = (size, size) if isinstance(size, int) else size
     total = gen.num_rows
     mask = pc.fill_null(val.column("passed"), False)
     gen, val = gen.filter(mask), val.filter(mask)
@@ -267,9 +288,18 @@ def build_rows(generated_dir: str | Path, validated_dir: str | Path, direction: 
         "direction": pa.repeat(pa.scalar(direction), n), "split": gen.column("split"), "label": gen.column("label"),
         "source_id": src, "source_uri": gen.column("source_uri"),
         "model_fingerprint": gen.column("model_fingerprint"), "created_at": gen.column("created_at"),
-        "width": pa.repeat(pa.scalar(size, pa.int32()), n), "height": pa.repeat(pa.scalar(size, pa.int32()), n),
+        "width": pa.repeat(pa.scalar(width, pa.int32()), n), "height": pa.repeat(pa.scalar(height, pa.int32()), n),
         "mode": pa.repeat(pa.scalar(mode), n),
     }
+    if audio:
+        for c, key, ext in (("audio", sid, ".wav"), ("source_audio", src, ".wav"),
+                            ("reconstruction_audio", sid, ".rec.wav")):
+            if gen.column(c).null_count:
+                raise ValueError(f"generated rows of {direction} have no {c}: generate them again as audio")
+            cols[c] = _image(gen.column(c), pc.binary_join_element_wise(key, ext, ""))
+        lengths = [_wav_frames(b) for b in gen.column("audio").to_pylist()[:1]]
+        cols["sample_rate"] = pa.repeat(pa.scalar(sample_rate, pa.int32()), n)
+        cols["duration_s"] = pa.repeat(pa.scalar(lengths[0] / sample_rate if lengths else 0.0, pa.float64()), n)
     for k, v in provenance.items():
         cols[k] = pa.repeat(pa.scalar(v, schema.field(k).type), n)
     for f in schema:
@@ -282,11 +312,19 @@ def build_rows(generated_dir: str | Path, validated_dir: str | Path, direction: 
     return table, total - n
 
 
+def _wav_frames(data: bytes) -> int:
+    import io
+
+    import soundfile as sf
+
+    return int(sf.info(io.BytesIO(data)).frames)
+
+
 def _content_columns(schema: pa.Schema) -> list[str]:
     """Columns that say what a row is. Image bytes are compared through ``sample_id`` (the translation's
     sha256), ``source_id`` and ``model_fingerprint``, from which source and reconstruction follow, so a
     previous version is read without its images."""
-    return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS and f.name not in IMAGE_COLUMNS]
+    return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS and f.name not in BYTES_COLUMNS]
 
 
 def keep_provenance(table: pa.Table, previous: pa.Table | None) -> pa.Table:
@@ -345,7 +383,7 @@ def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shar
     (out_root / "data").mkdir(parents=True, exist_ok=True)
     keys = [shard_key(s) for s in table.column("source_id").to_pylist()]
     sizes = [ROW_OVERHEAD_BYTES] * table.num_rows
-    for c in IMAGE_COLUMNS:
+    for c in (c for c in BYTES_COLUMNS if c in table.column_names):
         lengths = pc.binary_length(pc.struct_field(table.column(c), "bytes")).to_pylist()
         sizes = [s + (n or 0) for s, n in zip(sizes, lengths, strict=True)]
     sample_ids = table.column("sample_id").to_pylist()
@@ -371,8 +409,9 @@ def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shar
 
 
 def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
-            mode: str, size: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, card_info: dict | None = None,
-            published_at: str | None = None) -> PublishResult:
+            mode: str, size: int | tuple[int, int], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+            card_info: dict | None = None, published_at: str | None = None,
+            sample_rate: int | None = None) -> PublishResult:
     """Write the passing rows to ``out_dir/data/<direction>-<prefix>.parquet``, ``manifest.json`` and a card.
 
     ``provenance`` holds the run's ``code_version``, ``params_hash``, ``seed`` and ``flow_run_id``;
@@ -387,7 +426,7 @@ def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str |
     with atomic_dir(out_dir) as tmp:
         for direction in DIRECTIONS:
             table, dropped[direction] = build_rows(generated_dir, validated_dir, direction, provenance=provenance,
-                                                   mode=mode, size=size)
+                                                   mode=mode, size=size, sample_rate=sample_rate)
             table = keep_provenance(table, _previous_rows(out_dir, direction,
                                                           [*_content_columns(table.schema), *PROVENANCE_COLUMNS]))
             schema = table.schema
@@ -411,10 +450,12 @@ def _value_counts(arr: pa.ChunkedArray) -> dict[str, int]:
     return {d["values"]: d["counts"] for d in pc.value_counts(arr).to_pylist()}
 
 
-def _card_dtype(t: pa.DataType) -> str:
+def _card_dtype(t: pa.DataType, name: str = "") -> str:
     feat = _hf_feature(t)
     if feat is None:
         return str(t)
+    if name in AUDIO_COLUMNS and t == IMAGE_TYPE:
+        return "audio"
     return "image" if feat["_type"] == "Image" else feat["dtype"]
 
 
@@ -436,7 +477,7 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
         lines += [f"  - split: {d}", f"    path: data/{d}-*.parquet"]
     lines += ["dataset_info:", "  features:"]
     for f in schema:
-        lines += [f"  - name: {f.name}", f"    dtype: {_card_dtype(f.type)}"]
+        lines += [f"  - name: {f.name}", f"    dtype: {_card_dtype(f.type, f.name)}"]
     lines += ["  splits:"]
     for d, n in rows.items():
         lines += [f"  - name: {d}", f"    num_examples: {n}", f"    num_bytes: {by_dir.get(d, 0)}"]
@@ -445,7 +486,12 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
     total = sum(rows.values())
     src = sources or {}
     intro = f"{total} translations in {len(manifest['shards'])} Parquet shards"
-    if src:
+    if src and src.get("kind") == "audio":
+        intro += (f", between collection A (`{src.get('A')}`) and collection B (`{src.get('B')}`): "
+                  f"{src.get('duration_s')} s clips at {src.get('sample_rate')} Hz, translated as "
+                  f"{src.get('bins')} x {src.get('frames')} log-magnitude spectrograms ({src.get('representation')}) "
+                  f"and turned back into sound by {src.get('inversion')}")
+    elif src:
         intro += (f", between collection A (`{src.get('A')}`) and collection B (`{src.get('B')}`), "
                   f"{src.get('size')}x{src.get('size')} `{src.get('mode')}` images")
     lines += [intro + ". Only translations that passed the per-sample gate are included, and the run passed "
@@ -463,7 +509,7 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
                   "| figure | " + " | ".join(figures) + " |", "|---|" + "---|" * len(figures)]
         lines += [f"| {k} | " + " | ".join(_fmt(figures[d].get(k)) for d in figures) + " |" for k in keys]
     lines += ["", "## Features", "", "| column | type |", "|---|---|"]
-    lines += [f"| `{f.name}` | {_card_dtype(f.type)} |" for f in schema]
+    lines += [f"| `{f.name}` | {_card_dtype(f.type, f.name)} |" for f in schema]
     lines += ["", "`image`, `source_image` and `reconstruction` are PNG bytes (`{bytes, path}`); `sample_id` is "
               "the sha256 of the translation's PNG, `source_id` that of the source. Provenance columns "
               f"({', '.join(f'`{c}`' for c in PROVENANCE_COLUMNS)}) describe the run that first published a "

@@ -8,7 +8,8 @@ protocol that DVC registers; this module never imports DVC) gives a :class:`Publ
   pyarrow filter; with ``columns`` that leave out the images, no image byte is read;
 - ``arrow()``: a ``pyarrow.dataset.Dataset`` over exactly the shards in ``manifest.json``;
 - ``torch(...)``: an ``IterableDataset`` that spreads row groups over DataLoader workers and DDP
-  ranks (every row once per epoch) and decodes images;
+  ranks (every row once per epoch) and decodes images (and, for audio datasets, the clips to
+  float32 waveforms);
 - ``verify()``: every shard against the manifest's sha256, size and row count.
 """
 
@@ -35,6 +36,8 @@ from .storage import PathEscape, escapes
 
 DEFAULT_PATH = "data/augmented"
 IMAGE_COLUMNS = ("image", "source_image", "reconstruction")
+AUDIO_COLUMNS = ("audio", "source_audio", "reconstruction_audio")  # audio datasets: WAV in the same struct
+BYTES_COLUMNS = IMAGE_COLUMNS + AUDIO_COLUMNS
 Decode = Literal["tensor", "pil", "bytes"]
 
 
@@ -190,6 +193,22 @@ def row_filter(*, split: str | Sequence[str] | None = None, passed: bool | None 
     return out
 
 
+def _decode_audio(value: dict | None, decode: Decode) -> Any:
+    """A WAV cell as a float32 waveform: a (samples,) tensor, or a numpy array for ``decode="pil"``."""
+    if value is None or decode == "bytes":
+        return value
+    import numpy as np
+    import soundfile as sf
+
+    wave, _ = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+    wave = np.ascontiguousarray(wave.mean(axis=1))
+    if decode == "pil":
+        return wave
+    import torch
+
+    return torch.from_numpy(wave)
+
+
 def _decode_image(value: dict | None, decode: Decode) -> Any:
     if value is None or decode == "bytes":
         return value
@@ -291,4 +310,7 @@ class ShardedParquetDataset(IterableDataset):
                 for c in IMAGE_COLUMNS:
                     if c in row:
                         row[c] = _decode_image(row[c], self.decode)
+                for c in AUDIO_COLUMNS:
+                    if c in row:
+                        row[c] = _decode_audio(row[c], self.decode)
                 yield self.transform(row) if self.transform else row

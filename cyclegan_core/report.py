@@ -20,8 +20,11 @@ from .validate import read_validated
 
 
 def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction: str, out_png: str | Path,
-                rows: int = 8) -> Path | None:
-    """input | translation | reconstruction for the best and worst held-out rows by cycle L1."""
+                rows: int = 8, spectrogram: bool = False) -> Path | None:
+    """input | translation | reconstruction for the best and worst held-out rows by cycle L1.
+
+    ``spectrogram``: the pictures are spectrograms (low frequencies drawn at the bottom, in colour).
+    """
     gen = read_generated(generated_dir, direction, ["sample_id", "split", "label", "source_image", "image",
                                                     "reconstruction"])
     val = read_validated(validated_dir, direction).to_pylist()
@@ -45,8 +48,9 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
             for c, key in enumerate(("source_image", "image", "reconstruction")):
                 img = decode_png(g[key])
                 ax = axes[r][col0 + c]
-                ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255,
-                          interpolation="nearest")
+                ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="viridis" if spectrogram else "gray",
+                          vmin=0, vmax=255, interpolation="nearest", origin="lower" if spectrogram else "upper",
+                          aspect="auto" if spectrogram else "equal")
             label = f"{v['cycle_psnr']:.1f} dB, SSIM {v['cycle_ssim']:.2f}"
             if v["pred_label"] is not None:
                 label += f", label {g['label']}->{v['pred_label']}" + ("" if v["label_ok"] else " (x)")
@@ -144,6 +148,10 @@ _REPORT_ROWS = (
     ("judge P(target): translations", "mean_p_target", ".3f"),
     ("label accuracy: translations", "label_accuracy", ".3f"),
     ("label accuracy: untranslated", "label_accuracy_untranslated", ".3f"),
+    ("label accuracy: translations as heard (their waveforms)", "label_accuracy_heard", ".3f"),
+    ("cycle log-spectral distance dB, mean (p90)", ("mean_cycle_lsd", "p90_cycle_lsd"), ".2f"),
+    ("cycle SI-SDR dB on waveforms, mean (p10)", ("mean_cycle_si_sdr", "p10_cycle_si_sdr"), ".2f"),
+    ("inversion loss: log-spectral distance dB, mean (p90)", ("mean_inversion_lsd", "p90_inversion_lsd"), ".2f"),
     ("FID, domain features: translations", "fid_domain_features", ".3f"),
     ("FID, domain features: untranslated", "fid_domain_untranslated", ".3f"),
     ("KID, domain features: translations", "kid_domain_features", ".4f"),
@@ -215,6 +223,9 @@ def markdown_report(summary: dict, pictures: tuple[str, ...] = ("grid_AtoB.png",
                 bounds = ", ".join(f"{k} {v}" for k, v in th[level][d].items())
                 lines.append(f"- {level} {d}: {bounds}")
     lines += ["", "## Pictures", ""]
+    if summary.get("kind") == "audio":
+        lines += ["Spectrograms (low frequencies at the bottom). Listen to the best and worst held-out clips, "
+                  "source | translation | cycle: [listen/index.html](listen/index.html)", ""]
     lines += [f"![{p}]({p})" for p in pictures]
     lines.append("")
     return "\n".join(lines)
@@ -287,3 +298,33 @@ def dataset_card(*, rows: dict, dropped: dict, figures: dict, provenance: dict, 
         "",
     ]
     return "\n".join(lines)
+
+
+def listening_rows(generated_dir: str | Path, validated_dir: str | Path, direction: str, rows: int = 6) -> list[dict]:
+    """The best and worst held-out audio rows by cycle L1, as :func:`cyclegan_core.audio.listening_page` rows."""
+    from .audio import uint8_to_picture
+
+    val = read_validated(validated_dir, direction).to_pylist()
+    if not val:
+        return []
+    pool = sorted([v for v in val if v["split"] == "test"] or val, key=lambda v: v["cycle_l1"])
+    k = min(rows // 2 or 1, (len(pool) + 1) // 2)
+    chosen = {v["sample_id"]: v for v in pool[:k] + pool[::-1][:k]}
+    gen = read_generated(generated_dir, direction, ["sample_id", "label", "source_image", "image", "reconstruction",
+                                                    "source_audio", "audio", "reconstruction_audio"])
+    out = []
+    for g in gen.to_pylist():
+        v = chosen.get(g["sample_id"])
+        if v is None:
+            continue
+        pics = {kind: uint8_to_picture(decode_png(g[col])[None])[0]
+                for kind, col in (("source", "source_image"), ("translation", "image"), ("cycle", "reconstruction"))}
+        out.append({
+            "direction": direction, "sample_id": g["sample_id"], "label": g["label"], "pred_label": v["pred_label"],
+            "source_wav": g["source_audio"], "translation_wav": g["audio"], "cycle_wav": g["reconstruction_audio"],
+            **{f"{kind}_picture": p for kind, p in pics.items()},
+            "metrics": {k: v[k] for k in ("cycle_si_sdr", "cycle_lsd", "inversion_lsd", "realism")
+                        if v.get(k) is not None},
+        })
+    order = list(chosen)
+    return sorted(out, key=lambda r: order.index(r["sample_id"]))

@@ -98,7 +98,8 @@ def training_settings(cfg: Config) -> dict:
     """The settings that change trained weights (not logging, checkpoint cadence or speed switches)."""
     train = cfg.train.model_dump(mode="json")
     return {
-        "image": {"size": cfg.data.image_size, "mode": cfg.data.mode},
+        "image": ({"size": cfg.data.image_size, "mode": cfg.data.mode} if cfg.data.kind == "image"
+                  else {"kind": cfg.data.kind, "shape": list(cfg.data.shape)}),
         "model": cfg.model.model_dump(mode="json"),
         "train": {k: v for k, v in train.items() if k not in TrainConfig.NOT_IN_FINGERPRINT},
     }
@@ -562,6 +563,7 @@ class Trainer:
             "fingerprint": fingerprint, "sha256": sha256_file(path), "steps": self.step,
             "train_seconds": round(seconds, 2), "code_version": code_version(),
             "channels": self.cfg.data.channels, "image_size": self.cfg.data.image_size,
+            "kind": self.cfg.data.kind, "shape": list(self.cfg.data.shape),
             "arch": self.arch, "model": self.cfg.model.model_dump(mode="json"), "config": self.cfg.to_dict(),
         })
         return path

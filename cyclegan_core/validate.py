@@ -66,6 +66,22 @@ VALIDATED_SCHEMA = pa.schema(
         ("fail_reason", pa.string()),
     ]
 )
+# Audio collections add the cycle measured as a sound: on spectrograms (log-spectral distance, dB)
+# and on waveforms (SI-SDR, dB); and what the inversion to a waveform loses (see _audio_figures).
+AUDIO_METRIC_COLUMNS = ("cycle_lsd", "cycle_si_sdr", "inversion_lsd")
+
+
+def validated_schema(audio: bool = False) -> pa.Schema:
+    """The per-sample table validate writes (with the audio figures for audio collections)."""
+    if not audio:
+        return VALIDATED_SCHEMA
+    at = VALIDATED_SCHEMA.get_field_index("identity_l1")
+    schema = VALIDATED_SCHEMA
+    for k, name in enumerate(AUDIO_METRIC_COLUMNS):
+        schema = schema.insert(at + k, pa.field(name, pa.float64()))
+    return schema
+
+
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11
 # Figures summarized per direction with mean and percentiles (held-out rows).
@@ -384,6 +400,11 @@ def sample_failures(m: dict, t: SampleThresholds) -> list[str]:
         out.append(f"realism {m['realism']:.3f} < {t.min_realism}")
     if t.require_label_ok and m.get("label_ok") is False:
         out.append("label_ok false (require_label_ok)")
+    if t.max_cycle_lsd is not None and m.get("cycle_lsd") is not None and m["cycle_lsd"] > t.max_cycle_lsd:
+        out.append(f"cycle_lsd {m['cycle_lsd']:.2f} > {t.max_cycle_lsd}")
+    if t.min_cycle_si_sdr is not None and m.get("cycle_si_sdr") is not None \
+            and m["cycle_si_sdr"] < t.min_cycle_si_sdr:
+        out.append(f"cycle_si_sdr {m['cycle_si_sdr']:.2f} < {t.min_cycle_si_sdr}")
     return out
 
 
@@ -403,6 +424,8 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
         ("kid_domain_features", t.max_kid_domain, "max_kid_domain", "max"),
         ("fid_inception", t.max_fid_inception, "max_fid_inception", "max"),
         ("kid_inception", t.max_kid_inception, "max_kid_inception", "max"),
+        ("mean_cycle_lsd", t.max_mean_cycle_lsd, "max_mean_cycle_lsd", "max"),
+        ("mean_cycle_si_sdr", t.min_mean_cycle_si_sdr, "min_mean_cycle_si_sdr", "min_or_off"),
     ]
     out = []
     for figure, bound, key, kind in checks:
@@ -410,6 +433,7 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
         off = bound is None or (kind == "min" and bound <= (-1.0 if figure == "mean_cycle_ssim" else 0.0))
         if off:
             continue
+        kind = "min" if kind == "min_or_off" else kind  # SI-SDR may be negative: only null turns it off
         value = fig.get(figure)
         where = f"(validate.run.{direction}.{key})"
         if value is None:
@@ -483,6 +507,29 @@ def _pair(result: tuple[float, float, int] | None) -> tuple[float | None, float 
     return (None, None, None) if result is None else result
 
 
+def _audio_figures(gen: pa.Table, src: np.ndarray, out: np.ndarray, rec: np.ndarray,
+                   audio) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-sample figures of audio rows, and the translations as heard.
+
+    ``cycle_lsd``: log-spectral distance (dB) between the source's and the cycle's pictures;
+    ``cycle_si_sdr``: SI-SDR (dB) of the cycle's waveform against the source clip;
+    ``inversion_lsd``: log-spectral distance between the translated picture and the spectrogram of
+    the translation's waveform, i.e. what the way back to sound (``data.audio.inversion``) loses.
+    The second value: uint8 pictures of the translations' waveforms, to score what a listener gets.
+    """
+    from .audio import Spectrogram, decode_wav, log_spectral_distance, picture_to_uint8, si_sdr, uint8_to_picture
+
+    if not gen.num_rows:
+        return {name: np.zeros(0) for name in AUDIO_METRIC_COLUMNS}, out
+    clips = {c: np.stack([decode_wav(b)[0] for b in gen.column(c).to_pylist()])
+             for c in ("source_audio", "audio", "reconstruction_audio")}
+    heard = Spectrogram(audio).picture(clips["audio"])
+    figures = {"cycle_lsd": log_spectral_distance(uint8_to_picture(src), uint8_to_picture(rec), audio),
+               "cycle_si_sdr": si_sdr(clips["source_audio"], clips["reconstruction_audio"]),
+               "inversion_lsd": log_spectral_distance(uint8_to_picture(out), heard, audio)}
+    return figures, picture_to_uint8(heard)
+
+
 def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, generated_dir: str | Path,
              out_dir: str | Path, model_dir: str | Path | None = None) -> ValidateResult:
     """Score every generated row; write ``<direction>.parquet`` and ``summary.json`` to ``out_dir``.
@@ -490,6 +537,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
     ``model_dir`` (the model that made the translations) enables the identity-drift figures.
     """
     v = cfg.validate_
+    audio = cfg.data.audio_settings
     inception = load_inception(v.inception_weights)  # a configuration error before any work
     judges, judge_key = load_or_train_judges(cfg, manifest_a, manifest_b)
     held_out = {"A": read_manifest(manifest_a, ("test",)), "B": read_manifest(manifest_b, ("test",))}
@@ -516,15 +564,17 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             target = direction[-1]
             t_idx = 0 if target == "A" else 1
             gen = read_generated(generated_dir, direction,
-                                 ["sample_id", "split", "label", "source_image", "image", "reconstruction"])
+                                 ["sample_id", "split", "label", "source_image", "image", "reconstruction",
+                                  *(["source_audio", "audio", "reconstruction_audio"] if audio is not None else [])])
             n = gen.num_rows
-            empty = np.zeros((0, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.uint8)
+            empty = np.zeros((0, *cfg.data.shape, cfg.data.channels), np.uint8)
             src, out, rec = (
                 np.stack([decode_png(b) for b in gen.column(col).to_pylist()]) if n else empty
                 for col in ("source_image", "image", "reconstruction")
             )
             l1, psnr = cycle_errors(src, rec)
             ssim_v = ssim(src, rec)
+            sound, heard = _audio_figures(gen, src, out, rec, audio) if audio is not None else ({}, None)
             back = "G_BA" if direction == "AtoB" else "G_AB"
             ident = _identity(gens[back], src) if gens is not None and n else None
             logits, feats = _classify(judges.domain, out)
@@ -535,9 +585,12 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             labels = gen.column("label").to_pylist()
             pred: list[int | None] = [None] * n
             pred_src: list[int | None] = [None] * n
+            pred_heard: list[int | None] = [None] * n
             if target in judges.label and n:
                 pred = [int(x) for x in _classify(judges.label[target], out)[0].argmax(1)]
                 pred_src = [int(x) for x in _classify(judges.label[target], src)[0].argmax(1)]
+                if heard is not None:  # the word as said by the translation's waveform, not its picture
+                    pred_heard = [int(x) for x in _classify(judges.label[target], heard)[0].argmax(1)]
             ok = [None if lb is None or p is None else lb == p for lb, p in zip(labels, pred, strict=True)]
 
             rows = []
@@ -546,12 +599,13 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             splits = gen.column("split").to_pylist()
             for i, sid in enumerate(gen.column("sample_id").to_pylist()):
                 m = {"cycle_l1": float(l1[i]), "cycle_psnr": float(psnr[i]), "cycle_ssim": float(ssim_v[i]),
-                     "identity_l1": None if ident is None else float(ident[i]), "realism": float(realism[i])}
+                     "identity_l1": None if ident is None else float(ident[i]), "realism": float(realism[i]),
+                     **{k: float(v[i]) for k, v in sound.items()}}
                 why = sample_failures({**m, "label_ok": ok[i]}, thresholds)
                 reasons.update(_reason_key(w) for w in why)
                 rows.append({"sample_id": sid, "split": splits[i], **m, "pred_label": pred[i], "label_ok": ok[i],
                              "passed": not why, "fail_reason": "; ".join(why) or None})
-            table = pa.Table.from_pylist(rows, schema=VALIDATED_SCHEMA)
+            table = pa.Table.from_pylist(rows, schema=validated_schema(audio is not None))
             pq.write_table(table, tmp / f"{direction}.parquet")
 
             test = np.asarray([s == "test" for s in splits], dtype=bool)
@@ -569,8 +623,8 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
                 "pass_rate": _mean(passed[test].astype(float)),
             }
             per_sample = {"cycle_l1": l1, "cycle_psnr": psnr, "cycle_ssim": ssim_v,
-                          "identity_l1": ident if ident is not None else np.zeros(0), "realism": realism}
-            for name in SUMMARIZED:
+                          "identity_l1": ident if ident is not None else np.zeros(0), "realism": realism, **sound}
+            for name in (*SUMMARIZED, *sound):
                 vals = per_sample[name]
                 fig.update(_spread(name, vals[test] if len(vals) == n else vals))
             fig.update({
@@ -581,6 +635,8 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
                 "label_accuracy_untranslated": (
                     float(np.mean([pred_src[i] == labels[i] for i in lab])) if lab else None
                 ),
+                **({"label_accuracy_heard": float(np.mean([pred_heard[i] == labels[i] for i in lab])) if lab
+                    else None} if audio is not None else {}),
                 "fid_domain_features": fid,
                 "fid_domain_untranslated": frechet_distance(src_feats[test], real_t_feats),
                 "kid_domain_features": kid, "kid_domain_std": kid_std, "kid_subset_size": kid_n,
@@ -597,7 +653,8 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             failures += run_failures(direction, fig, v.run[direction])
         judge = {"key": judge_key, "blur_sigma": v.judge_blur_sigma, "held_out_accuracy": judge_acc,
                  "held_out_samples": len(cal_labels)}
-        summary = {"passed": not failures, "failures": failures, "directions": figures, "judges": judge_key,
+        summary = {"passed": not failures, "failures": failures, "kind": cfg.data.kind, "directions": figures,
+                   "judges": judge_key,
                    "domain_judge": judge, "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
                                                          "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}
         write_json_atomic(tmp / "summary.json", nan_to_none(summary))

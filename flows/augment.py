@@ -16,16 +16,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from cyclegan_core.config import Config, DataConfig, load_config
+from cyclegan_core.config import Config, load_config
 from cyclegan_core.generate import now_stamp
 from cyclegan_core.validate import GateFailed
 from tasks import steps
 from tasks.policies import configured, ensure_concurrency_limit
-
-
-def uses_default_data(domain_a: str, domain_b: str) -> bool:
-    defaults = DataConfig()
-    return (domain_a, domain_b) == (defaults.domain_a, defaults.domain_b)
 
 
 def task_runner_for(cfg: Config) -> TaskRunner:
@@ -113,7 +108,7 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
         return now
 
     t = t0
-    if uses_default_data(cfg.data.domain_a, cfg.data.domain_b):
+    if cfg.data.uses_default_collections:
         steps.default_data(cfg)
     ingested = configured(steps.ingest, cfg)(cfg)
     t = lap("ingest", t)

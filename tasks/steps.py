@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cyclegan_core import generate as gen
 from cyclegan_core import pipeline
@@ -80,7 +80,7 @@ def train_or_reuse(cfg: Config, ingested: dict, retrain: bool = False, params: s
 def plan_shards(cfg: Config, model: dict) -> list[dict]:
     """One spec per (direction, shard) with the content hashes its output depends on."""
     model_dir = str(Path(model["model_dir"]).resolve())
-    key = gen.generation_key(cfg.generate)
+    key = gen.generation_key(cfg.generate, cfg.data.audio_settings)
     out_dir = str(Path(cfg.paths.generated).resolve())
     specs = []
     for direction in DIRECTIONS:
@@ -103,7 +103,7 @@ def generate_shard(cfg: Config, direction: str, shard: int, manifest: str, model
     progress = StepProgress("generate")
     result = gen.generate_shard(manifest, direction, shard, model_dir, Path(cfg.paths.generated).resolve(),
                                 cfg.generate, created_at,
-                                lambda i, n: progress(f"{direction} {shard}", i, n))
+                                lambda i, n: progress(f"{direction} {shard}", i, n), audio=cfg.data.audio_settings)
     get_run_logger().info("%s shard %d: %d rows, %d translated, %d reused from the last run", direction, shard,
                           result.rows, result.translated, result.reused)
     return result.to_dict()
@@ -231,7 +231,8 @@ def report(cfg: Config, run: dict) -> str:
             "translated_now": run["generate"]["translated"].get(d), "reused": run["generate"]["reused"].get(d),
             **{k: (round(f[k], 4) if isinstance(f.get(k), float) else f.get(k))
                for k in ("mean_cycle_psnr", "p10_cycle_psnr", "mean_realism", "label_accuracy",
-                         "label_accuracy_untranslated", "fid_domain_features", "pass_rate")},
+                         "label_accuracy_untranslated", "fid_domain_features", "pass_rate",
+                         "mean_cycle_si_sdr", "mean_cycle_lsd") if k in f or not k.startswith("mean_cycle_")},
         })
     create_table_artifact(rows, key="cycleaug-metrics", description="Published rows and held-out figures")
     src = {d: read_manifest(pipeline.manifest_path(cfg, d), ("train", "test")).num_rows for d in ("A", "B")}
@@ -254,6 +255,16 @@ def report(cfg: Config, run: dict) -> str:
         lines.append(f"| {r['direction']} | {r['published']} | {r['dropped']} | {r['translated_now']} | {r['reused']} "
                      f"| {r['mean_cycle_psnr']} | {r['mean_realism']} | {r['label_accuracy']} "
                      f"| {r['label_accuracy_untranslated']} | {r['fid_domain_features']} |")
+    listen = Path(cfg.paths.reports) / pipeline.LISTEN_DIR / "index.html"
+    if cfg.data.kind == "audio":
+        lines += ["", "| direction | cycle SI-SDR (dB) | cycle log-spectral distance (dB) |", "|---|---|---|"]
+        lines += [f"| {r['direction']} | {r.get('mean_cycle_si_sdr')} | {r.get('mean_cycle_lsd')} |" for r in rows]
+        if listen.exists():
+            lines += ["", f"Listen to the best and worst held-out clips (source | translation | cycle): "
+                          f"[{listen.resolve()}]({listen.resolve().as_uri()})"]
     text = "\n".join(lines) + "\n"
     create_markdown_artifact(text, key="cycleaug-report", description="What this run did and what it published")
+    if cfg.data.kind == "audio" and listen.exists():
+        create_link_artifact(listen.resolve().as_uri(), link_text="listening page (spectrograms and <audio> players)",
+                             key="cycleaug-listen", description="Source, translation and cycle of held-out clips")
     return text

@@ -269,10 +269,10 @@ def test_bad_labels_file_is_a_clear_error(tmp_path):
 
 MALFORMED = [
     ("data:\n  mode: CMYK\n", "data.mode: Input should be 'L' or 'RGB' (got 'CMYK')"),
-    ("data:\n  imgsize: 32\n", "data.imgsize: unknown key; allowed keys here: domain_a, domain_b, image_size"),
+    ("data:\n  imgsize: 32\n", "data.imgsize: unknown key; allowed keys here: kind, domain_a, domain_b, image_size"),
     ("model:\n  norm: group\n", "model.norm: Input should be 'instance', 'batch' or 'none' (got 'group')"),
     ("train:\n  steps: many\n", "train.steps: Input should be a valid integer"),
-    ("data: 5\n", "data: expected a section (mapping) with keys domain_a, domain_b"),
+    ("data: 5\n", "data: expected a section (mapping) with keys kind, domain_a, domain_b"),
     ("data:\n  image_size: 30\n", "multiple of 4"),
     ("generate:\n  splits: [train, dev]\n", "generate.splits.1: Input should be 'train' or 'test' (got 'dev')"),
     ("validate:\n  sample:\n    CtoD: {}\n", "validate.sample: key 'CtoD': Input should be 'AtoB' or 'BtoA'"),

@@ -77,7 +77,7 @@ def test_errors_name_the_key_the_allowed_values_and_what_was_given(tmp_path):
         load_config(p)
     text = str(err.value)
     assert text.startswith(f"{p}: invalid configuration")
-    assert "data.imgsize: unknown key; allowed keys here: domain_a, domain_b, image_size, mode" in text
+    assert "data.imgsize: unknown key; allowed keys here: kind, domain_a, domain_b, image_size, mode" in text
     assert "data.mode: Input should be 'L' or 'RGB' (got 'rgb')" in text
     assert "data.retries: Input should be greater than or equal to 0 (got -1)" in text
     assert "paths.reportz: unknown key; allowed keys here: ingest, models" in text and "publish_url" in text
@@ -101,3 +101,10 @@ def test_storage_settings_are_checked_when_read():
         load_config(None, ["data.extensions=[png]"])
     with pytest.raises(ConfigError, match=r"data.retry_backoff_s: Input should be less than or equal to 60"):
         load_config(None, ["data.retry_backoff_s=600"])
+
+
+def test_voices_params_are_valid():
+    cfg = load_config(ROOT / "params.voices.yaml")
+    assert cfg.data.kind == "audio" and cfg.data.uses_default_collections
+    assert cfg.data.shape == (32, 48) and cfg.data.channels == 1
+    assert cfg.paths.published != load_config(ROOT / "params.yaml").paths.published  # the demos do not collide
