@@ -7,6 +7,11 @@ bundled digits, both directions, all splits. Prints images/s for each and, from 
 ``generate``, the seconds spent in each stage.
 
     PYTHONPATH=. python benchmarks/generate_throughput.py --out /tmp/gen-bench
+    PYTHONPATH=. python benchmarks/generate_throughput.py --params params.voices.yaml --train-steps 800
+
+With an audio config (``data.kind: audio``, e.g. ``params.voices.yaml`` and its speech preset) the
+rows are clips: generation also inverts every translation and cycle to a waveform (Griffin-Lim or the
+source's phase) and writes WAV, and the figures are clips/s.
 
 The model is the configured architecture (``params.yaml`` model section, or ``--set``), exported
 untrained unless ``--train-steps`` is given: speed does not depend on the weights, except that PNG
@@ -38,6 +43,7 @@ STAGES = {
     "generator forward (translate + reconstruct)": [("module.py", "_call_impl")],
     "to uint8": [("images.py", "to_uint8")],
     "encode PNG": [("images.py", "encode_png")],
+    "spectrogram -> waveform + WAV (audio)": [("generate.py", "invert_audio")],
     "sample ids (sha256)": [("storage.py", "sha256_bytes")],
     "write Parquet shards": [("core.py", "write_table")],
 }
@@ -84,7 +90,8 @@ def main() -> None:
     print(f"judges ready in {time.perf_counter() - judges_t0:.0f} s (not timed below)", flush=True)
 
     def run_generate():
-        return generate(manifest_path(cfg, "A"), manifest_path(cfg, "B"), model_dir, cfg.paths.generated, cfg.generate)
+        return generate(manifest_path(cfg, "A"), manifest_path(cfg, "B"), model_dir, cfg.paths.generated, cfg.generate,
+                        audio=cfg.data.audio_settings)
 
     run_generate()  # warm-up: first-call allocations, file cache
     t0 = time.perf_counter()
@@ -104,12 +111,17 @@ def main() -> None:
     stages = stage_seconds(stats)
     stages["other (Python row building, loops)"] = max(0.0, total - sum(stages.values()))
 
-    print(f"{rows} translations ({cfg.data.image_size}x{cfg.data.image_size} {cfg.data.mode}, "
-          f"arch {cfg.model.arch}, batch {cfg.generate.batch_size}, {torch.get_num_threads()} threads)")
-    print(f"generate (read, decode, translate, reconstruct, encode PNG, write shards): {rows / gen_s:8.1f} images/s")
-    print(f"validate (score every translation, gate):                                {rows / val_s:8.1f} images/s")
-    print(f"end to end (generate + validate):                                        "
-          f"{rows / (gen_s + val_s):8.1f} images/s")
+    audio = cfg.data.audio_settings
+    h, w = cfg.data.shape
+    unit = "clips/s" if audio else "images/s"
+    what = (f"{audio.clip_samples / audio.sample_rate:.2f} s clips as {h}x{w} {audio.representation} spectrograms, "
+            f"inversion {audio.inversion}" if audio else f"{h}x{w} {cfg.data.mode}")
+    print(f"{rows} translations ({what}, arch {cfg.model.arch}, batch {cfg.generate.batch_size}, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"generate (read, decode, translate, reconstruct, encode, write shards): {rows / gen_s:8.1f} {unit}")
+    print(f"validate (score every translation, gate):                            {rows / val_s:8.1f} {unit}")
+    print(f"end to end (generate + validate):                                    "
+          f"{rows / (gen_s + val_s):8.1f} {unit}")
     print(f"where generate's time goes (cProfile run, {total:.2f} s under the profiler):")
     for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:48s} {sec:7.2f} s  {100 * sec / total:5.1f}%")
