@@ -234,3 +234,36 @@ def test_voices_preset_through_the_flow(prefect_server, tmp_path: Path, monkeypa
 
     keys = {a.key for a in asyncio.run(artifacts())}
     assert {"cycleaug-listen", "cycleaug-report"} <= keys
+
+
+def test_audio_ingest_from_an_fsspec_url_resamples_and_quarantines(tmp_path: Path):
+    # Clips in an fsspec memory filesystem, at another rate and in stereo: mixed down, resampled, cut;
+    # a far too long clip is quarantined without being decoded.
+    import fsspec
+
+    from cyclegan_core.ingest import ingest_collection
+
+    fs = fsspec.filesystem("memory")
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        stereo = np.stack([_clip(300.0, 2, rng, 1.2)] * 2, axis=1)
+        buf = io.BytesIO()
+        sf.write(buf, stereo, RATE, format="FLAC")
+        fs.pipe(f"/voices-{tmp_path.name}/train/c{i}.flac", buf.getvalue())
+    long = io.BytesIO()
+    sf.write(long, np.zeros(RATE * 40, np.float32) + 0.1, RATE, format="WAV")
+    fs.pipe(f"/voices-{tmp_path.name}/train/long.wav", long.getvalue())
+    raw = audio_settings(tmp_path)
+    raw["data"]["audio"].update({"sample_rate": 4000, "max_seconds": 30.0})
+    cfg = config_from_dict(raw).data
+    res = ingest_collection(f"memory://voices-{tmp_path.name}", "A", tmp_path / "ingest", cfg)
+    assert res.samples == 3 and res.quarantined == 1
+    rows = pq.read_table(res.manifest).to_pylist()
+    wave, rate = sf.read(io.BytesIO(rows[0]["audio"]))
+    assert rate == 4000 and wave.ndim == 1 and len(wave) == cfg.audio.clip_samples
+    assert rows[0]["orig_sample_rate"] == RATE and rows[0]["orig_channels"] == 2 and rows[0]["clip_offset"] >= 0
+    with open(res.quarantine, newline="") as f:
+        assert "too long" in next(r for r in csv.DictReader(f) if r["path"] == "train/long.wav")["reason"]
+    # A second run reuses every clip: nothing is decoded again.
+    again = ingest_collection(f"memory://voices-{tmp_path.name}", "A", tmp_path / "ingest", cfg)
+    assert again.reused == 3 and again.decoded == 0 and again.manifest_sha256 == res.manifest_sha256
