@@ -51,6 +51,14 @@ def _summary(cfg: Config) -> str:
                 f"cycle PSNR {f['mean_cycle_psnr']:.2f} dB, realism {f['mean_realism']:.3f}, "
                 f"label accuracy {acc}{base_s}, FID(domain features) {f['fid_domain_features']:.2f}"
             )
+            if f.get("mean_cycle_lsd") is not None:
+                heard = f.get("label_accuracy_heard")
+                lines[-1] += (f"; audio: cycle log-spectral distance {f['mean_cycle_lsd']:.2f} dB, cycle SI-SDR "
+                              f"{f['mean_cycle_si_sdr']:.1f} dB, label accuracy as heard "
+                              f"{'n/a' if heard is None else format(heard, '.3f')}")
+    listen = reports / "listen" / "index.html"
+    if cfg.data.kind == "audio" and listen.exists():
+        lines.append(f"listen:   {listen} (source | translation | cycle, best and worst held-out clips)")
     return "\n".join(lines)
 
 
