@@ -133,9 +133,10 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
 class Spectrogram:
     """Waveforms <-> [0, 1] log-magnitude pictures (``bins`` x ``frames``), batched in torch."""
 
-    def __init__(self, cfg: AudioConfig):
+    def __init__(self, cfg: AudioConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
-        self.window = torch.hann_window(cfg.n_fft)
+        self.device = torch.device(device)
+        self.window = torch.hann_window(cfg.n_fft, device=self.device)
         self.mel_basis: torch.Tensor | None = None
         if cfg.representation == "mel":
             import librosa
@@ -143,7 +144,8 @@ class Spectrogram:
             basis = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
                                         fmax=cfg.fmax or cfg.sample_rate / 2)
             self.mel_basis = torch.from_numpy(basis.astype(np.float32))
-            self.mel_pinv = torch.linalg.pinv(self.mel_basis)
+            self.mel_pinv = torch.linalg.pinv(self.mel_basis).to(self.device)  # on the CPU: the same on every device
+            self.mel_basis = self.mel_basis.to(self.device)
 
     @property
     def bins(self) -> int:
@@ -174,12 +176,12 @@ class Spectrogram:
 
     def picture(self, waves: np.ndarray | torch.Tensor) -> np.ndarray:
         """Waveforms (N, clip_samples) -> float32 pictures (N, bins, frames) on [0, 1]."""
-        w = torch.as_tensor(np.asarray(waves, dtype=np.float32))
-        return self.magnitude_to_picture(self.stft(w).abs()).numpy()
+        w = torch.as_tensor(np.asarray(waves, dtype=np.float32), device=self.device)
+        return self.magnitude_to_picture(self.stft(w).abs()).cpu().numpy()
 
     def magnitude(self, pictures: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Pictures (N, bins, frames) on [0, 1] -> linear magnitudes (N, n_fft/2+1, frames)."""
-        p = self._from_unit(torch.as_tensor(np.asarray(pictures, dtype=np.float32)))
+        p = self._from_unit(torch.as_tensor(np.asarray(pictures, dtype=np.float32), device=self.device))
         if self.mel_basis is not None:
             return torch.einsum("fm,nmt->nft", self.mel_pinv, p).clamp_min(0.0)
         return torch.cat([p, torch.zeros_like(p[:, :1])], dim=1)
@@ -190,18 +192,18 @@ class Spectrogram:
         c = self.cfg
         mag = self.magnitude(pictures)
         if phase_from is not None:
-            spec = self.stft(torch.as_tensor(np.asarray(phase_from, dtype=np.float32)))
+            spec = self.stft(torch.as_tensor(np.asarray(phase_from, dtype=np.float32), device=self.device))
             phase = torch.polar(torch.ones_like(mag), spec.angle())
             out = torch.istft(mag * phase, c.n_fft, c.hop_length, window=self.window, length=c.clip_samples)
-            return out.numpy()
-        return self.griffin_lim(mag).numpy()
+            return out.cpu().numpy()
+        return self.griffin_lim(mag).cpu().numpy()
 
     def griffin_lim(self, mag: torch.Tensor) -> torch.Tensor:
         """Fast Griffin-Lim (Perraudin et al. 2013, as librosa's ``griffinlim``), batched."""
         c = self.cfg
         gen = torch.Generator().manual_seed(0)
         # One starting phase for every row, so a clip's result does not depend on its batch.
-        start = 2 * math.pi * torch.rand(mag.shape[1:], generator=gen)
+        start = (2 * math.pi * torch.rand(mag.shape[1:], generator=gen)).to(mag.device)
         angles = torch.polar(torch.ones_like(mag), start.expand_as(mag))
         previous = torch.zeros_like(angles)
         momentum = 0.99

@@ -83,11 +83,11 @@ def decode_image(data: bytes, mode: str, size: int, max_pixels: int, min_side: i
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def encode_png(arr: np.ndarray) -> bytes:
-    """Lossless, deterministic PNG bytes of an (H, W, C) uint8 array."""
+def encode_png(arr: np.ndarray, compress_level: int = 6) -> bytes:
+    """Lossless, deterministic PNG bytes of an (H, W, C) uint8 array (zlib level ``compress_level``)."""
     img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
+    img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

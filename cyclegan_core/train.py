@@ -37,6 +37,7 @@ from torch import nn
 
 from . import ddp
 from .config import Config, ModelConfig, TrainConfig
+from .devices import autocast, resolve_device
 from .networks import GANLoss, ImagePool, define_discriminator, define_generator, gradient_penalty, init_weights
 from .storage import atomic_path, read_json, sha256_bytes, sha256_file, write_json_atomic
 from .translator import LOSS_NAMES as TRANSLATOR_LOSS_NAMES
@@ -131,14 +132,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0 - max(0, step - hold) / float(decay + 1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
@@ -162,7 +155,7 @@ class Trainer:
         self.cfg, self.tcfg = cfg, cfg.train
         t = self.tcfg
         self.workdir = Path(workdir)
-        self.device = resolve_device(t.device)
+        self.device = resolve_device(t.device, "train.device")
         self.dist = ddp.init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -201,7 +194,6 @@ class Trainer:
         self.pools = {d: ImagePool(t.pool_size, self.rng) for d in ("A", "B")}
         self.gan_loss, self.l1 = GANLoss(t.gan_mode), nn.L1Loss()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         # Training forwards go through DDP (gradients averaged) and torch.compile when asked; a
         # frozen discriminator in the generator step is called bare (no DDP hooks to satisfy).
         self._train_fn: dict[str, Callable] = {}
@@ -232,9 +224,7 @@ class Trainer:
         return torch.compile(fn, mode=self.tcfg.compile_mode, backend=self.tcfg.compile_backend)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.tcfg.precision)
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()

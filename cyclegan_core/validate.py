@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import DIRECTIONS, Config, ConfigError, RunThresholds, SampleThresholds
+from .devices import resolve_device
 from .generate import read_generated
 from .images import decode_png, to_tensor, to_uint8
 from .ingest import manifest_digest, manifest_images, read_manifest
@@ -221,14 +222,19 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
     return Judges(domain, labels), key
 
 
+def _device_of(net: nn.Module) -> torch.device:
+    return next(iter(net.parameters())).device
+
+
 @torch.inference_mode()
 def _classify(net: SmallCNN, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features, in batches."""
     logits, feats = [], []
+    device = _device_of(net)
     for start in range(0, len(images), 256):
-        f = net.features(to_tensor(images[start:start + 256]))
-        logits.append(net.head(f).double().numpy())
-        feats.append(f.double().numpy())
+        f = net.features(to_tensor(images[start:start + 256]).to(device))
+        logits.append(net.head(f).double().cpu().numpy())
+        feats.append(f.double().cpu().numpy())
     if not logits:
         return np.zeros((0, net.head.out_features)), np.zeros((0, net.head.in_features))
     return np.concatenate(logits), np.concatenate(feats)
@@ -374,13 +380,13 @@ def load_inception(path: str | None):
 
 
 @torch.inference_mode()
-def inception_features(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def inception_features(model, images: np.ndarray, batch: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
     out = []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).permute(0, 3, 1, 2).float()
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        out.append(model(x, return_features=True).double().numpy())
+        out.append(model(x.to(device), return_features=True).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
@@ -496,9 +502,10 @@ class ValidateResult:
 def _identity(gen: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """Mean |x - gen(x)| per sample on [0, 1], on the uint8-rounded output like the stored images."""
     out = []
+    device = _device_of(gen)
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
-        y = to_uint8(gen(to_tensor(x)))
+        y = to_uint8(gen(to_tensor(x).to(device)))
         out.append(np.abs(x.astype(np.float64) - y.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0)
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -539,7 +546,12 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
     v = cfg.validate_
     audio = cfg.data.audio_settings
     inception = load_inception(v.inception_weights)  # a configuration error before any work
+    device = resolve_device(v.device, "validate.device")
     judges, judge_key = load_or_train_judges(cfg, manifest_a, manifest_b)
+    for net in (judges.domain, *judges.label.values()):
+        net.to(device)
+    if inception is not None:
+        inception = inception.to(device)
     held_out = {"A": read_manifest(manifest_a, ("test",)), "B": read_manifest(manifest_b, ("test",))}
     real = {d: manifest_images(t) if t.num_rows else None for d, t in held_out.items()}
     real_logits = {d: _classify(judges.domain, x) if x is not None else (np.zeros((0, 2)), np.zeros((0, 128)))
@@ -554,8 +566,9 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
     if model_dir is not None:
         from .train import load_generators
 
-        gens, _ = load_generators(model_dir)
-    real_incep = {d: inception_features(inception, x) for d, x in real.items() if x is not None} if inception else {}
+        gens, _ = load_generators(model_dir, device)
+    real_incep = ({d: inception_features(inception, x, device=device) for d, x in real.items() if x is not None}
+                  if inception else {})
 
     figures: dict[str, dict] = {}
     failures: list[str] = []
@@ -644,7 +657,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
                 "real_target_held_out": len(real_t_feats),
             })
             if inception is not None:
-                gen_incep = inception_features(inception, out[test])
+                gen_incep = inception_features(inception, out[test], device=device)
                 ref = real_incep.get(target, np.zeros((0, gen_incep.shape[1])))
                 fig["fid_inception"] = frechet_distance(gen_incep, ref)
                 fig["kid_inception"] = _pair(kernel_inception_distance(gen_incep, ref, v.kid_subset_size,

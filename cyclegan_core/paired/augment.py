@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from . import record as rec
 from .align import AlignmentPolicy, check_alignment
 from .cloud import CloudTransform
@@ -71,7 +72,8 @@ class SyncAugmenter:
         al = cfg.alignment
         alignment = AlignmentPolicy(al.min_object_fraction, al.min_keypoint_fraction, al.max_redraws, al.on_fail) \
             if al.enabled else None
-        return cls(ops, mixup, dropout, device=device or resolve_device(cfg.device), alignment=alignment)
+        device = device or resolve_device(cfg.device, "paired.device")
+        return cls(ops, mixup, dropout, device=device, alignment=alignment)
 
     def augment(self, samples: Sequence[PairedSample], seed: int,
                 out_ids: Sequence[str] | None = None) -> list[tuple[PairedSample, dict]]:
@@ -209,9 +211,3 @@ def replay(source: PairedSample, record: dict, sources: Mapping[str, PairedSampl
     return sample.replace(sample_id=record.get("sample_id", sample.sample_id))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"paired.device={name!r} but no CUDA device is available")
-    return torch.device(name)

@@ -1,0 +1,125 @@
+"""The generation fast path (generate.device/precision/channels_last/compile/workers), small, on a CPU."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cyclegan_core import pipeline
+from cyclegan_core.config import GenerateConfig
+from cyclegan_core.generate import GENERATION_META, Translator, generate_shard, generation_key
+from cyclegan_core.images import decode_png, encode_png, to_tensor, to_uint8
+from cyclegan_core.ingest import read_manifest
+from cyclegan_core.train import load_generators
+
+
+@pytest.fixture
+def trained(tiny_cfg):
+    pipeline.step_ingest(tiny_cfg)
+    result = pipeline.step_train(tiny_cfg)
+    sources = read_manifest(pipeline.manifest_path(tiny_cfg, "A")).column("image").to_pylist()
+    return tiny_cfg, Path(result.model_dir), sources
+
+
+def plain_translation(model_dir: Path, sources: list[bytes], batch_size: int) -> list[tuple[bytes, bytes]]:
+    """The straightforward path: decode, eager fp32 forward on the CPU, encode, one batch at a time."""
+    gens, _ = load_generators(model_dir)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(sources), batch_size):
+            x = to_tensor([decode_png(b) for b in sources[i:i + batch_size]])
+            fake = gens["G_AB"](x)
+            rec = gens["G_BA"](fake)
+            out += [(encode_png(f), encode_png(r)) for f, r in zip(to_uint8(fake), to_uint8(rec), strict=True)]
+    return out
+
+
+def run(model_dir: Path, sources: list[bytes], **settings) -> list[tuple[bytes, bytes]]:
+    gens, _ = load_generators(model_dir)
+    with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cpu", **settings)) as translator:
+        return translator(sources)
+
+
+def pixels(pairs: list[tuple[bytes, bytes]]) -> np.ndarray:
+    return np.stack([np.stack([decode_png(a), decode_png(b)]) for a, b in pairs]).astype(np.int16)
+
+
+def test_worker_threads_change_nothing(trained):
+    _, model_dir, sources = trained
+    expected = plain_translation(model_dir, sources, 5)
+    assert len(expected) == 24
+    # 24 sources in batches of 5: four full batches and a short one, decoded and encoded on threads.
+    for workers in (0, 1, 3):
+        assert run(model_dir, sources, batch_size=5, workers=workers) == expected, workers
+
+    # A faster zlib level: other bytes, the same pixels.
+    fast_zlib = run(model_dir, sources, batch_size=5, workers=2, png_compress_level=1)
+    assert fast_zlib != expected and np.array_equal(pixels(fast_zlib), pixels(expected))
+
+
+def test_bf16_channels_last_and_compiled_forwards_run_on_cpu(trained):
+    _, model_dir, sources = trained
+    ref = pixels(plain_translation(model_dir, sources, 8))
+    fast = run(model_dir, sources, batch_size=8, precision="bf16", channels_last=True, workers=2)
+    assert len(fast) == 24 and pixels(fast).shape == ref.shape
+    # bf16 keeps 8 significant bits: a few grey levels off at most, not different pictures.
+    diff = np.abs(pixels(fast) - ref)
+    assert diff.any() and diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
+
+    # Compiled (aot_eager: cheap to build, the same graph capture as inductor): 24 = 2 full batches
+    # of 10 and a short batch of 4, padded to the compiled shape and cut back.
+    compiled = run(model_dir, sources, batch_size=10, compile=True, compile_backend="aot_eager", workers=2)
+    assert len(compiled) == 24
+    assert np.abs(pixels(compiled) - pixels(plain_translation(model_dir, sources, 10))).max() <= 1
+
+
+def test_generation_key_follows_what_changes_bytes():
+    base = GenerateConfig(device="cpu")
+    key = generation_key(base)
+    assert generation_key(base.model_copy(update={"workers": 7})) == key  # threads never change bytes
+    assert generation_key(GenerateConfig(device="auto")) == key or torch.cuda.is_available()
+    for change in ({"precision": "bf16"}, {"channels_last": True}, {"compile": True}, {"batch_size": 32},
+                   {"png_compress_level": 1}):
+        assert generation_key(base.model_copy(update=change)) != key, change
+    compiled = base.model_copy(update={"compile": True})
+    assert generation_key(compiled.model_copy(update={"compile_mode": "max-autotune"})) != generation_key(compiled)
+
+
+def test_a_shard_made_in_bf16_is_regenerated_in_fp32(trained, tmp_path):
+    cfg, model_dir, _ = trained
+    manifest = pipeline.manifest_path(cfg, "A")
+    out = tmp_path / "gen"
+    fast = GenerateConfig(device="cpu", shards=1, batch_size=8, precision="bf16", channels_last=True)
+    first = generate_shard(manifest, "AtoB", 0, model_dir, out, fast)
+    assert first.rows == 24 and first.translated == 24
+    staged = out / ".staging" / first.file
+    assert pq.read_schema(staged).metadata[GENERATION_META].decode() == generation_key(fast)
+    (out / first.file).parent.mkdir(parents=True)
+    staged.rename(out / first.file)
+
+    again = generate_shard(manifest, "AtoB", 0, model_dir, out, fast.model_copy(update={"workers": 0}))
+    assert again.reused == 24 and again.sha256 == first.sha256  # other thread count: same key, reused
+    plain = generate_shard(manifest, "AtoB", 0, model_dir, out, fast.model_copy(update={"precision": "fp32",
+                                                                                        "channels_last": False}))
+    assert plain.translated == 24 and plain.reused == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(trained):
+    _, model_dir, _ = trained
+    gens, _ = load_generators(model_dir)
+    with pytest.raises(RuntimeError, match=r"generate.device=cuda:1 but torch sees no CUDA device"):
+        Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cuda:1"))
+    with pytest.raises(RuntimeError, match="generate.device=cuda"):
+        generation_key(GenerateConfig(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_translation_matches_cpu(trained):
+    _, model_dir, sources = trained
+    gens, _ = load_generators(model_dir)
+    with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cuda", batch_size=8)) as translator:
+        on_gpu = translator(sources)
+    assert np.abs(pixels(on_gpu) - pixels(plain_translation(model_dir, sources, 8))).max() <= 1
