@@ -77,12 +77,25 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         if (Path(cfg.paths.reports) / "validation.json").exists():
             print(f"figures and pictures of the failed run: {cfg.paths.reports}/", file=sys.stderr)
         return 1
-    result = state.result()
-    print(f"\nCycleAug finished in {result['seconds']:.1f} s "
-          f"({'model reused' if result['train']['reused'] else 'model trained'}; "
-          f"translated {sum(result['generate']['translated'].values())} new samples).")
+    print(_finished_line(state))
     print(_summary(cfg))
     return 0
+
+
+def _finished_line(state) -> str:
+    """The first line of a completed run's summary, from the flow's return value when the state has it."""
+    from prefect.exceptions import MissingResult
+
+    try:
+        result = state.result()
+    except MissingResult:
+        # The server handed back the final state without its data (seen once, after its SQLite database
+        # was locked for a minute at the end of a run). The run completed and its outputs are on disk.
+        return (f"\nCycleAug finished: flow run {state.name}, but the Prefect server returned its final state "
+                "without the run's summary; the figures below are read from the reports.")
+    return (f"\nCycleAug finished in {result['seconds']:.1f} s "
+            f"({'model reused' if result['train']['reused'] else 'model trained'}; "
+            f"translated {sum(result['generate']['translated'].values())} new samples).")
 
 
 def cmd_step(cfg: Config, args: argparse.Namespace) -> int:

@@ -44,3 +44,15 @@ def test_gate_failure_blocks_publish(params_file, tmp_path):
     r = _cycleaug("--params", str(params_file), *bound, "publish", cwd=tmp_path)
     assert r.returncode == 1 and "nothing published" in r.stderr
     assert not (tmp_path / "work" / "published").exists()
+
+
+def test_a_completed_run_without_its_result_data_still_reports():
+    # A real Prefect state as the server hands back a final state without its data.
+    from prefect.states import Completed
+
+    from flows.cli import _finished_line
+
+    assert "returned its final state without the run's summary" in _finished_line(Completed())
+    done = Completed(data={"seconds": 12.5, "train": {"reused": True}, "generate": {"translated": {"AtoB": 2,
+                                                                                                  "BtoA": 3}}})
+    assert _finished_line(done) == "\nCycleAug finished in 12.5 s (model reused; translated 5 new samples)."
