@@ -250,6 +250,19 @@ class TrainConfig(_Strict):
         10.0, ge=0.0, description="arch translator: weight of |T(E(b)) - E(b)|, keeping T near identity on B."
     )
     pool_size: int = Field(50, ge=0)
+    semantic: Literal["auto", "off"] = Field(
+        "auto",
+        description="Label-aware training (CyCADA's semantic consistency): auto adds, for each direction whose "
+        "sources and targets carry labels, a frozen classifier's cross-entropy between its prediction on G(x) and "
+        "x's label; the classifier learns from the 'classifier' half of the target's training samples, validation's "
+        "label judge from the other half. off, or collections without labels: the plain reference objective.",
+    )
+    lambda_semantic: float = Field(1.0, ge=0.0, description="Weight of the semantic-consistency loss.")
+    semantic_epochs: int = Field(10, ge=1, description="Epochs of the semantic classifiers (before training).")
+    semantic_noise: float = Field(
+        0.1, ge=0.0, description="Pixel-noise std ([-1, 1] scale) in the semantic classifiers' training and on the "
+        "translations they score, so faint patterns cannot satisfy them.",
+    )
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype for forward passes (fp16 adds a grad scaler); fp32 = off."
@@ -469,6 +482,49 @@ class ValidateConfig(_Strict):
     @classmethod
     def _both_directions(cls, value: Any) -> Any:
         # A direction left out keeps its defaults, so one bound can be set alone.
+        if isinstance(value, dict):
+            return {d: {} for d in DIRECTIONS} | {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+
+class UtilityBounds(_Strict):
+    """Run-level bounds of the utility step (accuracy points on real held-out targets; null = off).
+
+    Both bound the lower end of a 95% interval, so a gain must be there beyond seed and test-set noise.
+    """
+
+    min_utility_gain: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Lower 95% bound of accuracy(few real labels + published translations) - accuracy(few real "
+                    "labels): does adding the published rows help?",
+    )
+    min_transfer_gain: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Lower 95% bound of accuracy(published translations only) - accuracy(untranslated sources "
+                    "only): does translating beat not translating?",
+    )
+
+
+class UtilityConfig(_Strict):
+    """The downstream-utility step: train a classifier on real, translated and untranslated samples, test it on
+    real held-out targets that no model, judge or bound of the run has seen (the "evaluation" half)."""
+
+    enabled: bool = Field(True, description="Run the step when the collections carry labels (skipped otherwise).")
+    labels_per_class: int = Field(10, ge=1, description="Real target labels per class in the few-label arms.")
+    seeds: int = Field(3, ge=1, le=20, description="Seeds per arm (few-label draw, initialisation, batch order).")
+    steps: int = Field(300, ge=1, description="Optimizer steps per classifier, the same for every arm.")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function returning a torch.nn.Module for (channels, classes, height, width) "
+                    "inputs in [-1, 1]; null: the small fixed CNN of cyclegan_core.utility.small_cnn.",
+    )
+    run: dict[Literal["AtoB", "BtoA"], UtilityBounds] = {d: UtilityBounds() for d in DIRECTIONS}
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _both_directions(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {d: {} for d in DIRECTIONS} | {k: ({} if v is None else v) for k, v in value.items()}
         return value
@@ -694,6 +750,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    utility: UtilityConfig = UtilityConfig()
     publish: PublishConfig = PublishConfig()
     paths: PathsConfig = PathsConfig()
     paired: PairedConfig = PairedConfig()

@@ -7,23 +7,34 @@ The CLI calls these directly (so ``dvc repro`` needs no orchestrator); the Prefe
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import ddp
 from .audio import listening_page
+from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .publish import PublishResult, publish
-from .report import epoch_curves, listening_rows, loss_curves, markdown_report, sample_grid
+from .report import (
+    epoch_curves,
+    listening_rows,
+    loss_curves,
+    markdown_report,
+    sample_grid,
+    utility_chart,
+    utility_markdown,
+)
 from .storage import (
     atomic_path,
     download_dir,
@@ -45,14 +56,18 @@ from .train import (
     model_fingerprint,
     training_settings,
 )
-from .validate import ValidateResult, check_gate, nan_to_none, validate
+from .utility import UtilityResult, measure_utility, utility_report
+from .validate import GateFailed, ValidateResult, check_gate, nan_to_none, validate
 
 Progress = Callable[..., None]
+log = logging.getLogger(__name__)
 CURRENT_MODEL = "current.json"
 TRAINING_DATA = "training_data.parquet"
 REPORT_FILE = "report.md"
 EPOCH_LOSSES_FILE = "losses_epoch.tsv"
 LISTEN_DIR = "listen"  # reports/listen/index.html: audio runs only
+UTILITY_FILE = "utility.json"  # reports/utility.json: the utility step's figures (a DVC metrics file)
+UTILITY_PNG = "utility.png"
 
 
 def manifest_path(cfg: Config, domain: str) -> Path:
@@ -183,6 +198,18 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
                                              f"{growth:.0%}) but {why}; new samples are translated with it")
 
 
+def training_labels(tables: dict[str, pa.Table]) -> tuple[dict[str, np.ndarray | None], dict[str, np.ndarray]]:
+    """Per domain: the labels of the training samples (None unless every one has a label), and the mask of
+    the "classifier" half that label-aware training's classifier may learn from (see classifiers.HALVES)."""
+    labels: dict[str, np.ndarray | None] = {}
+    halves = {}
+    for d, t in tables.items():
+        values = t.column("label").to_pylist()
+        labels[d] = np.asarray(values, dtype=np.int64) if values and None not in values else None
+        halves[d] = half_mask(t.column("sample_id").to_pylist(), "train", "classifier")
+    return labels, halves
+
+
 def _model_url(cfg: Config, fingerprint: str) -> str:
     return f"{str(cfg.paths.models_url).rstrip('/')}/{fingerprint}"
 
@@ -195,8 +222,10 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
         meta = read_json(folder / MODEL_JSON)
         result = TrainResult(fp, str(folder), meta["sha256"], True, meta["steps"], 0.0, None)
     else:
-        images = {d: manifest_images(read_manifest(manifest_path(cfg, d), ("train",))) for d in ("A", "B")}
-        trainer = Trainer(cfg, images["A"], images["B"], folder)
+        tables = {d: read_manifest(manifest_path(cfg, d), ("train",)) for d in ("A", "B")}
+        images = {d: manifest_images(t) for d, t in tables.items()}
+        labels, halves = training_labels(tables)
+        trainer = Trainer(cfg, images["A"], images["B"], folder, labels=labels, classifier_mask=halves)
         try:
             resumed = trainer.try_resume()
             seconds = trainer.fit((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)
@@ -265,10 +294,53 @@ def step_validate(cfg: Config) -> ValidateResult:
     return result
 
 
+def step_utility(cfg: Config, progress: Progress | None = None) -> UtilityResult:
+    """Measure downstream utility (when the collections carry labels); writes ``reports/utility.json``,
+    ``utility.png`` and the utility section of ``report.md``. Its bounds gate publishing."""
+    t0 = time.perf_counter()
+    summary_path = Path(cfg.paths.validated) / "summary.json"
+    if cfg.utility.enabled:
+        figures = measure_utility(cfg, manifest_path(cfg, "A"), manifest_path(cfg, "B"), cfg.paths.generated,
+                                  cfg.paths.validated, progress)
+    else:
+        figures = {d: {"skipped": "utility.enabled is false"} for d in DIRECTIONS}
+    # Which validation it measured: publish refuses a utility report of another validation.
+    doc = utility_report(figures, t0, cfg) | {"validated_summary": sha256_file(summary_path)}
+    reports = Path(cfg.paths.reports)
+    out = reports / UTILITY_FILE
+    write_json_atomic(out, nan_to_none(doc))
+    if utility_chart(doc, reports / UTILITY_PNG) is None:
+        (reports / UTILITY_PNG).unlink(missing_ok=True)
+    summary = nan_to_none(read_json(summary_path))
+    text = markdown_report(summary) + "\n" + utility_markdown(doc)
+    write_bytes_atomic(reports / REPORT_FILE, text.encode("utf-8"))
+    ran = any("skipped" not in figures[d] for d in DIRECTIONS)
+    return UtilityResult(str(out), ran, doc["passed"], doc["failures"],
+                         {d: figures[d] for d in DIRECTIONS}, doc["seconds"])
+
+
+def read_utility(cfg: Config) -> dict | None:
+    """The utility report of the current validation, or None when there is none (or it is of another one)."""
+    path = Path(cfg.paths.reports) / UTILITY_FILE
+    summary = Path(cfg.paths.validated) / "summary.json"
+    doc = read_json(path) if path.exists() else None
+    if doc is None or doc.get("validated_summary") != sha256_file(summary):
+        return None
+    return doc
+
+
 def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
-    """Publish the passing rows, unless the run-level gate failed (then raise, touching nothing)."""
+    """Publish the passing rows, unless the run-level gate or a utility bound failed (then raise, touching nothing)."""
     summary = read_json(Path(cfg.paths.validated) / "summary.json")
     check_gate(summary)
+    utility = read_utility(cfg)
+    if utility is None:  # publish never goes out unmeasured: the utility bounds gate it too
+        log.info("no utility report for the current validation: running the utility step first")
+        step_utility(cfg)
+        utility = read_utility(cfg)
+        assert utility is not None
+    if not utility["passed"]:
+        raise GateFailed("utility bounds failed, nothing published: " + "; ".join(utility["failures"]))
     model_dir = current_model_dir(cfg)
     model = read_json(model_dir / MODEL_JSON)
     provenance = {
@@ -279,6 +351,7 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     reports = Path(cfg.paths.reports)
     card_info = {
         "figures": summary["directions"],
+        "utility": utility,
         "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"]},
         "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
                     "mode": cfg.data.mode, "kind": cfg.data.kind},
@@ -311,6 +384,8 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
                       "url": redact_url(cfg.paths.publish_url) if cfg.paths.publish_url else None},
         "domain_judge": summary.get("domain_judge"),
         **{d: summary["directions"][d] for d in DIRECTIONS},
+        "utility": {d: {k: v["mean"] for k, v in utility[d].items() if isinstance(v, dict) and "mean" in v}
+                    or utility[d] for d in DIRECTIONS},
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))
     return result
@@ -324,6 +399,7 @@ def run_all(cfg: Config, progress: Progress | None = None, retrain: bool = False
     out["train"] = step_train(cfg, progress, retrain).to_dict()
     out["generate"] = step_generate(cfg, progress).to_dict()
     out["validate"] = step_validate(cfg).to_dict()
+    out["utility"] = step_utility(cfg, progress).to_dict()
     out["publish"] = step_publish(cfg).to_dict()
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out

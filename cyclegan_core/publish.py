@@ -476,7 +476,7 @@ def _fmt(v) -> str:
 
 
 def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = None, model: dict | None = None,
-                 sources: dict | None = None) -> str:
+                 sources: dict | None = None, utility: dict | None = None) -> str:
     """README with YAML front matter (features, splits, counts) and the version's model and figures."""
     rows, splits, figures = manifest["rows"], manifest["splits"], figures or {}
     by_dir: dict[str, int] = {}
@@ -518,6 +518,10 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
         lines += ["", "Figures of this version (held-out samples unless the name says otherwise):", "",
                   "| figure | " + " | ".join(figures) + " |", "|---|" + "---|" * len(figures)]
         lines += [f"| {k} | " + " | ".join(_fmt(figures[d].get(k)) for d in figures) + " |" for k in keys]
+    if utility:
+        from .report import utility_markdown
+
+        lines += ["", utility_markdown(utility).replace("![utility.png](utility.png)", "").rstrip()]
     lines += ["", "## Features", "", "| column | type |", "|---|---|"]
     lines += [f"| `{f.name}` | {_card_dtype(f.type, f.name)} |" for f in schema]
     lines += ["", "`image`, `source_image` and `reconstruction` are PNG bytes (`{bytes, path}`); `sample_id` is "

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from . import ddp
+from .classifiers import SmallCNN, train_classifier
 from .config import Config, ModelConfig, TrainConfig
 from .devices import autocast, resolve_device
 from .networks import GANLoss, ImagePool, define_discriminator, define_generator, gradient_penalty, init_weights
@@ -46,7 +47,8 @@ from .translator import SingleTranslator
 log = logging.getLogger(__name__)
 
 StepProgress = Callable[[int, int, dict[str, float]], None]
-LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B")
+LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "sem_AB", "sem_BA")
+SEMANTIC_FILE = "semantic.safetensors"  # the frozen classifiers of label-aware training, beside the checkpoints
 CHECKPOINT_JSON = "checkpoint.json"
 # Under torchrun the Trainer joins the process group, wraps the networks in DDP and lets rank 0
 # alone write (see ddp.py and pipeline.step_train); the flow's launcher checks this flag.
@@ -90,7 +92,7 @@ def code_version() -> str:
     """sha256 of the source that defines what training produces (networks, variant, this loop)."""
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("networks.py", "translator.py", "train.py"):
+    for name in ("networks.py", "translator.py", "train.py", "classifiers.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()
 
@@ -146,10 +148,28 @@ def _adam(params: list[nn.Parameter], t: TrainConfig, device: torch.device) -> t
     return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, 0.999), **kwargs)
 
 
-class Trainer:
-    """Trains a CycleGAN or the single-translator variant on two uint8 image arrays (N, H, W, C)."""
+def semantic_directions(cfg: Config, labels: dict[str, np.ndarray | None]) -> list[str]:
+    """The directions label-aware training applies to: sources and targets labelled, one label space."""
+    if cfg.train.semantic == "off" or cfg.train.lambda_semantic == 0 or cfg.model.arch != "cyclegan":
+        return []
+    la, lb = labels.get("A"), labels.get("B")
+    if la is None or lb is None or not len(la) or not len(lb) or min(la.min(), lb.min()) < 0:
+        return []
+    return ["AtoB", "BtoA"] if la.max() == lb.max() else []
 
-    def __init__(self, cfg: Config, images_a: np.ndarray, images_b: np.ndarray, workdir: str | Path):
+
+class Trainer:
+    """Trains a CycleGAN or the single-translator variant on two uint8 image arrays (N, H, W, C).
+
+    With ``labels`` (per domain, one int per image) and ``train.semantic: auto`` it adds the
+    semantic-consistency loss: for x in X with label y, a frozen classifier of Y must label G_XY(x) y.
+    That classifier learns from the images of Y that ``classifier_mask`` selects (the "classifier"
+    half; validation's label judge learns from the other half), before the first step.
+    """
+
+    def __init__(self, cfg: Config, images_a: np.ndarray, images_b: np.ndarray, workdir: str | Path,
+                 labels: dict[str, np.ndarray | None] | None = None,
+                 classifier_mask: dict[str, np.ndarray] | None = None):
         if len(images_a) == 0 or len(images_b) == 0:
             raise ValueError("training needs at least one image in each domain")
         self.cfg, self.tcfg = cfg, cfg.train
@@ -163,6 +183,11 @@ class Trainer:
         if self.dist.is_main:
             self.workdir.mkdir(parents=True, exist_ok=True)
         self.images = {"A": self._stage(images_a), "B": self._stage(images_b)}
+        labels = labels or {}
+        self.semantic_directions = semantic_directions(cfg, labels)
+        self.labels = {d: torch.as_tensor(labels[d], dtype=torch.long).to(self.device)
+                       for d in ("A", "B") if self.semantic_directions}
+        self._idx: dict[str, torch.Tensor] = {}
         self._staging: dict[str, list[tuple[torch.Tensor, torch.cuda.Event | None]]] = {}
 
         torch.manual_seed(t.seed)  # the same initial weights on every rank
@@ -203,12 +228,58 @@ class Trainer:
             self._train_fn[name] = self._compile(fn)
             if name.startswith("D_"):
                 self._frozen_fn[name] = self._compile(net)
+        self.semantic = self._semantic_classifiers(images_a, images_b, labels, classifier_mask or {})
         self.step = 0
         self.resumed_note: str | None = None
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._last_values: dict[str, float] = {}
 
     # --- setup helpers -------------------------------------------------------------------------
+    def _semantic_classifiers(self, images_a: np.ndarray, images_b: np.ndarray, labels: dict,
+                              masks: dict[str, np.ndarray]) -> dict[str, SmallCNN]:
+        """The frozen classifier of each target domain (keyed by direction), trained once per model folder."""
+        if not self.semantic_directions:
+            return {}
+        t = self.tcfg
+        classes = int(max(labels["A"].max(), labels["B"].max())) + 1
+        channels = self.cfg.data.channels
+        path = self.workdir / SEMANTIC_FILE
+        nets = {d: SmallCNN(channels, classes, blur_sigma=1.0) for d in ("A", "B")}
+        if path.exists():
+            tensors = load_file(str(path))
+            for d, net in nets.items():
+                net.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith(f"{d}.")})
+        else:
+            images = {"A": images_a, "B": images_b}
+            for k, d in enumerate(("A", "B")):
+                keep = masks.get(d, np.ones(len(images[d]), dtype=bool))
+                # Blurred input and pixel noise: the loss then rewards shapes, not faint high-frequency codes.
+                nets[d] = train_classifier(images[d][keep], labels[d][keep], classes, t.semantic_epochs,
+                                           t.seed + 7919 * (k + 1), blur_sigma=1.0, noise_std=t.semantic_noise)
+            if self.dist.is_main:
+                tensors = {f"{d}.{k}": v.contiguous() for d, net in nets.items() for k, v in net.state_dict().items()}
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(save(tensors))
+        out = {}
+        for direction in self.semantic_directions:
+            net = nets[direction[-1]].to(self.device).eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            out[direction] = net
+        return out
+
+    def _semantic_loss(self, direction: str, fake: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the target classifier on G(x) (plus noise) against x's label."""
+        net = self.semantic.get(direction)
+        source = direction[0]
+        if net is None or source not in self._idx:
+            return fake.new_zeros(())
+        y = self.labels[source][self._idx[source].to(self.device)]
+        x = fake.float()
+        if self.tcfg.semantic_noise > 0:
+            x = x + self.tcfg.semantic_noise * torch.randn(x.shape, generator=self.rng).to(x.device)
+        return nn.functional.cross_entropy(net(x), y) * self.tcfg.lambda_semantic
+
     def _stage(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         if self.device.type == "cuda":
@@ -247,6 +318,7 @@ class Trainer:
     def _batch(self, domain: str) -> torch.Tensor:
         images = self.images[domain]
         idx = torch.randint(0, len(images), (self.tcfg.batch_size,), generator=self.rng)
+        self._idx[domain] = idx
         if images.device == self.device:
             x = images[idx.to(self.device)]
         elif images.is_pinned():
@@ -274,7 +346,11 @@ class Trainer:
         return x
 
     def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on the given batches; the losses, checked to be finite."""
+        """One optimisation step on the given batches; the losses, checked to be finite.
+
+        The batches carry no labels, so the semantic loss (which needs them) is zero here.
+        """
+        self._idx = {}
         losses = self._step(real_A.to(self.device), real_B.to(self.device))
         self._finite &= torch.isfinite(losses).all()
         return self._check(losses)
@@ -314,7 +390,10 @@ class Trainer:
             g_ba = self._gan(self._frozen_fn["D_A"](fake_A), True)
             cycle_A = self.l1(rec_A.float(), real_A) * t.lambda_a
             cycle_B = self.l1(rec_B.float(), real_B) * t.lambda_b
-            loss_G = g_ab + g_ba + cycle_A + cycle_B + idt_A + idt_B
+            # Label-aware training only (train.semantic): G(x) must keep x's label for a frozen classifier.
+            sem_AB = self._semantic_loss("AtoB", fake_B)
+            sem_BA = self._semantic_loss("BtoA", fake_A)
+            loss_G = g_ab + g_ba + cycle_A + cycle_B + idt_A + idt_B + sem_AB + sem_BA
         self._backward(loss_G)
         self.scaler.step(self.opts["G"])
 
@@ -326,7 +405,7 @@ class Trainer:
         loss_D_A = self._d_loss("A", real_A, fake_A.detach())
         self._backward(loss_D_A)
         self.scaler.step(self.opts["D"])
-        return [loss_G, loss_D_A, loss_D_B, g_ab, g_ba, cycle_A, cycle_B, idt_A, idt_B]
+        return [loss_G, loss_D_A, loss_D_B, g_ab, g_ba, cycle_A, cycle_B, idt_A, idt_B, sem_AB, sem_BA]
 
     def _step_translator(self, real_A: torch.Tensor, real_B: torch.Tensor) -> list[torch.Tensor]:
         t, m, fn = self.tcfg, self.model, self._train_fn

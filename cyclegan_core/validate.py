@@ -44,6 +44,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .classifiers import SmallCNN, half_mask, train_classifier
 from .config import DIRECTIONS, Config, ConfigError, RunThresholds, SampleThresholds
 from .devices import resolve_device
 from .generate import read_generated
@@ -95,68 +96,6 @@ class GateFailed(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- judges
-class SmallCNN(nn.Module):
-    """A small convolutional classifier; ``features`` is its 128-d penultimate layer.
-
-    The 4x4 adaptive pool keeps where strokes are (a digit is its layout), at any input size.
-    ``blur_sigma`` > 0 puts a fixed Gaussian blur in front, part of the model, so training and
-    scoring see the same thing.
-    """
-
-    FEATURES = 128
-
-    def __init__(self, channels: int, classes: int, blur_sigma: float = 0.0):
-        super().__init__()
-        self.blur_sigma = float(blur_sigma)
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(64 * 16, self.FEATURES), nn.ReLU(),
-        )
-        self.head = nn.Linear(self.FEATURES, classes)
-
-    def prep(self, x: torch.Tensor) -> torch.Tensor:
-        if self.blur_sigma <= 0:
-            return x
-        from kornia.filters import gaussian_blur2d
-
-        radius = max(1, math.ceil(3 * self.blur_sigma))
-        # "replicate" keeps the background level at the border (reflect would too; zeros would not).
-        return gaussian_blur2d(x, (2 * radius + 1, 2 * radius + 1), (self.blur_sigma, self.blur_sigma),
-                               border_type="replicate")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.prep(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epochs: int, seed: int,
-                     blur_sigma: float = 0.0) -> SmallCNN:
-    """Fit a :class:`SmallCNN` on uint8 images (N, H, W, C) with small shifts as augmentation."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = SmallCNN(images.shape[3], classes, blur_sigma)
-    x, y = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
-    # Balance classes so a large domain does not make the judge lazy.
-    counts = torch.bincount(y, minlength=classes).clamp(min=1).float()
-    loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (classes * counts))
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    net.train()
-    pad = max(1, images.shape[1] // 16)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), 64):
-            idx = order[start:start + 64]
-            dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
-            batch = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(batch), y[idx]).backward()
-            opt.step()
-    return net.eval()
-
-
 @dataclass
 class Judges:
     """The classifiers validation uses: domain (0 = A, 1 = B) and one digit/label model per domain."""
@@ -166,7 +105,7 @@ class Judges:
 
 
 def _judge_key(cfg: Config, man_a: pa.Table, man_b: pa.Table) -> str:
-    src = (Path(__file__)).read_bytes()
+    src = Path(__file__).read_bytes() + (Path(__file__).parent / "classifiers.py").read_bytes()
     v = cfg.validate_
     payload = {
         "A": manifest_digest(man_a, "train"), "B": manifest_digest(man_b, "train"),
@@ -174,6 +113,19 @@ def _judge_key(cfg: Config, man_a: pa.Table, man_b: pa.Table) -> str:
         "code": hashlib.sha256(src).hexdigest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def calibration_half(held_out: pa.Table) -> pa.Table:
+    """The held-out samples validation may use: realism is calibrated and FID/KID measured against these.
+
+    The other ("evaluation") half is kept for the utility step, which tests downstream classifiers on
+    real samples that no judge, calibration or bound of the run has seen. A held-out set too small to
+    have a calibration half (a handful of samples) is used whole.
+    """
+    if not held_out.num_rows:
+        return held_out
+    keep = half_mask(held_out.column("sample_id").to_pylist(), "test", "calibration")
+    return held_out.filter(pa.array(keep)) if keep.any() else held_out
 
 
 def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | Path) -> tuple[Judges, str]:
@@ -207,10 +159,14 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
         np.concatenate([np.zeros(len(imgs["A"]), np.int64), np.ones(len(imgs["B"]), np.int64)]),
         2, epochs, seed, blur,
     )
-    labels = {
-        d: train_classifier(imgs[d], np.asarray(t.column("label").to_pylist()), n_classes[d], epochs, seed)
-        for d, t in labelled.items()
-    }
+    # Label judges learn from the "judge" half of the training samples only: the other half trains the
+    # semantic classifier of label-aware training (train.semantic), so the two are never the same model
+    # on the same samples. Twice the epochs on half the samples keeps the number of steps.
+    labels = {}
+    for d, t in labelled.items():
+        keep = half_mask(t.column("sample_id").to_pylist(), "train", "judge")
+        labels[d] = train_classifier(imgs[d][keep], np.asarray(t.column("label").to_pylist())[keep], n_classes[d],
+                                     2 * epochs, seed)
     tensors = {f"domain.{k}": v for k, v in domain.state_dict().items()}
     for d, net in labels.items():
         tensors.update({f"label_{d}.{k}": v for k, v in net.state_dict().items()})
@@ -552,7 +508,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
         net.to(device)
     if inception is not None:
         inception = inception.to(device)
-    held_out = {"A": read_manifest(manifest_a, ("test",)), "B": read_manifest(manifest_b, ("test",))}
+    held_out = {d: calibration_half(read_manifest(m, ("test",))) for d, m in (("A", manifest_a), ("B", manifest_b))}
     real = {d: manifest_images(t) if t.num_rows else None for d, t in held_out.items()}
     real_logits = {d: _classify(judges.domain, x) if x is not None else (np.zeros((0, 2)), np.zeros((0, 128)))
                    for d, x in real.items()}

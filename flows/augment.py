@@ -1,5 +1,5 @@
 """The augmentation flow: ingest -> train or reuse -> generate (mapped over shards) -> validate (gate)
--> publish -> report.
+-> utility (train on it, test on real; its bounds gate too) -> publish -> report.
 
 Generation runs as a subflow on the task runner ``orchestrate.task_runner`` names: threads in this
 process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
@@ -127,15 +127,22 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
     t = lap("validate", t)
     if not validated["passed"]:
         raise GateFailed("quality gate failed, nothing published: " + "; ".join(validated["failures"]))
+    utility, util_cached = _cached_or_refreshed(
+        configured(steps.utility, cfg), cfg, steps.outputs_in_place, "utility", steps.utility_content(cfg, validated))
+    if util_cached:
+        log.info("utility reused: validation, manifests, utility settings and code unchanged")
+    t = lap("utility", t)
+    if not utility["passed"]:
+        raise GateFailed("utility bounds failed, nothing published: " + "; ".join(utility["failures"]))
     published, pub_cached = _cached_or_refreshed(
         configured(steps.publish, cfg), cfg, steps.outputs_in_place, "publish",
-        str(flow_run.id) if flow_run.id else None, steps.publish_content(cfg, generated, validated, model))
+        str(flow_run.id) if flow_run.id else None, steps.publish_content(cfg, generated, validated, model, utility))
     if pub_cached:
         log.info("nothing new to publish: the published version at %s already holds these rows",
                  cfg.paths.published)
     t = lap("publish", t)
     seconds = round(time.perf_counter() - t0, 1)
-    run = {"ingest": ingested, "train": model, "generate": generated, "validate": validated,
+    run = {"ingest": ingested, "train": model, "generate": generated, "validate": validated, "utility": utility,
            "publish": published, "seconds": seconds, "timings": timings,
            "cached": {"generate": generated["cached_shards"] == 2 * cfg.generate.shards, "validate": val_cached,
                       "publish": pub_cached}}

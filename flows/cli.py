@@ -56,9 +56,29 @@ def _summary(cfg: Config) -> str:
                 lines[-1] += (f"; audio: cycle log-spectral distance {f['mean_cycle_lsd']:.2f} dB, cycle SI-SDR "
                               f"{f['mean_cycle_si_sdr']:.1f} dB, label accuracy as heard "
                               f"{'n/a' if heard is None else format(heard, '.3f')}")
+    utility = reports / "utility.json"
+    if utility.exists():
+        doc = json.loads(utility.read_text(encoding="utf-8"))
+        lines.append(_utility_lines({"figures": {d: doc[d] for d in DIRECTIONS if d in doc}}))
     listen = reports / "listen" / "index.html"
     if cfg.data.kind == "audio" and listen.exists():
         lines.append(f"listen:   {listen} (source | translation | cycle, best and worst held-out clips)")
+    return "\n".join(lines)
+
+
+def _utility_lines(result: dict) -> str:
+    """One line per direction: the arms' accuracies and the two gains, in points, rounded for people."""
+    lines = []
+    for d, f in result["figures"].items():
+        if "skipped" in f:
+            lines.append(f"utility {d}: skipped: {f['skipped']}")
+            continue
+        arms = ", ".join(f"{k} {100 * f[k]['mean']:.1f}%" for k in (
+            "few_real", "few_real_plus_published", "published_only", "source_only", "few_real_plus_all", "all_real"))
+        g, t = f["utility_gain"], f["transfer_gain"]
+        lines.append(f"utility {d} (real held-out {d[-1]}, n={f['evaluated_on']}): {arms}; (b)-(a) "
+                     f"{100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] points, (c)-(d) "
+                     f"{100 * t['mean']:+.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}]")
     return "\n".join(lines)
 
 
@@ -119,6 +139,13 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
         _print({"passed": r.passed, "failures": r.failures, "figures": r.figures})
         if not r.passed and args.strict:
             print("quality gate failed: " + "; ".join(r.failures), file=sys.stderr)
+            return 1
+    elif step == "utility":
+        r = pipeline.step_utility(cfg, bars)
+        print(_utility_lines(r.to_dict()), file=sys.stderr)
+        _print(r.to_dict())
+        if not r.passed and args.strict:
+            print("utility bounds failed: " + "; ".join(r.failures), file=sys.stderr)
             return 1
     elif step == "publish":
         try:
@@ -225,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("generate", help="translate A->B and B->A with reconstructions")
     v = sub.add_parser("validate", help="score translations and evaluate the quality gate")
     v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
+    u = sub.add_parser("utility", help="train a downstream classifier on real, translated and untranslated samples; "
+                       "test it on real held-out targets (needs labels)")
+    u.add_argument("--strict", action="store_true", help="exit 1 when a utility bound fails")
     sub.add_parser("publish", help="write the passing rows as a Parquet dataset (refused if the gate failed)")
     _source_args(sub.add_parser("verify", help="check the published dataset against its manifest"))
     e = sub.add_parser("export", help="write a published version as an image folder or WebDataset tar shards")

@@ -20,6 +20,7 @@ from cyclegan_core import pipeline
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.ingest import read_manifest
 from cyclegan_core.storage import read_json, sha256_file
+from cyclegan_core.utility import ARMS
 
 from .launch import run_torchrun
 from .policies import CONTENT, code_hash
@@ -176,10 +177,57 @@ def validate(cfg: Config, content: dict) -> dict:
     return result.to_dict() | {"outputs": validate_outputs(cfg)}
 
 
-def publish_content(cfg: Config, generated: dict, validated: dict, model: dict) -> dict:
+def utility_content(cfg: Config, validated: dict) -> dict:
+    """What the utility step's outputs depend on: the validation (and so the generated rows), the manifests,
+    its settings and code."""
+    return {
+        "validated": validated["outputs"],
+        "manifests": {d: sha256_file(pipeline.manifest_path(cfg, d)) for d in ("A", "B")},
+        "settings": cfg.section_hash("utility"),
+        "code": code_hash("cyclegan_core/utility.py", "cyclegan_core/classifiers.py", "cyclegan_core/report.py"),
+        "paths": [str(Path(p).resolve()) for p in (cfg.paths.generated, cfg.paths.reports)],
+    }
+
+
+def utility_outputs(cfg: Config) -> dict[str, str]:
+    rep = Path(cfg.paths.reports)
+    return _files(rep / pipeline.UTILITY_FILE, rep / pipeline.REPORT_FILE)
+
+
+@task(name="utility", cache_policy=CONTENT)
+def utility(cfg: Config, content: dict) -> dict:
+    """Train on it, test on real: the downstream classifier's accuracy per training set, and the bounds."""
+    del content
+    result = pipeline.step_utility(cfg, StepProgress("utility"))
+    log = get_run_logger()
+    rows = []
+    for d, f in result.figures.items():
+        if "skipped" in f:
+            log.info("utility %s: skipped: %s", d, f["skipped"])
+            continue
+        rows += [{"direction": d, "training set": arm, "accuracy": round(f[arm]["mean"], 3),
+                  "95% low": round(f[arm]["low"], 3), "95% high": round(f[arm]["high"], 3),
+                  "samples": f[arm]["train_samples"]} for arm in ARMS]
+        g, t = f["utility_gain"], f["transfer_gain"]
+        log.info("utility %s on %d real held-out samples: few real %.3f, + published %.3f, published only %.3f, "
+                 "sources only %.3f, + all translations %.3f, all real %.3f; (b)-(a) %+.3f [%+.3f, %+.3f], "
+                 "(c)-(d) %+.3f [%+.3f, %+.3f]", d, f["evaluated_on"], *(f[a]["mean"] for a in ARMS),
+                 g["mean"], g["low"], g["high"], t["mean"], t["low"], t["high"])
+    if rows:
+        create_table_artifact(rows, key="cycleaug-utility",
+                              description="Downstream classifier accuracy on real held-out targets, per training set")
+        report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
+        create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report",
+                                 description="Validation report with the downstream-utility section")
+    if not result.passed:
+        log.error("utility bounds failed: %s", "; ".join(result.failures))
+    return result.to_dict() | {"outputs": utility_outputs(cfg)}
+
+
+def publish_content(cfg: Config, generated: dict, validated: dict, model: dict, utility: dict | None = None) -> dict:
     return {
         "generated": {d: [s["sha256"] for s in generated["shards"][d]] for d in DIRECTIONS},
-        "validated": validated["outputs"], "model": model["fingerprint"],
+        "validated": validated["outputs"], "utility": (utility or {}).get("outputs"), "model": model["fingerprint"],
         "settings": cfg.section_hash("data", "model", "train", "generate", "validate", "publish"),
         "code": code_hash("cyclegan_core/publish.py", "cyclegan_core/report.py", "cyclegan_core/pipeline.py"),
         "out_dir": str(Path(cfg.paths.published).resolve()),

@@ -59,6 +59,7 @@ def tiny_settings(root: Path, domain_a: Path, domain_b: Path, **sections) -> dic
         "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "pool_size": 4},
         "generate": {"batch_size": 8, "shards": 2},
         "validate": {"classifier_epochs": 1},
+        "utility": {"steps": 3, "seeds": 2, "batch_size": 8, "labels_per_class": 1},
         "paths": {k: str(root / k) for k in ("ingest", "models", "judges", "generated", "validated", "published",
                                              "reports")},
     }

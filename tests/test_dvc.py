@@ -52,6 +52,7 @@ def versions(tmp_path_factory):
     params["model"].update(ngf=4, ndf=4, n_blocks=1)
     params["validate"].update(classifier_epochs=1, sample={"AtoB": {}, "BtoA": {}}, run={"AtoB": {}, "BtoA": {}})
     params["generate"]["splits"] = ["test"]
+    params["utility"].update(steps=3, seeds=1)
     params["publish"]["max_shard_mb"] = 0.1  # several hash-prefix shards even on tiny data
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -1,0 +1,289 @@
+"""Downstream utility: does training on the published translations make a classifier better on real data?
+
+Per direction X->Y the same downstream classifier (``utility.model``, by default :func:`small_cnn`) is
+trained from scratch on six training sets and tested on real held-out Y samples of the "evaluation"
+half (:data:`cyclegan_core.classifiers.HALVES`), which no model, judge, calibration or bound of the
+run has seen (Ravuri & Vinyals 2019's "classification accuracy score", train on synthetic, test on real):
+
+- ``few_real``: ``utility.labels_per_class`` real Y training samples per class, the low-label setting;
+- ``few_real_plus_published``: those plus the published X->Y translations with their X labels;
+- ``published_only``: the published translations alone;
+- ``source_only``: the untranslated sources of the published rows (no adaptation: the baseline of the last);
+- ``few_real_plus_all``: the few real ones plus every translation, before the gate (does the gate help?);
+- ``all_real``: every real Y training sample (the ceiling).
+
+Every arm runs ``utility.seeds`` times (the seed draws the few labels, the initial weights and the
+batches) for the same number of steps. The 95% interval of an arm's accuracy, and of the two gains
+(``few_real_plus_published - few_real``, ``published_only - source_only``, paired by seed), adds
+two variances: between seeds, and of the test set (over its samples, of the seed-averaged outcome).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from .classifiers import half_mask
+from .config import DIRECTIONS, Config, ConfigError, UtilityBounds
+from .generate import SOURCE_DOMAIN, read_generated
+from .images import decode_png, to_tensor
+from .ingest import manifest_images, read_manifest
+from .validate import read_validated
+
+ARMS = ("few_real", "few_real_plus_published", "published_only", "source_only", "few_real_plus_all", "all_real")
+ARM_TITLES = {
+    "few_real": "(a) few real labels",
+    "few_real_plus_published": "(b) (a) + published translations",
+    "published_only": "(c) published translations only",
+    "source_only": "(d) untranslated sources only",
+    "few_real_plus_all": "(e) (a) + all translations (no gate)",
+    "all_real": "(f) all real labels",
+}
+GAINS = {"utility_gain": ("few_real_plus_published", "few_real"),
+         "transfer_gain": ("published_only", "source_only"),
+         "gate_gain": ("few_real_plus_published", "few_real_plus_all")}
+Z95 = 1.959963984540054
+
+
+def small_cnn(channels: int, classes: int, height: int = 32, width: int = 32) -> nn.Module:
+    """The default downstream classifier: two conv blocks and two linear layers (about 40k weights).
+
+    Deliberately not the validation judges' network: a different, smaller model, trained per arm.
+    """
+    del height, width  # the adaptive pool takes any size
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, classes),
+    )
+
+
+def model_factory(spec: str | None) -> Callable[..., nn.Module]:
+    """The factory ``utility.model`` names (``module:function``), or :func:`small_cnn`."""
+    if spec is None:
+        return small_cnn
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"utility.model={spec!r}: cannot import it ({err})") from None
+    if not callable(fn):
+        raise ConfigError(f"utility.model={spec!r}: not a function")
+    return fn
+
+
+def _build(factory: Callable[..., nn.Module], channels: int, classes: int, shape: tuple[int, int],
+           spec: str | None) -> nn.Module:
+    net = factory(channels, classes, *shape)
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"utility.model={spec!r}: returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def fit_classifier(net: nn.Module, images: np.ndarray, labels: np.ndarray, classes: int, steps: int,
+                   batch_size: int, lr: float, seed: int) -> nn.Module:
+    """Train ``net`` for ``steps`` class-balanced batches with small random shifts (the same budget for every arm)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(y, minlength=classes).float()
+    # Class-balanced draws: each class equally often, whatever the arm's mix.
+    weights = (1.0 / counts.clamp(min=1))[y]
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    pad = max(1, images.shape[1] // 16)
+    net.train()
+    for _ in range(steps):
+        idx = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
+        dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
+        batch = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(batch), y[idx]).backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.inference_mode()
+def predict(net: nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    out = [net(to_tensor(images[s:s + batch])).argmax(1).numpy() for s in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def few_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of up to ``per_class`` samples of each class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def interval(per_seed: np.ndarray, per_sample: np.ndarray) -> dict:
+    """Mean and 95% normal interval of a figure measured per seed (rows) and test sample (columns).
+
+    ``per_seed``: the figure per seed; ``per_sample``: the seed-averaged outcome per test sample. The
+    variance of the mean adds the seed-to-seed variance over the seeds and the test-set variance over
+    the samples (the test set is shared by the seeds, so its noise is not in the first term).
+    """
+    k, n = len(per_seed), len(per_sample)
+    mean = float(np.mean(per_seed))
+    var = (np.var(per_seed, ddof=1) / k if k > 1 else 0.0) + (np.var(per_sample, ddof=1) / n if n > 1 else 0.0)
+    half = Z95 * math.sqrt(var)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": [float(v) for v in per_seed]}
+
+
+@dataclass(frozen=True)
+class UtilityResult:
+    path: str
+    ran: bool
+    passed: bool
+    failures: list[str]
+    figures: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _labelled(table: pa.Table) -> bool:
+    values = table.column("label").to_pylist()
+    return bool(values) and None not in values
+
+
+def _direction_sets(cfg: Config, direction: str, generated_dir: str | Path, validated_dir: str | Path,
+                    manifests: dict[str, str | Path]) -> dict | str:
+    """The training and evaluation sets of one direction, or why the direction cannot be measured."""
+    target = direction[-1]
+    source = SOURCE_DOMAIN[direction]
+    real_train = read_manifest(manifests[target], ("train",))
+    held_out = read_manifest(manifests[target], ("test",))
+    if not (_labelled(real_train) and _labelled(held_out)):
+        return f"the target collection {target} has no labels (labels.csv) for every sample"
+    gen = read_generated(generated_dir, direction, ["sample_id", "label", "source_image", "image"])
+    if not gen.num_rows or None in gen.column("label").to_pylist():
+        return f"the sources ({source}) have no labels (labels.csv) for every sample"
+    passed = dict(zip(*(read_validated(validated_dir, direction).column(c).to_pylist()
+                        for c in ("sample_id", "passed")), strict=True))
+    keep = np.asarray([bool(passed.get(s)) for s in gen.column("sample_id").to_pylist()], dtype=bool)
+    evaluation = held_out.filter(pa.array(half_mask(held_out.column("sample_id").to_pylist(), "test", "evaluation")))
+    if not evaluation.num_rows:
+        return f"no held-out {target} samples in the evaluation half"
+    decode = lambda col: np.stack([decode_png(b) for b in gen.column(col).to_pylist()])  # noqa: E731
+    translated, sources = decode("image"), decode("source_image")
+    labels = np.asarray(gen.column("label").to_pylist(), dtype=np.int64)
+    return {
+        "real": (manifest_images(real_train), np.asarray(real_train.column("label").to_pylist(), dtype=np.int64)),
+        "published": (translated[keep], labels[keep]),
+        "all": (translated, labels),
+        "source": (sources[keep], labels[keep]),
+        "test": (manifest_images(evaluation), np.asarray(evaluation.column("label").to_pylist(), dtype=np.int64)),
+    }
+
+
+def _arm_data(sets: dict, arm: str, few: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rx, ry = sets["real"]
+    fx, fy = rx[few], ry[few]
+    join = lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))  # noqa: E731
+    return {
+        "few_real": lambda: (fx, fy),
+        "few_real_plus_published": lambda: join((fx, fy), sets["published"]),
+        "published_only": lambda: sets["published"],
+        "source_only": lambda: sets["source"],
+        "few_real_plus_all": lambda: join((fx, fy), sets["all"]),
+        "all_real": lambda: (rx, ry),
+    }[arm]()
+
+
+def measure_direction(cfg: Config, sets: dict, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Every arm over every seed for one direction: accuracies with intervals, gains, per-class figures."""
+    u = cfg.utility
+    factory = model_factory(u.model)
+    test_x, test_y = sets["test"]
+    classes = int(max(sets["real"][1].max(), test_y.max(), sets["all"][1].max())) + 1
+    shape = test_x.shape[1:3]
+    correct = {arm: np.zeros((u.seeds, len(test_y)), dtype=bool) for arm in ARMS}
+    sizes: dict[str, int] = {}
+    done, total = 0, len(ARMS) * u.seeds
+    for s in range(u.seeds):
+        few = few_per_class(sets["real"][1], u.labels_per_class, seed=s)
+        for arm in ARMS:
+            x, y = _arm_data(sets, arm, few)
+            sizes[arm] = len(y)
+            if len(y) == 0:  # e.g. the gate passed nothing: the arm cannot be trained
+                correct[arm][s] = False
+            else:
+                torch.manual_seed(1000 * s + 17)  # the same initial weights for every arm of a seed
+                net = _build(factory, test_x.shape[3], classes, shape, u.model)
+                fit_classifier(net, x, y, classes, u.steps, u.batch_size, u.lr, seed=s)
+                correct[arm][s] = predict(net, test_x) == test_y
+            done += 1
+            if progress:
+                progress(done, total)
+    out: dict = {}
+    for arm in ARMS:
+        c = correct[arm].astype(np.float64)
+        out[arm] = interval(c.mean(axis=1), c.mean(axis=0)) | {
+            "train_samples": sizes[arm],
+            "per_class": [float(c[:, test_y == k].mean()) if (test_y == k).any() else None for k in range(classes)],
+        }
+    for name, (a, b) in GAINS.items():
+        d = correct[a].astype(np.float64) - correct[b].astype(np.float64)
+        out[name] = interval(d.mean(axis=1), d.mean(axis=0)) | {
+            "per_class": [float(d[:, test_y == k].mean()) if (test_y == k).any() else None for k in range(classes)],
+        }
+    out["evaluated_on"] = len(test_y)
+    out["classes"] = classes
+    return out
+
+
+def utility_failures(direction: str, fig: dict, bounds: UtilityBounds) -> list[str]:
+    """Each failed utility bound, as the validation gate words them."""
+    out: list[str] = []
+    if "skipped" in fig:  # no labels: the step did not run, so its bounds do not apply (the log says why)
+        return out
+    for key, gain in (("min_utility_gain", "utility_gain"), ("min_transfer_gain", "transfer_gain")):
+        bound = getattr(bounds, key)
+        if bound is None:
+            continue
+        where = f"(utility.run.{direction}.{key})"
+        if fig[gain]["low"] < bound:
+            g = fig[gain]
+            out.append(f"{direction}.{gain} = {g['mean']:+.3f} (95% interval {g['low']:+.3f} to {g['high']:+.3f}), "
+                       f"lower bound < {bound} {where}")
+    return out
+
+
+def measure_utility(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, generated_dir: str | Path,
+                    validated_dir: str | Path, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """The utility figures of both directions (a direction without labels says why it was skipped)."""
+    manifests = {"A": manifest_a, "B": manifest_b}
+    out: dict = {}
+    for direction in DIRECTIONS:
+        sets = _direction_sets(cfg, direction, generated_dir, validated_dir, manifests)
+        if isinstance(sets, str):
+            out[direction] = {"skipped": sets}
+            continue
+        cb = (lambda i, n, d=direction: progress(f"utility {d}", i, n)) if progress else None
+        out[direction] = measure_direction(cfg, sets, cb)
+    return out
+
+
+def settings(cfg: Config) -> dict:
+    u = cfg.utility
+    return {"labels_per_class": u.labels_per_class, "seeds": u.seeds, "steps": u.steps, "batch_size": u.batch_size,
+            "lr": u.lr, "model": u.model or "cyclegan_core.utility:small_cnn",
+            "evaluation": "held-out target samples of the 'evaluation' half (by content hash), unseen by "
+                          "judges, realism calibration and FID/KID", "interval": "95% normal, seeds + test set"}
+
+
+def utility_report(figures: dict, started: float, cfg: Config) -> dict:
+    """The ``reports/utility.json`` document: figures per direction, the settings, the bounds and their outcome."""
+    failures = [f for d in DIRECTIONS for f in utility_failures(d, figures.get(d, {}), cfg.utility.run[d])]
+    return {**figures, "settings": settings(cfg), "passed": not failures, "failures": failures,
+            "bounds": {d: cfg.utility.run[d].model_dump() for d in DIRECTIONS},
+            "seconds": round(time.perf_counter() - started, 2)}

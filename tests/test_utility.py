@@ -1,0 +1,146 @@
+"""The downstream-utility step: its statistics on sets whose value is known, a user's own model, the skip
+without labels, and (slow) an untrained model's translations failing ``min_utility_gain`` so nothing is published."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cyclegan_core import pipeline
+from cyclegan_core.classifiers import content_half
+from cyclegan_core.config import ConfigError, config_from_dict
+from cyclegan_core.default_data import render_digit, typed_fonts
+from cyclegan_core.utility import ARMS, few_per_class, interval, measure_direction, model_factory
+from cyclegan_core.validate import GateFailed
+from tests.conftest import tiny_settings
+
+CALLS: list[tuple] = []
+
+
+def counting_model(channels: int, classes: int, height: int, width: int) -> nn.Module:
+    """A user's factory (``utility.model: tests.test_utility:counting_model``)."""
+    CALLS.append((channels, classes, height, width))
+    return nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, classes))
+
+
+def _typed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    fonts = typed_fonts()
+    labels = np.arange(n) % 10
+    return np.stack([render_digit(int(k), fonts[i % len(fonts)], 32, rng)[:, :, None]
+                     for i, k in enumerate(labels)]), labels
+
+
+def _sets(published: tuple[np.ndarray, np.ndarray]) -> dict:
+    real, test = _typed(400, 1), _typed(200, 2)
+    return {"real": real, "published": published, "all": published, "source": published, "test": test}
+
+
+def test_interval_adds_seed_and_test_set_variance():
+    per_seed = np.array([0.5, 0.6, 0.7])
+    per_sample = np.array([1.0, 0.0] * 50)
+    iv = interval(per_seed, per_sample)
+    se = np.sqrt(np.var(per_seed, ddof=1) / 3 + np.var(per_sample, ddof=1) / 100)
+    assert iv["mean"] == pytest.approx(0.6)
+    assert iv["high"] - iv["mean"] == pytest.approx(1.959964 * se, rel=1e-5)
+    assert iv["seeds"] == [0.5, 0.6, 0.7]
+    assert interval(np.array([0.8, 0.8]), np.array([1.0, 1.0]))["low"] == pytest.approx(0.8)
+
+
+def test_few_per_class_draws_that_many_of_each_class_by_seed():
+    labels = np.array([0] * 30 + [1] * 5 + [2] * 20)
+    idx = few_per_class(labels, 10, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [10, 5, 10]
+    assert not np.array_equal(idx, few_per_class(labels, 10, seed=1))
+    assert np.array_equal(idx, few_per_class(labels, 10, seed=0))
+
+
+def test_halves_are_stable_and_balanced():
+    ids = [f"{i:064x}" for i in range(2000)]
+    halves = [content_half(s, "test") for s in ids]
+    assert halves == [content_half(s, "test") for s in ids]
+    assert 0.45 < halves.count("evaluation") / len(ids) < 0.55
+    assert {content_half(s, "train") for s in ids} == {"classifier", "judge"}
+
+
+def _cfg(tmp_path: Path, **utility) -> object:
+    raw = tiny_settings(tmp_path, tmp_path / "A", tmp_path / "B")
+    raw["utility"] = {"steps": 120, "seeds": 2, "labels_per_class": 2, **utility}
+    return config_from_dict(raw)
+
+
+def test_helpful_translations_gain_and_noise_does_not(tmp_path):
+    """Known answers: 'translations' that are real target images help the few-label classifier beyond the
+    interval; pure noise with labels does not, so a bound of 0 on the lower end would fail it."""
+    torch.set_num_threads(1)
+    cfg = _cfg(tmp_path)
+    good = measure_direction(cfg, _sets(_typed(400, 3)))
+    assert set(ARMS) <= set(good)
+    assert good["utility_gain"]["low"] > 0.05, good["utility_gain"]
+    assert good["transfer_gain"]["mean"] == pytest.approx(0.0)  # sources are the same images here
+    assert good["all_real"]["mean"] > good["few_real"]["mean"]
+    assert len(good["utility_gain"]["per_class"]) == 10 and good["evaluated_on"] == 200
+    rng = np.random.default_rng(0)
+    noise = (rng.integers(0, 256, (400, 32, 32, 1), dtype=np.uint8), np.arange(400) % 10)
+    bad = measure_direction(cfg, _sets(noise))
+    assert bad["utility_gain"]["low"] < 0.0, bad["utility_gain"]
+    assert bad["published_only"]["mean"] < 0.3
+
+
+def test_a_users_model_factory_is_used_and_a_bad_one_is_a_clear_error(tmp_path):
+    CALLS.clear()
+    cfg = _cfg(tmp_path, model="tests.test_utility:counting_model", steps=5, seeds=1)
+    out = measure_direction(cfg, _sets(_typed(40, 3)))
+    assert CALLS and CALLS[0] == (1, 10, 32, 32) and len(CALLS) == len(ARMS)
+    assert 0.0 <= out["few_real"]["mean"] <= 1.0
+    with pytest.raises(ConfigError, match="utility.model='tests.nowhere:f': cannot import"):
+        model_factory("tests.nowhere:f")
+
+
+def test_collections_without_labels_skip_the_step_and_still_publish(tmp_path, collections):
+    a, b = collections
+    for folder in (a, b):
+        (folder / "labels.csv").unlink()
+    raw = tiny_settings(tmp_path / "work", a, b, utility={"run": {"AtoB": {"min_utility_gain": 0.5}}})
+    cfg = config_from_dict(raw)
+    for step in (pipeline.step_ingest, pipeline.step_train, pipeline.step_generate, pipeline.step_validate):
+        step(cfg)
+    result = pipeline.step_utility(cfg)
+    assert not result.ran and result.passed
+    assert "has no labels" in result.figures["AtoB"]["skipped"]
+    assert pipeline.step_publish(cfg).rows["AtoB"] > 0
+    report = (Path(cfg.paths.reports) / "report.md").read_text(encoding="utf-8")
+    assert "not measured:" in report
+
+
+@pytest.mark.slow
+def test_untrained_translations_fail_min_utility_gain_and_publish_nothing(tmp_path):
+    from tests.test_gate import bundled_subset, repo_params
+
+    torch.set_num_threads(1)
+    raw = repo_params(tmp_path, *bundled_subset(tmp_path / "raw"))
+    raw["validate"]["sample"] = {"AtoB": {}, "BtoA": {}}
+    raw["validate"]["run"] = {"AtoB": {}, "BtoA": {}}
+    raw["utility"].update(steps=150, seeds=2, run={"AtoB": {"min_utility_gain": 0.0}, "BtoA": {}})
+    cfg = config_from_dict(raw)
+    for step in (pipeline.step_ingest, pipeline.step_train, pipeline.step_generate, pipeline.step_validate):
+        step(cfg)
+    result = pipeline.step_utility(cfg)
+    assert result.ran and not result.passed
+    gain = result.figures["AtoB"]["utility_gain"]
+    assert gain["low"] < 0.0
+    assert result.failures == [f"AtoB.utility_gain = {gain['mean']:+.3f} (95% interval {gain['low']:+.3f} to "
+                               f"{gain['high']:+.3f}), lower bound < 0.0 (utility.run.AtoB.min_utility_gain)"]
+    with pytest.raises(GateFailed, match="utility bounds failed, nothing published: AtoB.utility_gain"):
+        pipeline.step_publish(cfg)
+    assert not Path(cfg.paths.published).exists()
+    reports = Path(cfg.paths.reports)
+    doc = json.loads((reports / "utility.json").read_text())
+    assert set(ARMS) <= set(doc["AtoB"]) and doc["passed"] is False
+    assert (reports / "utility.png").exists()
+    assert "Failed utility bounds" in (reports / "report.md").read_text(encoding="utf-8")
