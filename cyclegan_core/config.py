@@ -416,6 +416,10 @@ class SampleThresholds(_Strict):
     require_label_ok: bool = Field(
         False, description="Drop labelled translations whose predicted label differs from the source's."
     )
+    min_robust_cycle_psnr: float | None = Field(
+        None, description="dB, between x and F(q(G(x))), q = validate.robust_* noise then JPEG; null = off "
+                          "(needs the model)."
+    )
     # Audio only (null = off): the cycle measured on spectrograms and on waveforms.
     max_cycle_lsd: float | None = Field(
         None, ge=0.0, description="Audio: log-spectral distance (dB) between the source's and the cycle's spectrograms."
@@ -428,7 +432,8 @@ class SampleThresholds(_Strict):
 class RunThresholds(_Strict):
     """Run-level gate on held-out samples: if any bound fails, nothing is published.
 
-    Upper bounds left at ``null`` are off; a bound set on a figure that was not measured fails.
+    Bounds left at ``null`` (and lower bounds at their floor) are off; a bound set on a figure that was not
+    measured fails.
     """
 
     min_mean_cycle_psnr: float = 0.0
@@ -448,6 +453,9 @@ class RunThresholds(_Strict):
     max_kid_inception: float | None = Field(None, description="KID on InceptionV3 features.")
     max_mean_cycle_lsd: float | None = Field(None, ge=0.0, description="Audio: mean cycle log-spectral distance, dB.")
     min_mean_cycle_si_sdr: float | None = Field(None, description="Audio: mean cycle SI-SDR on waveforms, dB.")
+    min_mean_robust_cycle_psnr: float | None = Field(
+        None, description="Mean cycle PSNR through the perturbed translation F(q(G(x))), dB (needs the model)."
+    )
 
 
 class ValidateConfig(_Strict):
@@ -475,8 +483,19 @@ class ValidateConfig(_Strict):
     )
     device: str = Field(
         "auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
-        description="Where the judges, the identity check and Inception score: cpu, cuda[:N] or auto.",
+        description="Where the judges, the identity and robust-cycle checks and Inception score: cpu, cuda[:N] "
+                    "or auto.",
     )
+    # The robust cycle F(q(G(x))): a generator hiding x in a faint signal of G(x) (Chu et al. 2017)
+    # reconstructs through G(x) but not through a perturbed copy of it.
+    robust_noise_std: float = Field(
+        8 / 255, ge=0.0, le=1.0,
+        description="Std of the Gaussian noise q adds to G(x), on [0, 1] pixels (8/255 by default); 0 = none.",
+    )
+    robust_jpeg_quality: int | None = Field(
+        75, ge=1, le=100, description="JPEG quality q re-encodes the noised G(x) at; null = no JPEG."
+    )
+    robust_seed: int = Field(0, ge=0, description="Seed of q's noise (drawn per sample from it and the sample id).")
 
     @field_validator("sample", "run", mode="before")
     @classmethod

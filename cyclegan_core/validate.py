@@ -3,6 +3,8 @@
 Per sample (x a source, G the direction's generator, F the way back):
 - cycle reconstruction between x and F(G(x)) on [0, 1]: L1, PSNR and SSIM (Gaussian window 11,
   sigma 1.5, the Wang et al. 2004 settings, via ``kornia.metrics.ssim``);
+- robust cycle PSNR between x and F(q(G(x))), q = Gaussian noise then JPEG (``validate.robust_*``): a
+  generator that hides x in a faint signal of G(x) (Chu et al. 2017) reconstructs through G(x), not through q;
 - identity drift, mean |x - F(x)|: how much the way-back generator alters a real sample that is
   already in its output domain (what CycleGAN's identity loss holds down);
 - realism: how target-like a domain judge finds G(x), ranked among held-out real targets (below);
@@ -31,9 +33,11 @@ data, settings and this file's code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -52,13 +57,15 @@ from .images import decode_png, to_tensor, to_uint8
 from .ingest import manifest_digest, manifest_images, read_manifest
 from .storage import atomic_dir, atomic_path, write_json_atomic
 
-METRIC_COLUMNS = ("cycle_l1", "cycle_psnr", "cycle_ssim", "identity_l1", "realism", "pred_label", "label_ok")
+METRIC_COLUMNS = ("cycle_l1", "cycle_psnr", "cycle_psnr_robust", "cycle_ssim", "identity_l1", "realism", "pred_label",
+                  "label_ok")
 VALIDATED_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("split", pa.string()),
         ("cycle_l1", pa.float64()),
         ("cycle_psnr", pa.float64()),
+        ("cycle_psnr_robust", pa.float64()),
         ("cycle_ssim", pa.float64()),
         ("identity_l1", pa.float64()),
         ("realism", pa.float64()),
@@ -87,7 +94,7 @@ def validated_schema(audio: bool = False) -> pa.Schema:
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11
 # Figures summarized per direction with mean and percentiles (held-out rows).
-SUMMARIZED = ("cycle_l1", "cycle_psnr", "cycle_ssim", "identity_l1", "realism")
+SUMMARIZED = ("cycle_l1", "cycle_psnr", "cycle_psnr_robust", "cycle_ssim", "identity_l1", "realism")
 PERCENTILES = (10, 50, 90)
 
 
@@ -179,7 +186,8 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
 
 
 def _device_of(net: nn.Module) -> torch.device:
-    return next(iter(net.parameters())).device
+    p = next(iter(net.parameters()), None)
+    return torch.device("cpu") if p is None else p.device
 
 
 @torch.inference_mode()
@@ -367,6 +375,12 @@ def sample_failures(m: dict, t: SampleThresholds) -> list[str]:
     if t.min_cycle_si_sdr is not None and m.get("cycle_si_sdr") is not None \
             and m["cycle_si_sdr"] < t.min_cycle_si_sdr:
         out.append(f"cycle_si_sdr {m['cycle_si_sdr']:.2f} < {t.min_cycle_si_sdr}")
+    if t.min_robust_cycle_psnr is not None:
+        robust = m.get("cycle_psnr_robust")
+        if robust is None:  # a set bound is never passed unmeasured
+            out.append(f"cycle_psnr_robust not measured (validate had no model), bound {t.min_robust_cycle_psnr}")
+        elif robust < t.min_robust_cycle_psnr:
+            out.append(f"cycle_psnr_robust {robust:.2f} < {t.min_robust_cycle_psnr}")
     return out
 
 
@@ -388,6 +402,7 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
         ("kid_inception", t.max_kid_inception, "max_kid_inception", "max"),
         ("mean_cycle_lsd", t.max_mean_cycle_lsd, "max_mean_cycle_lsd", "max"),
         ("mean_cycle_si_sdr", t.min_mean_cycle_si_sdr, "min_mean_cycle_si_sdr", "min_or_off"),
+        ("mean_cycle_psnr_robust", t.min_mean_robust_cycle_psnr, "min_mean_robust_cycle_psnr", "min_or_off"),
     ]
     out = []
     for figure, bound, key, kind in checks:
@@ -395,12 +410,15 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
         off = bound is None or (kind == "min" and bound <= (-1.0 if figure == "mean_cycle_ssim" else 0.0))
         if off:
             continue
-        kind = "min" if kind == "min_or_off" else kind  # SI-SDR may be negative: only null turns it off
+        kind = "min" if kind == "min_or_off" else kind  # SI-SDR may be negative: only null turns these off
         value = fig.get(figure)
         where = f"(validate.run.{direction}.{key})"
         if value is None:
             if figure == "label_accuracy" and fig.get("labelled", 0) == 0:
                 out.append(f"{direction}.label_accuracy: no labelled held-out samples, bound {bound} {where}")
+            elif figure == "mean_cycle_psnr_robust":
+                out.append(f"{direction}.{figure}: not measured (no model or no held-out samples), "
+                           f"bound {bound} {where}")
             else:
                 out.append(f"{direction}.{figure}: not measured (no held-out samples or no feature extractor), "
                            f"bound {bound} {where}")
@@ -466,6 +484,55 @@ def _identity(gen: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """One (H, W, C) uint8 image (gray or RGB) through an in-memory JPEG at ``quality``."""
+    buf = io.BytesIO()
+    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format="JPEG", quality=quality)
+    arr = np.asarray(Image.open(buf), dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def perturb(images: np.ndarray, noise_std: float, jpeg_quality: int | None,
+            seed: int | Sequence[int]) -> np.ndarray:
+    """q(y): additive Gaussian noise of std ``noise_std`` on [0, 1], rounded, then JPEG at ``jpeg_quality``.
+
+    uint8 (N, H, W, C) in and out, gray or RGB. The noise comes from ``np.random.default_rng(seed)``,
+    so a seed always gives the same bytes; ``noise_std`` 0 and ``jpeg_quality`` None each skip a stage.
+    """
+    out = np.array(images, dtype=np.uint8, copy=True)
+    if noise_std > 0:
+        noise = np.random.default_rng(seed).normal(0.0, noise_std * 255.0, out.shape)
+        out = np.clip(np.rint(out + noise), 0, 255).astype(np.uint8)
+    if jpeg_quality is not None and len(out):
+        out = np.stack([_jpeg(im, jpeg_quality) for im in out])
+    return out
+
+
+def _sample_seed(seed: int, sample_id: str) -> tuple[int, int]:
+    # Per sample, so a row's figure does not depend on which rows are validated with it.
+    return seed, int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+
+
+@torch.inference_mode()
+def robust_cycle_psnr(back: nn.Module, sources: np.ndarray, translations: np.ndarray, sample_ids: Sequence[str],
+                      noise_std: float, jpeg_quality: int | None, seed: int, batch: int = 64) -> np.ndarray:
+    """PSNR(x, F(q(G(x)))) per sample (dB, capped like :func:`cycle_errors`).
+
+    ``translations`` are the stored G(x) (uint8); each is perturbed by :func:`perturb` with noise
+    drawn from ``seed`` and its sample id, brought back by ``back`` (F) and rounded to uint8 like
+    the stored reconstructions.
+    """
+    out = []
+    device = _device_of(back)
+    for start in range(0, len(sources), batch):
+        ids = sample_ids[start:start + batch]
+        y = np.stack([perturb(translations[start + k][None], noise_std, jpeg_quality, _sample_seed(seed, sid))[0]
+                      for k, sid in enumerate(ids)])
+        rec = to_uint8(back(to_tensor(y).to(device)))
+        out.append(cycle_errors(sources[start:start + batch], rec)[1])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def _pair(result: tuple[float, float, int] | None) -> tuple[float | None, float | None, int | None]:
     return (None, None, None) if result is None else result
 
@@ -497,7 +564,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
              out_dir: str | Path, model_dir: str | Path | None = None) -> ValidateResult:
     """Score every generated row; write ``<direction>.parquet`` and ``summary.json`` to ``out_dir``.
 
-    ``model_dir`` (the model that made the translations) enables the identity-drift figures.
+    ``model_dir`` (the model that made the translations) enables the identity-drift and robust-cycle figures.
     """
     v = cfg.validate_
     audio = cfg.data.audio_settings
@@ -546,6 +613,9 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             sound, heard = _audio_figures(gen, src, out, rec, audio) if audio is not None else ({}, None)
             back = "G_BA" if direction == "AtoB" else "G_AB"
             ident = _identity(gens[back], src) if gens is not None and n else None
+            sids = gen.column("sample_id").to_pylist()
+            robust = (robust_cycle_psnr(gens[back], src, out, sids, v.robust_noise_std, v.robust_jpeg_quality,
+                                        v.robust_seed) if gens is not None and n else None)
             logits, feats = _classify(judges.domain, out)
             real_t_feats = real_logits[target][1]
             real_margin = calibration[target]
@@ -566,8 +636,9 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             thresholds = v.sample[direction]
             reasons: Counter[str] = Counter()
             splits = gen.column("split").to_pylist()
-            for i, sid in enumerate(gen.column("sample_id").to_pylist()):
-                m = {"cycle_l1": float(l1[i]), "cycle_psnr": float(psnr[i]), "cycle_ssim": float(ssim_v[i]),
+            for i, sid in enumerate(sids):
+                m = {"cycle_l1": float(l1[i]), "cycle_psnr": float(psnr[i]),
+                     "cycle_psnr_robust": None if robust is None else float(robust[i]), "cycle_ssim": float(ssim_v[i]),
                      "identity_l1": None if ident is None else float(ident[i]), "realism": float(realism[i]),
                      **{k: float(v[i]) for k, v in sound.items()}}
                 why = sample_failures({**m, "label_ok": ok[i]}, thresholds)
@@ -591,7 +662,8 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
                 "held_out": int(test.sum()), "labelled": len(lab),
                 "pass_rate": _mean(passed[test].astype(float)),
             }
-            per_sample = {"cycle_l1": l1, "cycle_psnr": psnr, "cycle_ssim": ssim_v,
+            per_sample = {"cycle_l1": l1, "cycle_psnr": psnr,
+                          "cycle_psnr_robust": robust if robust is not None else np.zeros(0), "cycle_ssim": ssim_v,
                           "identity_l1": ident if ident is not None else np.zeros(0), "realism": realism, **sound}
             for name in (*SUMMARIZED, *sound):
                 vals = per_sample[name]
@@ -622,8 +694,10 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
             failures += run_failures(direction, fig, v.run[direction])
         judge = {"key": judge_key, "blur_sigma": v.judge_blur_sigma, "held_out_accuracy": judge_acc,
                  "held_out_samples": len(cal_labels)}
+        robust_cycle = {"noise_std": v.robust_noise_std, "jpeg_quality": v.robust_jpeg_quality, "seed": v.robust_seed,
+                        "measured": gens is not None}
         summary = {"passed": not failures, "failures": failures, "kind": cfg.data.kind, "directions": figures,
-                   "judges": judge_key,
+                   "judges": judge_key, "robust_cycle": robust_cycle,
                    "domain_judge": judge, "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
                                                          "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}
         write_json_atomic(tmp / "summary.json", nan_to_none(summary))

@@ -46,9 +46,11 @@ def _summary(cfg: Config) -> str:
             acc = "n/a" if f.get("label_accuracy") is None else f"{f['label_accuracy']:.3f}"
             base = f.get("label_accuracy_untranslated")
             base_s = "" if base is None else f" (untranslated {base:.3f})"
+            robust = f.get("mean_cycle_psnr_robust")
+            robust_s = "" if robust is None else f" (through noise + JPEG {robust:.2f} dB)"
             lines.append(
                 f"{d}: published {m['published']['rows'][d]}, dropped {m['published']['dropped'][d]}; held-out "
-                f"cycle PSNR {f['mean_cycle_psnr']:.2f} dB, realism {f['mean_realism']:.3f}, "
+                f"cycle PSNR {f['mean_cycle_psnr']:.2f} dB{robust_s}, realism {f['mean_realism']:.3f}, "
                 f"label accuracy {acc}{base_s}, FID(domain features) {f['fid_domain_features']:.2f}"
             )
             if f.get("mean_cycle_lsd") is not None:

@@ -163,9 +163,11 @@ def validate(cfg: Config, content: dict) -> dict:
         f = result.figures[d]
         table.append({"direction": d, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()
                                          if not isinstance(v, dict)}})
-        log.info("%s: %d/%d passed; held-out cycle PSNR %.2f dB, SSIM %.3f, realism %.3f (real targets %.3f), "
-                 "label accuracy %s (untranslated %s), FID/KID on domain features %s / %s", d, f["passed"],
-                 f["generated"], f["mean_cycle_psnr"] or 0.0, f["mean_cycle_ssim"] or 0.0, f["mean_realism"] or 0.0,
+        robust = f.get("mean_cycle_psnr_robust")
+        log.info("%s: %d/%d passed; held-out cycle PSNR %.2f dB (through noise + JPEG %s), SSIM %.3f, realism %.3f "
+                 "(real targets %.3f), label accuracy %s (untranslated %s), FID/KID on domain features %s / %s", d,
+                 f["passed"], f["generated"], f["mean_cycle_psnr"] or 0.0, None if robust is None else round(robust, 2),
+                 f["mean_cycle_ssim"] or 0.0, f["mean_realism"] or 0.0,
                  f["realism_real_target"] or 0.0, f["label_accuracy"], f["label_accuracy_untranslated"],
                  f["fid_domain_features"], f["kid_domain_features"])
     create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
