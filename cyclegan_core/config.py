@@ -534,6 +534,11 @@ class UtilityConfig(_Strict):
     steps: int = Field(300, ge=1, description="Optimizer steps per classifier, the same for every arm.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
+    real_share: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="In the arms mixing real and translated samples, the share of draws from the real ones (each "
+                    "part class-balanced), so a few real samples are not drowned by thousands of translations.",
+    )
     model: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="module:function returning a torch.nn.Module for (channels, classes, height, width) "

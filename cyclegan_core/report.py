@@ -291,7 +291,7 @@ def utility_chart(utility: dict, out_png: str | Path) -> Path | None:
         ax.barh(y, means, xerr=err, color=colors, capsize=3)
         ax.set_yticks(y, [ARM_TITLES[a] for a in ARMS], fontsize=8)
         for yy, m in zip(y, means, strict=True):
-            ax.text(min(m + 0.02, 0.9), yy, f"{m:.3f}", va="center", fontsize=8)
+            ax.text(0.02, yy, f"{m:.3f}", va="center", fontsize=8, color="white", fontweight="bold")
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"accuracy on {f['evaluated_on']} real held-out {d[-1]} samples (95% interval)")
         g, t = f["utility_gain"], f["transfer_gain"]

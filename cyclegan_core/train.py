@@ -474,8 +474,11 @@ class Trainer:
         self.model.train()
         main = self.dist.is_main
         log_path = self.workdir / LOSSES_FILE
-        new_log = not log_path.exists()
-        with open(log_path, "a", newline="", encoding="utf-8") if main else contextlib.nullcontext() as log_file:
+        # At step 0 nothing was checkpointed: rows left by a run killed before its first checkpoint (or a
+        # file it created but never flushed its header to) are not part of this run.
+        new_log = not log_path.exists() or self.step == 0
+        mode = "w" if new_log else "a"
+        with open(log_path, mode, newline="", encoding="utf-8") if main else contextlib.nullcontext() as log_file:
             writer = csv.writer(log_file, delimiter="\t") if log_file else None
             if writer and new_log:
                 writer.writerow(["step", "lr", *self.loss_names])
