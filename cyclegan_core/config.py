@@ -258,6 +258,11 @@ class TrainConfig(_Strict):
         "label judge from the other half. off, or collections without labels: the plain reference objective.",
     )
     lambda_semantic: float = Field(1.0, ge=0.0, description="Weight of the semantic-consistency loss.")
+
+    @field_validator("semantic", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
     semantic_epochs: int = Field(10, ge=1, description="Epochs of the semantic classifiers (before training).")
     semantic_noise: float = Field(
         0.1, ge=0.0, description="Pixel-noise std ([-1, 1] scale) in the semantic classifiers' training and on the "

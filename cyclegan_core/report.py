@@ -302,6 +302,19 @@ def utility_chart(utility: dict, out_png: str | Path) -> Path | None:
     return _save(fig, out_png)
 
 
+def utility_line(direction: str, fig: dict) -> str:
+    """One line for people: the arms' accuracies and the two gains with their intervals, in points."""
+    if "skipped" in fig:
+        return f"utility {direction}: skipped: {fig['skipped']}"
+    from .utility import ARMS
+
+    arms = ", ".join(f"{k} {100 * fig[k]['mean']:.1f}%" for k in ARMS)
+    g, t = fig["utility_gain"], fig["transfer_gain"]
+    return (f"utility {direction} (real held-out {direction[-1]}, n={fig['evaluated_on']}): {arms}; (b)-(a) "
+            f"{100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] points, (c)-(d) "
+            f"{100 * t['mean']:+.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}]")
+
+
 def utility_markdown(utility: dict) -> str:
     """The utility section of ``report.md`` and of the dataset card."""
     from .utility import ARM_TITLES, ARMS

@@ -202,19 +202,14 @@ def _direction_sets(cfg: Config, direction: str, generated_dir: str | Path, vali
 
 
 def _arm_data(sets: dict, arm: str, few: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images, labels and group (0 real, 1 translated or source) of one arm's training set."""
+    """Images, labels and group (0 real, 1 translated or untranslated source) of one arm's training set."""
     rx, ry = sets["real"]
-    real = (rx[few], ry[few])
-    if arm == "all_real":
-        real = (rx, ry)
-    parts = {"few_real": [real], "all_real": [real], "published_only": [sets["published"]],
-             "source_only": [sets["source"]], "few_real_plus_published": [real, sets["published"]],
-             "few_real_plus_all": [real, sets["all"]]}[arm]
-    groups = [np.zeros(len(parts[0][1]), np.int64) if len(parts) == 2 or arm.endswith("real")
-              else np.ones(len(parts[0][1]), np.int64)]
-    if len(parts) == 2:
-        groups.append(np.ones(len(parts[1][1]), np.int64))
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), np.concatenate(groups))
+    real = (rx, ry) if arm == "all_real" else (rx[few], ry[few])
+    parts = {"few_real": [(real, 0)], "all_real": [(real, 0)], "published_only": [(sets["published"], 1)],
+             "source_only": [(sets["source"], 1)], "few_real_plus_published": [(real, 0), (sets["published"], 1)],
+             "few_real_plus_all": [(real, 0), (sets["all"], 1)]}[arm]
+    return (np.concatenate([x for (x, _), _ in parts]), np.concatenate([y for (_, y), _ in parts]),
+            np.concatenate([np.full(len(y), g, np.int64) for (_, y), g in parts]))
 
 
 def measure_direction(cfg: Config, sets: dict, progress: Callable[[int, int], None] | None = None) -> dict:

@@ -69,19 +69,9 @@ def _summary(cfg: Config) -> str:
 
 
 def _utility_lines(result: dict) -> str:
-    """One line per direction: the arms' accuracies and the two gains, in points, rounded for people."""
-    lines = []
-    for d, f in result["figures"].items():
-        if "skipped" in f:
-            lines.append(f"utility {d}: skipped: {f['skipped']}")
-            continue
-        arms = ", ".join(f"{k} {100 * f[k]['mean']:.1f}%" for k in (
-            "few_real", "few_real_plus_published", "published_only", "source_only", "few_real_plus_all", "all_real"))
-        g, t = f["utility_gain"], f["transfer_gain"]
-        lines.append(f"utility {d} (real held-out {d[-1]}, n={f['evaluated_on']}): {arms}; (b)-(a) "
-                     f"{100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] points, (c)-(d) "
-                     f"{100 * t['mean']:+.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}]")
-    return "\n".join(lines)
+    from cyclegan_core.report import utility_line
+
+    return "\n".join(utility_line(d, f) for d, f in result["figures"].items())
 
 
 def _print(obj) -> None:

@@ -19,6 +19,7 @@ from cyclegan_core import generate as gen
 from cyclegan_core import pipeline
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.ingest import read_manifest
+from cyclegan_core.report import utility_line
 from cyclegan_core.storage import read_json, sha256_file
 from cyclegan_core.utility import ARMS
 
@@ -294,6 +295,7 @@ def report(cfg: Config, run: dict) -> str:
         f"- samples: A {src['A']}, B {src['B']}; generate: translated {run['generate']['translated']}, reused "
         f"{run['generate']['reused']}" + (" (cached)" if run["cached"].get("generate") else ""),
         f"- validate: {'cached, inputs unchanged' if run['cached'].get('validate') else 'ran'}; gate passed",
+        *[f"- {utility_line(d, f)}" for d, f in (run.get("utility") or {}).get("figures", {}).items()],
         f"- publish: {'cached, the published version is unchanged' if run['cached'].get('publish') else 'new version'}"
         f" at `{cfg.paths.published}` ({sum(published['rows'].values())} rows, {len(published['shards'])} shards)",
         f"- step seconds: {run['timings']}", "",

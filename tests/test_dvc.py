@@ -52,7 +52,7 @@ def versions(tmp_path_factory):
     params["model"].update(ngf=4, ndf=4, n_blocks=1)
     params["validate"].update(classifier_epochs=1, sample={"AtoB": {}, "BtoA": {}}, run={"AtoB": {}, "BtoA": {}})
     params["generate"]["splits"] = ["test"]
-    params["utility"].update(steps=3, seeds=1)
+    params["utility"].update(steps=3, seeds=1, run={"AtoB": {}, "BtoA": {}})
     params["publish"]["max_shard_mb"] = 0.1  # several hash-prefix shards even on tiny data
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -98,14 +98,14 @@ def versions(tmp_path_factory):
 
 def test_dvc_repro_runs_what_changed(versions):
     first = versions["first"]
-    for stage in ("default_data", "ingest", "train", "generate", "validate", "publish"):
+    for stage in ("default_data", "ingest", "train", "generate", "validate", "utility", "publish"):
         assert f"Running stage '{stage}'" in first
     assert "manifest.json" in versions["v1"]
     assert "Running stage" not in versions["second"]
 
     third = versions["third"]
     assert "Running stage 'train'" not in third and "Running stage 'ingest'" not in third
-    for stage in ("generate", "validate", "publish"):
+    for stage in ("generate", "validate", "utility", "publish"):
         assert f"Running stage '{stage}'" in third
 
 

@@ -61,6 +61,7 @@ def test_untrained_model_fails_the_real_bounds_and_an_edit_changes_the_outcome(t
     relaxed = json.loads(json.dumps(raw))
     relaxed["validate"]["sample"] = {"AtoB": {}, "BtoA": {}}
     relaxed["validate"]["run"] = {"AtoB": {}, "BtoA": {}}
+    relaxed["utility"]["run"] = {"AtoB": {}, "BtoA": {}}
     cfg = config_from_dict(relaxed)
     pipeline.step_ingest(cfg)
     pipeline.step_train(cfg)
