@@ -140,7 +140,7 @@ def validate_content(cfg: Config, generated: dict) -> dict:
         "manifests": {d: sha256_file(pipeline.manifest_path(cfg, d)) for d in ("A", "B")},
         "settings": cfg.section_hash("validate", "data"),
         "grid_samples": cfg.publish.grid_samples,
-        "code": code_hash("cyclegan_core/validate.py", "cyclegan_core/report.py"),
+        "code": code_hash("cyclegan_core/validate.py", "cyclegan_core/classifiers.py", "cyclegan_core/report.py"),
         "paths": [str(Path(p).resolve()) for p in (cfg.paths.validated, cfg.paths.judges, cfg.paths.reports)],
     }
 
