@@ -139,18 +139,20 @@ def few_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
-def interval(per_seed: np.ndarray, per_sample: np.ndarray) -> dict:
+def interval(per_seed: np.ndarray, per_sample: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> dict:
     """Mean and 95% normal interval of a figure measured per seed (rows) and test sample (columns).
 
     ``per_seed``: the figure per seed; ``per_sample``: the seed-averaged outcome per test sample. The
     variance of the mean adds the seed-to-seed variance over the seeds and the test-set variance over
-    the samples (the test set is shared by the seeds, so its noise is not in the first term).
+    the samples (the test set is shared by the seeds, so its noise is not in the first term). The
+    interval is clipped to the figure's range [``lo``, ``hi``].
     """
     k, n = len(per_seed), len(per_sample)
     mean = float(np.mean(per_seed))
     var = (np.var(per_seed, ddof=1) / k if k > 1 else 0.0) + (np.var(per_sample, ddof=1) / n if n > 1 else 0.0)
     half = Z95 * math.sqrt(var)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": [float(v) for v in per_seed]}
+    return {"mean": mean, "low": max(lo, mean - half), "high": min(hi, mean + half),
+            "seeds": [float(v) for v in per_seed]}
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ def measure_direction(cfg: Config, sets: dict, progress: Callable[[int, int], No
     out: dict = {}
     for arm in ARMS:
         c = correct[arm].astype(np.float64)
-        out[arm] = interval(c.mean(axis=1), c.mean(axis=0)) | {
+        out[arm] = interval(c.mean(axis=1), c.mean(axis=0), 0.0, 1.0) | {
             "train_samples": sizes[arm],
             "per_class": [float(c[:, test_y == k].mean()) if (test_y == k).any() else None for k in range(classes)],
         }
