@@ -154,6 +154,12 @@ def validate_outputs(cfg: Config) -> dict[str, str]:
     return _files(val / "summary.json", *(val / f"{d}.parquet" for d in DIRECTIONS), rep / "validation.json")
 
 
+def _post_report(cfg: Config, description: str) -> None:
+    """``report.md`` as the artifact ``validation-report`` (validate posts it, utility again with its section)."""
+    report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
+    create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report", description=description)
+
+
 @task(name="validate", cache_policy=CONTENT)
 def validate(cfg: Config, content: dict) -> dict:
     del content
@@ -172,9 +178,7 @@ def validate(cfg: Config, content: dict) -> dict:
                  f["realism_real_target"] or 0.0, f["label_accuracy"], f["label_accuracy_untranslated"],
                  f["fid_domain_features"], f["kid_domain_features"])
     create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
-    report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
-    create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report",
-                             description="Validation report: the gate's outcome, figures per direction, bounds")
+    _post_report(cfg, "Validation report: the gate's outcome, figures per direction, bounds")
     if not result.passed:
         log.error("quality gate failed: %s", "; ".join(result.failures))
     return result.to_dict() | {"outputs": validate_outputs(cfg)}
@@ -219,9 +223,7 @@ def utility(cfg: Config, content: dict) -> dict:
     if rows:
         create_table_artifact(rows, key="cycleaug-utility",
                               description="Downstream classifier accuracy on real held-out targets, per training set")
-        report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
-        create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report",
-                                 description="Validation report with the downstream-utility section")
+        _post_report(cfg, "Validation report with the downstream-utility section")
     if not result.passed:
         log.error("utility bounds failed: %s", "; ".join(result.failures))
     return result.to_dict() | {"outputs": utility_outputs(cfg)}
