@@ -395,12 +395,19 @@ class Geometry(Op):
             present = set(changes["box_mask_ids"].tolist())
         else:  # nothing says which objects are left: remove none
             present = set(ids)
-        centres: dict[int, float] = {}
+        # Where each object is: its recorded centre when the sample has one (generated scenes: the same
+        # point the caption was written from; a triangle's box centre is not it), else its box centre.
+        points: dict[int, tuple[float, float]] = {}
         if s.boxes is not None and s.box_mask_ids is not None and s.boxes.shape[0]:
-            b = s.boxes.to(m.device).double()
-            mid = torch.stack([(b[:, 0] + b[:, 2]) / 2 - 0.5, (b[:, 1] + b[:, 3]) / 2 - 0.5], -1)
+            for k, (x0, y0, x1, y1) in zip(s.box_mask_ids.tolist(), s.boxes.tolist(), strict=True):
+                points[int(k)] = ((x0 + x1) / 2, (y0 + y1) / 2)
+        for o in s.meta.get("objects") or []:
+            points[int(o["id"])] = (float(o["center"][0]), float(o["center"][1]))
+        centres: dict[int, float] = {}
+        if points:
+            mid = torch.tensor([[x - 0.5, y - 0.5] for x, y in points.values()], dtype=torch.float64, device=m.device)
             pts = transform_points(m.double(), mid[None])[0] + 0.5
-            centres = {int(k): float(x) for k, x in zip(s.box_mask_ids.tolist(), pts[:, 0], strict=True)}
+            centres = {k: float(x) for k, x in zip(points, pts[:, 0].tolist(), strict=True)}
         removed = {i for i in ids if i not in present}
         return self.policy.objects.rewrite(caption, s.meta["phrases"], centres, removed, float(ow))
 
