@@ -25,9 +25,10 @@ import torch
 from cyclegan_core.config import load_config
 from cyclegan_core.images import to_tensor, to_uint8
 from cyclegan_core.ingest import manifest_images, read_manifest
+from cyclegan_core.judges import classify, load_or_train_judges
+from cyclegan_core.metrics import cycle_errors
 from cyclegan_core.pipeline import manifest_path, step_default_data, step_ingest
 from cyclegan_core.train import Trainer
-from cyclegan_core.validate import _classify, cycle_errors, load_or_train_judges
 
 RUNS = {
     "cyclegan": ["model.arch=cyclegan"],
@@ -51,7 +52,7 @@ def evaluate(gens, judges, held: dict, batch: int = 256) -> dict:
             recs.append(to_uint8(gens[bwd](to_tensor(to_uint8(f)))))
         fake, rec = np.concatenate(fakes), np.concatenate(recs)
         _, psnr = cycle_errors(images, rec)
-        pred = _classify(judges.label[tgt_dom], fake)[0].argmax(1)
+        pred = classify(judges.label[tgt_dom], fake)[0].argmax(1)
         out[direction] = {"cycle_psnr": round(float(psnr.mean()), 2),
                           "label_accuracy": round(float((pred == labels).mean()), 4)}
     return out

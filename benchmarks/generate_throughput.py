@@ -47,9 +47,10 @@ from cyclegan_core.config import load_config
 from cyclegan_core.generate import generate
 from cyclegan_core.images import encode_png
 from cyclegan_core.ingest import manifest_images, read_manifest
+from cyclegan_core.judges import load_or_train_judges
 from cyclegan_core.pipeline import current_fingerprint, manifest_path, step_default_data, step_ingest
 from cyclegan_core.train import Trainer
-from cyclegan_core.validate import load_or_train_judges, validate
+from cyclegan_core.validate import validate
 
 # Stage -> functions whose cumulative time is that stage (qualified as pstats names them).
 STAGES = {

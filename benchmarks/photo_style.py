@@ -49,9 +49,9 @@ from cyclegan_core.config import load_config
 from cyclegan_core.generate import read_generated
 from cyclegan_core.images import decode_png, encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import read_manifest
+from cyclegan_core.metrics import cycle_errors, ssim
+from cyclegan_core.models import load_generators
 from cyclegan_core.pipeline import step_generate, step_ingest, step_train
-from cyclegan_core.train import load_generators
-from cyclegan_core.validate import cycle_errors, ssim
 
 ROOT = Path(__file__).resolve().parent.parent
 

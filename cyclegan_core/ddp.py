@@ -5,15 +5,16 @@ Each process samples its own batches (seeded by rank), gradients are averaged by
 Rank 0 alone writes checkpoints, the loss log and the exported model; the per-rank random state
 and image pools are gathered into rank 0's checkpoint, so a resumed run continues exactly.
 
-    torchrun --nproc_per_node 8 -m cyclegan_core.ddp --params params.yaml
+    torchrun --standalone --nproc_per_node 8 -m flows.cli --params params.yaml train
 
 trains the model for the ingested data (run ``cycleaug ingest`` first) into the same
-``paths.models/<fingerprint>`` folder ``cycleaug train`` uses, which then reuses it.
+``paths.models/<fingerprint>`` folder one process would: the ``cycleaug train`` entry point on
+every rank. The trainer joins the group, wraps its networks and leaves the group
+(:meth:`cyclegan_core.train.Trainer.run`); this module imports nothing else of the package.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -85,28 +86,3 @@ def barrier_and_finish() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train on all ranks what ``cycleaug train`` trains on one (the same step, model policy and folder)."""
-    from .config import load_config
-    from .pipeline import step_train
-
-    ap = argparse.ArgumentParser(prog="torchrun ... -m cyclegan_core.ddp", description=main.__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--retrain", action="store_true",
-                    help="train on the current data whatever orchestrate.retrain says")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.params, args.set)
-    info = dist_info()
-    result = step_train(cfg, retrain=args.retrain)
-    if info.is_main:
-        print(f"trained {result.fingerprint[:12]} on {info.world_size} processes: {result.steps} steps in "
-              f"{result.seconds:.1f} s (resumed from {result.resumed_from})" if not result.reused else
-              f"reused model {result.fingerprint[:12]} ({result.steps} steps)", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

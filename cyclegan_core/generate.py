@@ -15,7 +15,6 @@ and stored as WAV beside the source clip.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,12 +33,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from . import inputs
 from .config import DIRECTIONS, AudioConfig, GenerateConfig
 from .devices import autocast, resolve_device
 from .images import decode_png, encode_png, to_uint8
 from .ingest import read_manifest
+from .models import load_generators
 from .storage import atomic_path, sha256_bytes, sha256_file
-from .train import load_generators
 
 Progress = Callable[[int, int], None]
 
@@ -109,18 +109,12 @@ def shard_name(direction: str, shard: int) -> str:
 
 
 def generation_key(cfg: GenerateConfig, audio: AudioConfig | None = None) -> str:
-    """What a translation's bytes depend on besides the model and the source: settings and code."""
-    here = Path(__file__).parent
-    files = ("generate.py", "images.py", "audio.py") if audio is not None else ("generate.py", "images.py")
-    code = hashlib.sha256(b"".join((here / f).read_bytes() for f in files)).hexdigest()
-    settings = cfg.pixel_settings()
+    """What a translation's bytes depend on besides the model and the source: the ``translation`` key's
+    settings and code, and the device type where it is not the CPU (other kernels, other rounding)."""
+    tree = {"generate": cfg.model_dump(mode="json"), "data": {"audio": None if audio is None else
+                                                             audio.model_dump(mode="json")}}
     device = resolve_device(cfg.device, "generate.device").type
-    if device != "cpu":  # other kernels, other rounding
-        settings["device"] = device
-    payload: dict = {"settings": settings, "code": code}
-    if audio is not None:
-        payload["audio"] = audio.model_dump(mode="json")
-    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())
+    return inputs.key_of(tree, "translation", **({"device": device} if device != "cpu" else {}))
 
 
 def now_stamp() -> str:

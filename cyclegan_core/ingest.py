@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import inputs
 from .config import DataConfig
 from .images import BadImage, decode_image, decode_png, encode_png
 from .storage import StorageError, atomic_path, escapes, open_fs, redact_url, sha256_bytes, with_retries
@@ -82,12 +83,8 @@ class IngestResult:
 
 
 def processing_key(cfg: DataConfig) -> str:
-    """What a normalized sample depends on besides the source bytes."""
-    if cfg.kind == "audio":
-        a = cfg.audio.model_dump(exclude={"inversion", "griffin_lim_iters", "extensions"})
-        return json.dumps({"kind": "audio", "audio": a, "decoder": 1}, sort_keys=True)
-    return json.dumps({"mode": cfg.mode, "size": cfg.image_size, "max_pixels": cfg.max_image_pixels,
-                       "min_side": cfg.min_image_side, "decoder": 2}, sort_keys=True)
+    """What a normalized sample depends on besides the source bytes: the ``decode`` key's settings and code."""
+    return inputs.key_of({"data": inputs.data_tree(cfg)}, "decode")
 
 
 class _AudioDecoder:

@@ -6,7 +6,6 @@ The CLI calls these directly (so ``dvc repro`` needs no orchestrator); the Prefe
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -18,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import ddp
+from . import inputs
 from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
+from .gate import GateFailed, check_gate
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
+from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
 from .publish import PublishResult, publish
 from .report import (
     epoch_curves,
@@ -40,24 +41,14 @@ from .storage import (
     download_dir,
     read_json,
     redact_url,
-    sha256_bytes,
     sha256_file,
     upload_dir,
     write_bytes_atomic,
     write_json_atomic,
 )
-from .train import (
-    LOSSES_FILE,
-    MODEL_FILE,
-    MODEL_JSON,
-    Trainer,
-    TrainResult,
-    code_version,
-    model_fingerprint,
-    training_settings,
-)
+from .train import LOSSES_FILE, Trainer, TrainResult
 from .utility import UtilityResult, measure_utility, utility_report
-from .validate import GateFailed, ValidateResult, check_gate, nan_to_none, validate
+from .validate import ValidateResult, nan_to_none, validate
 
 Progress = Callable[..., None]
 log = logging.getLogger(__name__)
@@ -100,12 +91,6 @@ def current_fingerprint(cfg: Config) -> str:
     """The fingerprint the model for the ingested data and this config must have."""
     digests = [manifest_digest(read_manifest(manifest_path(cfg, d)), "train") for d in ("A", "B")]
     return model_fingerprint(cfg, *digests)
-
-
-def settings_key(cfg: Config) -> str:
-    """The fingerprint without the data: training settings and code. Models sharing it differ only in
-    the samples they saw, which is what the growing-collection policy (``orchestrate.retrain``) weighs."""
-    return sha256_bytes(json.dumps({**training_settings(cfg), "code": code_version()}, sort_keys=True).encode())
 
 
 def _train_ids(cfg: Config) -> dict[str, set[str]]:
@@ -226,16 +211,10 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
         images = {d: manifest_images(t) for d, t in tables.items()}
         labels, halves = training_labels(tables)
         trainer = Trainer(cfg, images["A"], images["B"], folder, labels=labels, classifier_mask=halves)
-        try:
-            resumed = trainer.try_resume()
-            seconds = trainer.fit((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)
-            if trainer.dist.enabled:  # under torchrun: replicas must agree; rank 0 alone writes
-                ddp.check_in_sync(trainer.model, trainer.device)
-                if not trainer.dist.is_main:
-                    return TrainResult(fp, str(folder), "", False, trainer.step, round(seconds, 2), resumed)
-        finally:
-            if trainer.dist.enabled:
-                ddp.barrier_and_finish()
+        resumed = trainer.try_resume()
+        seconds = trainer.run((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)
+        if not trainer.dist.is_main:  # under torchrun rank 0 alone writes
+            return TrainResult(fp, str(folder), "", False, trainer.step, round(seconds, 2), resumed)
         path = trainer.export(fp, seconds)
         loss_curves(folder / LOSSES_FILE, folder / "losses.png")
         result = TrainResult(fp, str(folder), sha256_file(path), False, trainer.step, round(seconds, 2), resumed)
@@ -344,8 +323,8 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     model_dir = current_model_dir(cfg)
     model = read_json(model_dir / MODEL_JSON)
     provenance = {
-        "model_fingerprint": model["fingerprint"], "code_version": code_version(),
-        "params_hash": cfg.section_hash("data", "model", "train", "generate", "validate", "publish"),
+        "model_fingerprint": model["fingerprint"], "code_version": inputs.pipeline_code_digest(),
+        "params_hash": inputs.settings_digest(cfg, "publication"),
         "seed": cfg.train.seed, "flow_run_id": flow_run_id,
     }
     reports = Path(cfg.paths.reports)

@@ -1,5 +1,5 @@
-"""The models, their training steps and loop, checkpoints that resume exactly, and the fingerprint
-that decides whether a stored model can be reused.
+"""The training steps and loop, and checkpoints that resume exactly (the models themselves, their
+export and their fingerprint are in :mod:`cyclegan_core.models`).
 
 The training steps are in one place each: :meth:`Trainer._step_cyclegan` (forward both cycles,
 generator losses GAN + cycle + identity, one generator step, then both discriminators on pooled
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
-import json
 import logging
 import math
 import time
@@ -37,9 +35,10 @@ from torch import nn
 
 from . import ddp
 from .classifiers import SmallCNN, train_classifier
-from .config import Config, ModelConfig, TrainConfig
+from .config import Config, TrainConfig
 from .devices import autocast, resolve_device
-from .networks import GANLoss, ImagePool, define_discriminator, define_generator, gradient_penalty, init_weights
+from .models import CheckpointError, CycleGAN, build_model, code_version, export_model, training_settings
+from .networks import GANLoss, ImagePool, gradient_penalty
 from .storage import atomic_path, read_json, sha256_bytes, sha256_file, write_json_atomic
 from .translator import LOSS_NAMES as TRANSLATOR_LOSS_NAMES
 from .translator import SingleTranslator
@@ -50,72 +49,9 @@ StepProgress = Callable[[int, int, dict[str, float]], None]
 LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "sem_AB", "sem_BA")
 SEMANTIC_FILE = "semantic.safetensors"  # the frozen classifiers of label-aware training, beside the checkpoints
 CHECKPOINT_JSON = "checkpoint.json"
-# Under torchrun the Trainer joins the process group, wraps the networks in DDP and lets rank 0
-# alone write (see ddp.py and pipeline.step_train); the flow's launcher checks this flag.
-DDP_SUPPORTED = True
-MODEL_FILE = "model.safetensors"
-MODEL_JSON = "model.json"
 LOSSES_FILE = "losses.tsv"
 # Datasets up to this size live on the GPU whole: a batch is then one gather, no host copy.
 ON_DEVICE_BYTES = 1 << 30
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used: corrupt, or written under another configuration."""
-
-
-class CycleGAN(nn.Module):
-    """Two generators (A->B, B->A) and two discriminators (judging A, judging B)."""
-
-    def __init__(self, cfg: ModelConfig, channels: int):
-        super().__init__()
-        g = {"n_blocks": cfg.n_blocks, "use_dropout": cfg.use_dropout, "upsample": cfg.upsample}
-        self.G_AB = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
-        self.G_BA = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
-        self.D_A = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
-        self.D_B = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
-        for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
-            init_weights(net, cfg.init_type, cfg.init_gain)
-
-    def generators(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"G_AB": self.G_AB, "G_BA": self.G_BA})
-
-    def generator_state(self) -> nn.ModuleDict:
-        return self.generators()
-
-
-def build_model(cfg: ModelConfig, channels: int) -> CycleGAN | SingleTranslator:
-    return SingleTranslator(cfg, channels) if cfg.arch == "translator" else CycleGAN(cfg, channels)
-
-
-def code_version() -> str:
-    """sha256 of the source that defines what training produces (networks, variant, this loop)."""
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in ("networks.py", "translator.py", "train.py", "classifiers.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()
-
-
-def training_settings(cfg: Config) -> dict:
-    """The settings that change trained weights (not logging, checkpoint cadence or speed switches)."""
-    train = cfg.train.model_dump(mode="json")
-    return {
-        "image": ({"size": cfg.data.image_size, "mode": cfg.data.mode} if cfg.data.kind == "image"
-                  else {"kind": cfg.data.kind, "shape": list(cfg.data.shape)}),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": {k: v for k, v in train.items() if k not in TrainConfig.NOT_IN_FINGERPRINT},
-    }
-
-
-def model_fingerprint(cfg: Config, train_digest_a: str, train_digest_b: str) -> str:
-    """What a trained model depends on: training samples, training settings, code."""
-    payload = {
-        "data": {"A": train_digest_a, "B": train_digest_b},
-        **training_settings(cfg),
-        "code": code_version(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -465,6 +401,18 @@ class Trainer:
         return values
 
     # --- the loop ------------------------------------------------------------------------------
+    def run(self, progress: StepProgress | None = None) -> float:
+        """:meth:`fit`, then under torchrun check that the replicas agree and leave the process group
+        (every rank, also on failure); returns seconds spent. Rank 0 alone exports afterwards."""
+        try:
+            seconds = self.fit(progress)
+            if self.dist.enabled:
+                ddp.check_in_sync(self.model, self.device)
+            return seconds
+        finally:
+            if self.dist.enabled:
+                ddp.barrier_and_finish()
+
     def fit(self, progress: StepProgress | None = None) -> float:
         """Train up to ``train.steps`` from wherever the trainer stands; returns seconds spent."""
         t0 = time.perf_counter()
@@ -627,18 +575,13 @@ class Trainer:
 
     def export(self, fingerprint: str, seconds: float) -> Path:
         """Write the generator weights to ``model.safetensors`` and describe them in ``model.json``."""
-        gens = {k: v.detach().contiguous().cpu().clone() for k, v in self.model.generator_state().state_dict().items()}
-        path = self.workdir / MODEL_FILE
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(save(gens, metadata={"fingerprint": fingerprint, "format": "cycleaug-generators-2"}))
-        write_json_atomic(self.workdir / MODEL_JSON, {
-            "fingerprint": fingerprint, "sha256": sha256_file(path), "steps": self.step,
+        return export_model(self.model, self.workdir, {
+            "fingerprint": fingerprint, "steps": self.step,
             "train_seconds": round(seconds, 2), "code_version": code_version(),
             "channels": self.cfg.data.channels, "image_size": self.cfg.data.image_size,
             "kind": self.cfg.data.kind, "shape": list(self.cfg.data.shape),
             "arch": self.arch, "model": self.cfg.model.model_dump(mode="json"), "config": self.cfg.to_dict(),
         })
-        return path
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> str:
@@ -663,20 +606,6 @@ def _truncate_log(path: Path, step: int) -> None:
     kept = [ln for i, ln in enumerate(lines) if i == 0 or int(ln.split("\t", 1)[0]) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(kept), encoding="utf-8")
-
-
-def load_generators(model_dir: str | Path, device: str = "cpu") -> tuple[nn.ModuleDict, dict]:
-    """The two image-to-image generators ``G_AB``, ``G_BA`` of an exported model (eval mode), and its
-    ``model.json``. For the single-translator variant they are encoder -> translator -> decoder."""
-    model_dir = Path(model_dir)
-    meta = read_json(model_dir / MODEL_JSON)
-    path = model_dir / MODEL_FILE
-    if sha256_file(path) != meta["sha256"]:
-        raise CheckpointError(f"{path}: corrupt (sha256 does not match {model_dir / MODEL_JSON})")
-    mcfg = ModelConfig.model_validate(meta["model"])
-    model = build_model(mcfg, meta["channels"])
-    model.generator_state().load_state_dict(load_file(str(path), device="cpu"))
-    return model.generators().to(device).eval(), meta
 
 
 @dataclass(frozen=True)

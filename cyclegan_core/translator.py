@@ -125,7 +125,7 @@ class SingleTranslator(nn.Module):
     def discriminators(self) -> list[nn.Module]:
         return [self.D_B] + ([self.D_A] if self.D_A is not None else [])
 
-    def generator_state(self) -> nn.ModuleDict:
+    def exported(self) -> nn.ModuleDict:
         """What an exported model keeps: encoder, decoder and translator(s), each once."""
         parts = {"encoder": self.ae.encoder, "decoder": self.ae.decoder, "T_AB": self.T_AB}
         if self.T_BA is not None:

@@ -17,8 +17,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cyclegan_core.config import Config, load_config
+from cyclegan_core.gate import GateFailed
 from cyclegan_core.generate import now_stamp
-from cyclegan_core.validate import GateFailed
 from tasks import steps
 from tasks.policies import configured, ensure_concurrency_limit
 

@@ -112,7 +112,7 @@ def _finished_line(state) -> str:
 
 def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     from cyclegan_core import pipeline
-    from cyclegan_core.validate import GateFailed
+    from cyclegan_core.gate import GateFailed
 
     bars = _Bars()
     step = args.command
@@ -121,9 +121,15 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     elif step == "ingest":
         _print({d: r.to_dict() for d, r in pipeline.step_ingest(cfg, bars).items()})
     elif step == "train":
-        r = pipeline.step_train(cfg, bars, retrain=args.retrain)
-        print(f"{'reused' if r.reused else 'trained'} model {r.fingerprint[:12]} ({r.steps} steps)", file=sys.stderr)
-        _print(r.to_dict())
+        from cyclegan_core.ddp import dist_info
+
+        info = dist_info()  # under torchrun every rank trains; rank 0 alone reports
+        r = pipeline.step_train(cfg, bars if info.is_main else None, retrain=args.retrain)
+        if info.is_main:
+            ranks = f" on {info.world_size} processes" if info.enabled else ""
+            print(f"{'reused' if r.reused else 'trained'} model {r.fingerprint[:12]}{ranks} ({r.steps} steps)",
+                  file=sys.stderr)
+            _print(r.to_dict())
     elif step == "generate":
         _print(pipeline.step_generate(cfg, bars).to_dict())
     elif step == "validate":

@@ -3,9 +3,8 @@
 The command is an argument list (no shell): ``python -m torch.distributed.run --standalone
 --nproc-per-node N -m flows.cli --params P --set ... train``. Each process runs the ordinary
 ``cycleaug train`` step; under torchrun it sees ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in its
-environment. Training more than one process needs a trainer that uses them (DDP, rank 0 writes):
-the launcher refuses ``nproc_per_node > 1`` unless ``cyclegan_core.train`` declares
-``DDP_SUPPORTED = True``, so N processes never race on the same model folder.
+environment, and the trainer uses them (DDP: gradients averaged, rank 0 alone writes the model
+folder; see :mod:`cyclegan_core.ddp`).
 """
 
 from __future__ import annotations
@@ -17,12 +16,6 @@ from collections.abc import Callable, Sequence
 
 class LaunchError(RuntimeError):
     """torchrun could not be started or a training process failed; the message has its last output."""
-
-
-def ddp_supported() -> bool:
-    from cyclegan_core import train
-
-    return bool(getattr(train, "DDP_SUPPORTED", False))
 
 
 def torchrun_command(params: str, overrides: Sequence[str], nproc: int, retrain: bool = False) -> list[str]:
@@ -40,11 +33,6 @@ def torchrun_command(params: str, overrides: Sequence[str], nproc: int, retrain:
 def run_torchrun(params: str, overrides: Sequence[str], nproc: int, retrain: bool = False,
                  log: Callable[[str], None] = print, timeout: float | None = None) -> None:
     """Run training under torchrun, streaming its output to ``log``; raise :class:`LaunchError` on failure."""
-    if nproc > 1 and not ddp_supported():
-        raise LaunchError(
-            f"orchestrate.nproc_per_node={nproc}: this trainer does not support distributed training "
-            "(cyclegan_core.train.DDP_SUPPORTED is not set); use 1 process or a DDP-capable trainer"
-        )
     cmd = torchrun_command(params, overrides, nproc, retrain)
     log("launching: " + " ".join(cmd))
     tail: list[str] = []

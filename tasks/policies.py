@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect import Task
@@ -91,12 +90,3 @@ def ensure_concurrency_limit(name: str, slots: int = 1) -> bool:
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
             return True
-
-
-def code_hash(*files: str | Path) -> str:
-    """sha256 of source files, for cache keys that must change when the code that writes an output does."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for f in files:
-        h.update((root / f).read_bytes())
-    return h.hexdigest()

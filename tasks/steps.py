@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cyclegan_core import generate as gen
-from cyclegan_core import pipeline
+from cyclegan_core import inputs, pipeline
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.ingest import read_manifest
 from cyclegan_core.report import utility_line
@@ -24,7 +24,7 @@ from cyclegan_core.storage import read_json, sha256_file
 from cyclegan_core.utility import ARMS
 
 from .launch import run_torchrun
-from .policies import CONTENT, code_hash
+from .policies import CONTENT
 from .progress import StepProgress
 
 
@@ -138,9 +138,7 @@ def validate_content(cfg: Config, generated: dict) -> dict:
     return {
         "generated": {d: [s["sha256"] for s in generated["shards"][d]] for d in DIRECTIONS},
         "manifests": {d: sha256_file(pipeline.manifest_path(cfg, d)) for d in ("A", "B")},
-        "settings": cfg.section_hash("validate", "data"),
-        "grid_samples": cfg.publish.grid_samples,
-        "code": code_hash("cyclegan_core/validate.py", "cyclegan_core/classifiers.py", "cyclegan_core/report.py"),
+        "settings": inputs.settings_digest(cfg, "validation"), "code": inputs.code_digest("validation"),
         "paths": [str(Path(p).resolve()) for p in (cfg.paths.validated, cfg.paths.judges, cfg.paths.reports)],
     }
 
@@ -190,8 +188,7 @@ def utility_content(cfg: Config, validated: dict) -> dict:
     return {
         "validated": validated["outputs"],
         "manifests": {d: sha256_file(pipeline.manifest_path(cfg, d)) for d in ("A", "B")},
-        "settings": cfg.section_hash("utility"),
-        "code": code_hash("cyclegan_core/utility.py", "cyclegan_core/classifiers.py", "cyclegan_core/report.py"),
+        "settings": inputs.settings_digest(cfg, "utility"), "code": inputs.code_digest("utility"),
         "paths": [str(Path(p).resolve()) for p in (cfg.paths.generated, cfg.paths.reports)],
     }
 
@@ -233,8 +230,7 @@ def publish_content(cfg: Config, generated: dict, validated: dict, model: dict, 
     return {
         "generated": {d: [s["sha256"] for s in generated["shards"][d]] for d in DIRECTIONS},
         "validated": validated["outputs"], "utility": (utility or {}).get("outputs"), "model": model["fingerprint"],
-        "settings": cfg.section_hash("data", "model", "train", "generate", "validate", "publish"),
-        "code": code_hash("cyclegan_core/publish.py", "cyclegan_core/report.py", "cyclegan_core/pipeline.py"),
+        "settings": inputs.settings_digest(cfg, "publication"), "code": inputs.code_digest("publication"),
         "out_dir": str(Path(cfg.paths.published).resolve()),
     }
 

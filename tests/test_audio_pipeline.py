@@ -16,7 +16,7 @@ import soundfile as sf
 
 from cyclegan_core import pipeline
 from cyclegan_core.config import config_from_dict
-from cyclegan_core.validate import GateFailed
+from cyclegan_core.gate import GateFailed
 from tests.conftest import tiny_settings
 
 RATE = 8_000

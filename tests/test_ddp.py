@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from cyclegan_core.config import load_config
 from cyclegan_core.ingest import manifest_images, read_manifest
+from cyclegan_core.models import CheckpointError
 from cyclegan_core.pipeline import current_fingerprint, manifest_path, step_ingest
-from cyclegan_core.train import CheckpointError, Trainer
+from cyclegan_core.train import Trainer
 
 
 @pytest.mark.slow
@@ -26,11 +27,12 @@ def test_torchrun_two_processes_train_one_model(params_file: Path, tmp_path: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "cyclegan_core.ddp", "--params", str(params_file)],
+         "-m", "flows.cli", "--params", str(params_file), "train"],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "on 2 processes: 4 steps" in proc.stdout  # printed once, by rank 0, after the replica check
+    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "on 2 processes" in ln]
+    assert len(said) == 1 and "(4 steps)" in said[0], said  # printed once, by rank 0, after the replica check
     folder = Path(cfg.paths.models) / current_fingerprint(cfg)
     meta = json.loads((folder / "model.json").read_text())
     assert meta["steps"] == 4

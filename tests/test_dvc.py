@@ -66,7 +66,12 @@ def versions(tmp_path_factory):
     _run([*git, "commit", "-qm", "copy"], repo, env)
 
     out = {"repo": repo, "remote": remote, "env": env, "tmp": tmp}
-    out["first"] = _run(["dvc", "repro"], repo, env)
+    # The README's command, with the environment NOT on PATH (as in a fresh shell): `make repro` puts it
+    # there for the stage commands. VENV names the environment running these tests (set up already).
+    bare = {**env, "PATH": os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                           if Path(p).resolve() != Path(sys.executable).parent.resolve())}
+    assert shutil.which("cycleaug", path=bare["PATH"]) is None
+    out["first"] = _run(["make", "repro", f"VENV={sys.prefix}", "STAMP="], repo, bare)
     out["second"] = _run(["dvc", "repro"], repo, env)
     _run([*git, "add", "-A"], repo, env)
     _run([*git, "commit", "-qm", "v1: held-out samples"], repo, env)
@@ -155,3 +160,19 @@ def test_reader_opens_each_version_by_rev(versions):
     assert counts["v1"] > counts["v2"] > 0 and atob["v1"] > atob["v2"] > 0
     assert min(open_dataset(repo=str(clone), rev="v2").to_pandas(["cycle_psnr"], direction="AtoB").cycle_psnr) >= (
         versions["bound"])
+
+
+def test_an_audio_setting_reruns_ingest(versions):
+    # data.audio is part of ingest's key (cyclegan_core/inputs.py), so dvc.yaml declares it for ingest.
+    repo, env = versions["repo"], versions["env"]
+    params = repo / "params.yaml"
+    before = params.read_text()
+    raw = yaml.safe_load(before)
+    raw["data"]["audio"]["n_mels"] = 32
+    try:
+        params.write_text(yaml.safe_dump(raw, sort_keys=False))
+        status = _run(["dvc", "status", "ingest"], repo, env)
+        assert "changed params" in status and "data.audio.n_mels" in status, status
+    finally:
+        params.write_text(before)
+    assert "up to date" in _run(["dvc", "status", "ingest"], repo, env)

@@ -14,7 +14,7 @@ import yaml
 from cyclegan_core import pipeline
 from cyclegan_core.config import config_from_dict
 from cyclegan_core.default_data import render_digit, typed_fonts
-from cyclegan_core.validate import GateFailed
+from cyclegan_core.gate import GateFailed
 from tests.conftest import write_collection
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from cyclegan_core.config import GenerateConfig
 from cyclegan_core.generate import GENERATION_META, Translator, generate_shard, generation_key
 from cyclegan_core.images import decode_png, encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import read_manifest
-from cyclegan_core.train import load_generators
+from cyclegan_core.models import load_generators
 
 
 @pytest.fixture

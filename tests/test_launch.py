@@ -7,7 +7,7 @@ import yaml
 
 from cyclegan_core import pipeline
 from cyclegan_core.config import config_from_dict
-from tasks.launch import LaunchError, run_torchrun, torchrun_command
+from tasks.launch import run_torchrun, torchrun_command
 from tasks.policies import transient_storage_error
 from tests.conftest import tiny_settings
 
@@ -17,14 +17,6 @@ def test_torchrun_command_is_an_argument_list():
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert cmd[5:] == ["-m", "flows.cli", "--params", "p.yaml", "--set", "train.steps=3", "--set", "data.mode=L",
                        "train", "--retrain"]
-
-
-def test_more_than_one_process_needs_a_ddp_trainer(monkeypatch):
-    from cyclegan_core import train
-
-    monkeypatch.delattr(train, "DDP_SUPPORTED", raising=False)
-    with pytest.raises(LaunchError, match="nproc_per_node=2"):
-        run_torchrun("params.yaml", [], 2)
 
 
 @pytest.mark.slow

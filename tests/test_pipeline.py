@@ -10,10 +10,10 @@ import pytest
 
 from cyclegan_core import pipeline
 from cyclegan_core.config import config_from_dict
+from cyclegan_core.gate import GateFailed
 from cyclegan_core.images import decode_png
 from cyclegan_core.publish import verify
 from cyclegan_core.storage import sha256_bytes
-from cyclegan_core.validate import GateFailed
 from tests.conftest import tiny_settings
 
 

@@ -14,19 +14,13 @@ from torch import nn
 
 from cyclegan_core import pipeline
 from cyclegan_core.config import RunThresholds, SampleThresholds, config_from_dict
+from cyclegan_core.gate import run_failures, sample_failures
 from cyclegan_core.generate import GENERATED_SCHEMA
 from cyclegan_core.images import encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import manifest_images, read_manifest
+from cyclegan_core.metrics import cycle_errors, perturb
 from cyclegan_core.storage import sha256_bytes
-from cyclegan_core.validate import (
-    cycle_errors,
-    perturb,
-    read_validated,
-    robust_cycle_psnr,
-    run_failures,
-    sample_failures,
-    validate,
-)
+from cyclegan_core.validate import read_validated, robust_cycle_psnr, validate
 from tests.conftest import tiny_settings
 
 NOISE, JPEG = 8 / 255, 75
@@ -167,7 +161,7 @@ def _write_generated(cfg, g: nn.Module, f: nn.Module) -> None:
 
 def _use_generators(monkeypatch, g: nn.Module, f: nn.Module) -> None:
     """What validate loads from ``model_dir``: the stand-ins instead of a trained model."""
-    monkeypatch.setattr("cyclegan_core.train.load_generators",
+    monkeypatch.setattr("cyclegan_core.models.load_generators",
                         lambda model_dir, device: (nn.ModuleDict({"G_AB": g, "G_BA": f}), {}))
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from cyclegan_core.config import ConfigError, config_from_dict
+from cyclegan_core.models import CheckpointError, load_generators, model_fingerprint
 from cyclegan_core.networks import ResnetGenerator
-from cyclegan_core.train import CheckpointError, Trainer, load_generators, lr_factor, model_fingerprint
+from cyclegan_core.train import Trainer, lr_factor
 from tests.conftest import tiny_settings
 
 

@@ -15,8 +15,8 @@ from cyclegan_core import pipeline
 from cyclegan_core.classifiers import content_half
 from cyclegan_core.config import ConfigError, config_from_dict
 from cyclegan_core.default_data import render_digit, typed_fonts
+from cyclegan_core.gate import GateFailed
 from cyclegan_core.utility import ARMS, few_per_class, interval, measure_direction, model_factory
-from cyclegan_core.validate import GateFailed
 from tests.conftest import tiny_settings
 
 CALLS: list[tuple] = []

@@ -10,19 +10,17 @@ import pytest
 import torch
 
 from cyclegan_core.config import ConfigError, RunThresholds, SampleThresholds
-from cyclegan_core.report import epoch_curves, markdown_report
-from cyclegan_core.validate import (
+from cyclegan_core.gate import run_failures, sample_failures
+from cyclegan_core.judges import inception_features, load_inception
+from cyclegan_core.metrics import (
     conformal_realism,
     cycle_errors,
     frechet_distance,
-    inception_features,
     kernel_inception_distance,
-    load_inception,
     mmd2_unbiased,
-    run_failures,
-    sample_failures,
     ssim,
 )
+from cyclegan_core.report import epoch_curves, markdown_report
 
 
 def _ssim_reference(x: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,194 @@
+"""What every stored output depends on, declared once: the config keys and the code modules.
+
+:data:`KEYS` names each thing the pipeline stores and reuses by key (a decoded sample, a trained
+model, a translation, the validation judges, a validation, a utility report, a published version)
+with the settings and the source that decide its bytes. Every fingerprint and cache key reads it:
+
+- :func:`settings` / :func:`settings_digest`: the values of those keys in a config (minus the
+  ``speed`` keys, which change how fast or where a step runs, not what it makes);
+- :func:`code_digest`: sha256 of those modules' source.
+
+:data:`STAGES` lists the pipeline's steps as ``dvc.yaml`` declares them: the keys whose inputs each
+step's outputs depend on, the further settings it reads (where it writes, which stored model it
+picks), further code, and the data it reads. ``tests/test_inputs.py`` checks that ``dvc.yaml``
+declares exactly these params and deps, so a change to (say) ``data.audio.n_mels`` reruns ingest
+under ``dvc repro`` as it changes ingest's key.
+
+Settings under ``data.audio`` count only for audio collections: :func:`config_tree` leaves them out
+(as ``None``) for images, so an image run's keys do not move when unused audio settings do.
+Not in any key: ``config.py`` (the values it parses are), logging, storage and progress code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, DataConfig
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The settings and code one stored output depends on."""
+
+    params: tuple[str, ...]  # dotted config keys or whole sections
+    code: tuple[str, ...]  # module names inside cyclegan_core
+    speed: tuple[str, ...] = ()  # keys under ``params`` left out of the key: they decide how fast, not what
+    why: str = ""
+
+
+_TRAIN_SPEED = tuple(f"train.{k}" for k in (
+    "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
+    "compile_mode", "compile_backend", "pin_memory",
+))
+
+KEYS: dict[str, Inputs] = {
+    "default_data": Inputs(("data.kind", "data.default"), ("default_data", "voices"),
+                           why="the bundled collections"),
+    "decode": Inputs(
+        ("data.kind", "data.image_size", "data.mode", "data.max_image_pixels", "data.min_image_side", "data.audio"),
+        ("images", "audio"),
+        speed=("data.audio.inversion", "data.audio.griffin_lim_iters", "data.audio.extensions"),
+        why="one normalized sample (ingest reuses it from the last manifest while this key holds)",
+    ),
+    "model": Inputs(("model", "train"), ("models", "networks", "translator", "train", "classifiers"),
+                    speed=_TRAIN_SPEED, why="a trained model, with the training samples' digests"),
+    "translation": Inputs(
+        ("generate", "data.audio"), ("generate", "images", "audio"),
+        speed=("generate.workers", "generate.shards", "generate.splits", "generate.device"),
+        why="one translated row, with the model and the source (the device type is added where not cpu)",
+    ),
+    "judges": Inputs(("validate.classifier_epochs", "validate.classifier_seed", "validate.judge_blur_sigma"),
+                     ("judges", "classifiers"), why="validation's domain and label classifiers"),
+    "validation": Inputs(("data", "validate", "publish.grid_samples"),
+                         ("validate", "metrics", "gate", "judges", "classifiers", "models", "report", "images",
+                          "audio"),
+                         why="the validated figures, per-sample scores, the gate and its report"),
+    "utility": Inputs(("utility",), ("utility", "classifiers", "report"), why="the downstream-utility report"),
+    "publication": Inputs(("data", "model", "train", "generate", "validate", "utility", "publish"),
+                          ("publish", "report", "pipeline"),
+                          why="a published version (its rows record this settings digest as params_hash)"),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step as ``dvc.yaml`` runs it."""
+
+    cmd: str
+    keys: tuple[str, ...]  # entries of KEYS whose settings and code the step's outputs depend on
+    reads: tuple[str, ...] = ()  # further settings: where it writes, which stored model it picks
+    code: tuple[str, ...] = ()  # further modules (the step's own code, beyond what any key holds)
+    deps: tuple[str, ...] = ()  # data it reads (earlier stages' outputs, relative to the repository)
+
+    @property
+    def params(self) -> list[str]:
+        """Every setting the step reads, in declaration order, without repeats or keys inside a listed section."""
+        listed = list(dict.fromkeys([p for k in self.keys for p in KEYS[k].params] + list(self.reads)))
+        return [p for p in listed if not any(p.startswith(q + ".") for q in listed)]
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted({m for k in self.keys for m in KEYS[k].code} | set(self.code))
+
+
+STAGES: dict[str, Stage] = {
+    "default_data": Stage("cycleaug default-data", ("default_data",), reads=("data.domain_a", "data.domain_b")),
+    "ingest": Stage(
+        "cycleaug ingest", ("decode",),
+        reads=("data.domain_a", "data.domain_b", "data.test_fraction", "data.extensions", "data.max_file_bytes",
+               "paths.ingest"),
+        code=("ingest",), deps=("data/raw/A", "data/raw/B"),
+    ),
+    "train": Stage("cycleaug train", ("model",),
+                   reads=("paths.models", "orchestrate.retrain", "orchestrate.retrain_growth"),
+                   deps=("data/ingest",)),
+    "generate": Stage("cycleaug generate", ("translation",),
+                      reads=("data.kind", "paths.generated", "orchestrate.retrain", "orchestrate.retrain_growth"),
+                      code=("models",), deps=("data/ingest", "data/models")),
+    "validate": Stage("cycleaug validate --strict", ("judges", "validation"),
+                      reads=("paths.judges", "paths.validated"),
+                      deps=("data/ingest", "data/models", "data/generated")),
+    "utility": Stage("cycleaug utility --strict", ("utility",),
+                     deps=("data/ingest", "data/generated", "data/validated")),
+    "publish": Stage("cycleaug publish", ("publication",), reads=("paths.published", "paths.publish_url"),
+                     deps=("data/ingest", "data/models", "data/generated", "data/validated", "reports/utility.json")),
+}
+
+
+def module_path(name: str) -> Path:
+    return PACKAGE / f"{name}.py"
+
+
+def code_digest(key: str) -> str:
+    """sha256 of the source of the modules ``KEYS[key]`` names (by name, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(KEYS[key].code):
+        h.update(name.encode() + b"\0" + module_path(name).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def pipeline_code_digest() -> str:
+    """sha256 of every module any key names: the code version a published row records."""
+    h = hashlib.sha256()
+    for name in sorted({m for k in KEYS.values() for m in k.code}):
+        h.update(name.encode() + b"\0" + module_path(name).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def data_tree(data: DataConfig) -> dict[str, Any]:
+    """``data`` as a plain dict, with ``audio`` None unless the collections are audio."""
+    tree = data.model_dump(mode="json")
+    if data.kind != "audio":
+        tree["audio"] = None
+    return tree
+
+
+def config_tree(cfg: Config) -> dict[str, Any]:
+    """The whole config as a plain dict, in the form :func:`settings` reads."""
+    return cfg.to_dict() | {"data": data_tree(cfg.data)}
+
+
+def _lookup(tree: dict[str, Any] | None, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _drop(value: Any, dotted: str, speed: set[str]) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k: _drop(v, f"{dotted}.{k}", speed) for k, v in value.items() if f"{dotted}.{k}" not in speed}
+
+
+def settings(tree: dict[str, Any] | Config, key: str) -> dict[str, Any]:
+    """``{dotted key: value}`` of the settings ``KEYS[key]`` names, without its speed keys.
+
+    ``tree`` is a config, or a plain dict shaped like one (:func:`config_tree`); keys it lacks are None.
+    """
+    if isinstance(tree, Config):
+        tree = config_tree(tree)
+    spec = KEYS[key]
+    speed = set(spec.speed)
+    return {p: _drop(_lookup(tree, p), p, speed) for p in spec.params}
+
+
+def digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def settings_digest(tree: dict[str, Any] | Config, key: str) -> str:
+    return digest(settings(tree, key))
+
+
+def key_of(tree: dict[str, Any] | Config, key: str, **data: Any) -> str:
+    """The key of one stored output: its settings, its code and the content hashes in ``data``."""
+    return digest({"settings": settings(tree, key), "code": code_digest(key), "data": data})
