@@ -172,7 +172,7 @@ def test_an_audio_setting_reruns_ingest(versions):
     try:
         params.write_text(yaml.safe_dump(raw, sort_keys=False))
         status = _run(["dvc", "status", "ingest"], repo, env)
-        assert "changed params" in status and "data.audio.n_mels" in status, status
+        assert "modified:" in status and "data.audio" in status, status
     finally:
         params.write_text(before)
     assert "up to date" in _run(["dvc", "status", "ingest"], repo, env)
