@@ -14,7 +14,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .storage import StorageError, check_url, escapes, is_remote
 
 DIRECTIONS = ("AtoB", "BtoA")
+# Where torch work runs, the same type for every step: cpu, cuda[:N] or auto (cuda when available).
+Device = Annotated[str, Field(pattern=r"^(cpu|auto|cuda(:\d+)?)$")]
 
 
 class ConfigError(ValueError):
@@ -276,7 +278,8 @@ class TrainConfig(_Strict):
     )
     # Settings below do not change what is learned (at most the rounding), so they stay out of
     # the fingerprint and a run may resume under other values.
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    device: Device = Field("auto", description="cpu, cuda[:N] or auto (cuda when available; under torchrun each "
+                           "process takes its local rank's GPU).")
     channels_last: bool = Field(False, description="NHWC memory format (faster convs on GPUs).")
     adam_impl: Literal["auto", "foreach", "fused", "for_loop"] = Field(
         "auto", description="auto: fused on CUDA, for_loop on CPU (measured fastest there)."
@@ -309,8 +312,8 @@ class GenerateConfig(_Strict):
     splits: tuple[Literal["train", "test"], ...] = ("train", "test")
     batch_size: int = Field(64, ge=1)
     shards: int = Field(2, ge=1, description="Shards per direction (by hash of the source id).")
-    device: str = Field("auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
-                        description="Where the generators run: cpu, cuda[:N] or auto (cuda when available).")
+    device: Device = Field("auto",
+                           description="Where the generators run: cpu, cuda[:N] or auto (cuda when available).")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype of the generator forwards; fp32 = off."
     )
@@ -495,8 +498,8 @@ class ValidateConfig(_Strict):
         description="Local TorchScript InceptionV3 feature extractor (e.g. NVIDIA's inception-2015-12-05.pt) for "
                     "standard FID/KID; never downloaded; a path that does not exist is a configuration error.",
     )
-    device: str = Field(
-        "auto", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+    device: Device = Field(
+        "auto",
         description="Where the judges, the identity and robust-cycle checks and Inception score: cpu, cuda[:N] "
                     "or auto.",
     )
@@ -727,7 +730,7 @@ class PairedConfig(_Strict):
     shard_rows: int = Field(1024, ge=1, description="Rows per output Parquet shard.")
     text_policy: str | None = Field(None, description="YAML caption-edit policy (mirror, hue, speed words); "
                                     "null uses the bundled cyclegan_core/paired/text_policy.yaml.")
-    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda[:N] or auto.")
+    device: Device = Field("cpu", description="cpu, cuda[:N] or auto.")
     geometry: PairedGeometryConfig = PairedGeometryConfig()
     photometric: PairedPhotometricConfig = PairedPhotometricConfig()
     temporal: PairedTemporalConfig = PairedTemporalConfig()
