@@ -22,7 +22,7 @@ from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
-from .gate import GateFailed, check_gate
+from .gate import check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -318,8 +318,7 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         step_utility(cfg)
         utility = read_utility(cfg)
         assert utility is not None
-    if not utility["passed"]:
-        raise GateFailed("utility bounds failed, nothing published: " + "; ".join(utility["failures"]))
+    check_utility(utility)
     model_dir = current_model_dir(cfg)
     model = read_json(model_dir / MODEL_JSON)
     provenance = {

@@ -13,6 +13,10 @@ the shards their rows fall in; every other shard keeps its exact bytes and DVC s
 only what changed. Nothing time-varying is written into shards: the publication time lives in
 ``manifest.json``, which lists every shard with its sha256, size and row count. The version is
 built under a temporary name and swapped in whole.
+
+Over 500 lines on purpose: the schema, the shard layout, the provenance carried over from the last
+version and the dataset card describe one published version, and the card must name the same
+columns and provenance the shards hold; split apart, each piece would import the others.
 """
 
 from __future__ import annotations

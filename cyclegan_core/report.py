@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .figures import BY_NAME
 from .generate import read_generated
 from .images import decode_png
 from .storage import atomic_path
@@ -131,35 +132,34 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _figure_row(name: str) -> tuple[str, str | tuple[str, str], str]:
+    f = BY_NAME[name]
+    if not f.per_sample:
+        return f.title, f.name, f.fmt
+    return f"{f.title}, mean (p{f.tail})", (f"mean_{f.name}", f"p{f.tail}_{f.name}"), f.fmt
+
+
 # (label, key, format) rows of the report's figure table; a key missing from the figures is skipped.
+# Declared figures (cyclegan_core.figures) take their title, format and tail from there.
 _REPORT_ROWS = (
     ("translations (all splits)", "generated", "d"),
     ("passed per-sample bounds", "passed", "d"),
     ("dropped", "dropped", "d"),
     ("held-out translations", "held_out", "d"),
-    ("held-out pass rate", "pass_rate", ".3f"),
-    ("cycle L1, mean (p90)", ("mean_cycle_l1", "p90_cycle_l1"), ".4f"),
-    ("cycle PSNR dB, mean (p10)", ("mean_cycle_psnr", "p10_cycle_psnr"), ".2f"),
-    ("cycle PSNR dB through noise + JPEG, mean (p10)", ("mean_cycle_psnr_robust", "p10_cycle_psnr_robust"), ".2f"),
-    ("cycle SSIM, mean (p10)", ("mean_cycle_ssim", "p10_cycle_ssim"), ".3f"),
-    ("identity drift L1, mean (p90)", ("mean_identity_l1", "p90_identity_l1"), ".4f"),
-    ("realism: translations, mean (p10)", ("mean_realism", "p10_realism"), ".3f"),
+    *(_figure_row(n) for n in ("pass_rate", "cycle_l1", "cycle_psnr", "cycle_psnr_robust", "cycle_ssim",
+                               "identity_l1", "realism")),
     ("realism: untranslated sources", "realism_untranslated", ".3f"),
     ("realism: held-out real targets", "realism_real_target", ".3f"),
     ("judge P(target): translations", "mean_p_target", ".3f"),
-    ("label accuracy: translations", "label_accuracy", ".3f"),
+    _figure_row("label_accuracy"),
     ("label accuracy: untranslated", "label_accuracy_untranslated", ".3f"),
     ("label accuracy: translations as heard (their waveforms)", "label_accuracy_heard", ".3f"),
-    ("cycle log-spectral distance dB, mean (p90)", ("mean_cycle_lsd", "p90_cycle_lsd"), ".2f"),
-    ("cycle SI-SDR dB on waveforms, mean (p10)", ("mean_cycle_si_sdr", "p10_cycle_si_sdr"), ".2f"),
-    ("inversion loss: log-spectral distance dB, mean (p90)", ("mean_inversion_lsd", "p90_inversion_lsd"), ".2f"),
-    ("FID, domain features: translations", "fid_domain_features", ".3f"),
+    *(_figure_row(n) for n in ("cycle_lsd", "cycle_si_sdr", "inversion_lsd", "fid_domain_features")),
     ("FID, domain features: untranslated", "fid_domain_untranslated", ".3f"),
-    ("KID, domain features: translations", "kid_domain_features", ".4f"),
+    _figure_row("kid_domain_features"),
     ("KID, domain features: untranslated", "kid_domain_untranslated", ".4f"),
     ("KID subset size", "kid_subset_size", "d"),
-    ("FID, Inception", "fid_inception", ".2f"),
-    ("KID, Inception", "kid_inception", ".4f"),
+    *(_figure_row(n) for n in ("fid_inception", "kid_inception")),
 )
 
 

@@ -15,6 +15,10 @@ a corrupt or truncated newest checkpoint is reported and training resumes from t
 Speed switches (``train.device``, ``precision``, ``channels_last``, ``adam_impl``, ``compile``,
 ``pin_memory``, batch size, torchrun) change how fast a step runs, not what it computes; on a GPU
 the loop keeps loss values on the device and syncs only every ``log_every`` steps.
+
+Over 500 lines on purpose: the steps, the loop and the checkpoints share the Trainer's state (the
+networks, optimizers, pools, RNG and DDP wrappers), and a checkpoint that resumes exactly must save
+and restore exactly that state; the models themselves live in :mod:`cyclegan_core.models`.
 """
 
 from __future__ import annotations

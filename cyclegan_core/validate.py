@@ -51,6 +51,7 @@ from torch import nn
 
 from .config import DIRECTIONS, Config
 from .devices import resolve_device
+from .figures import AUDIO_SUMMARIZED, SUMMARIZED
 from .gate import reason_key, run_failures, sample_failures
 from .generate import read_generated
 from .images import decode_png, to_tensor, to_uint8
@@ -77,42 +78,20 @@ from .metrics import (
 )
 from .storage import atomic_dir, write_json_atomic
 
-METRIC_COLUMNS = ("cycle_l1", "cycle_psnr", "cycle_psnr_robust", "cycle_ssim", "identity_l1", "realism", "pred_label",
-                  "label_ok")
-VALIDATED_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("split", pa.string()),
-        ("cycle_l1", pa.float64()),
-        ("cycle_psnr", pa.float64()),
-        ("cycle_psnr_robust", pa.float64()),
-        ("cycle_ssim", pa.float64()),
-        ("identity_l1", pa.float64()),
-        ("realism", pa.float64()),
-        ("pred_label", pa.int64()),
-        ("label_ok", pa.bool_()),
-        ("passed", pa.bool_()),
-        ("fail_reason", pa.string()),
-    ]
-)
-# Audio collections add the cycle measured as a sound: on spectrograms (log-spectral distance, dB)
-# and on waveforms (SI-SDR, dB); and what the inversion to a waveform loses (see _audio_figures).
-AUDIO_METRIC_COLUMNS = ("cycle_lsd", "cycle_si_sdr", "inversion_lsd")
+# The per-sample table: one float column per per-sample figure of figures.FIGURES (the audio ones on
+# audio collections only), the label the judge reads in G(x), and the gate's verdict.
+_VERDICT = [("pred_label", pa.int64()), ("label_ok", pa.bool_()), ("passed", pa.bool_()), ("fail_reason", pa.string())]
+VALIDATED_SCHEMA = pa.schema([("sample_id", pa.string()), ("split", pa.string()),
+                              *((name, pa.float64()) for name in SUMMARIZED), *_VERDICT])
 
 
 def validated_schema(audio: bool = False) -> pa.Schema:
     """The per-sample table validate writes (with the audio figures for audio collections)."""
-    if not audio:
-        return VALIDATED_SCHEMA
-    at = VALIDATED_SCHEMA.get_field_index("identity_l1")
-    schema = VALIDATED_SCHEMA
-    for k, name in enumerate(AUDIO_METRIC_COLUMNS):
-        schema = schema.insert(at + k, pa.field(name, pa.float64()))
-    return schema
+    names = (*SUMMARIZED, *(AUDIO_SUMMARIZED if audio else ()))
+    return pa.schema([("sample_id", pa.string()), ("split", pa.string()),
+                      *((name, pa.float64()) for name in names), *_VERDICT])
 
 
-# Figures summarized per direction with mean and percentiles (held-out rows).
-SUMMARIZED = ("cycle_l1", "cycle_psnr", "cycle_psnr_robust", "cycle_ssim", "identity_l1", "realism")
 PERCENTILES = (10, 50, 90)
 
 
@@ -195,7 +174,7 @@ def _audio_figures(gen: pa.Table, src: np.ndarray, out: np.ndarray, rec: np.ndar
     from .audio import Spectrogram, decode_wav, log_spectral_distance, picture_to_uint8, si_sdr, uint8_to_picture
 
     if not gen.num_rows:
-        return {name: np.zeros(0) for name in AUDIO_METRIC_COLUMNS}, out
+        return {name: np.zeros(0) for name in AUDIO_SUMMARIZED}, out
     clips = {c: np.stack([decode_wav(b)[0] for b in gen.column(c).to_pylist()])
              for c in ("source_audio", "audio", "reconstruction_audio")}
     heard = Spectrogram(audio).picture(clips["audio"])

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cyclegan_core.config import Config, load_config
-from cyclegan_core.gate import GateFailed
+from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
 from tasks import steps
 from tasks.policies import configured, ensure_concurrency_limit
@@ -52,17 +52,14 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
                              created_at=unmapped(created_at))
     results, cached = [], 0
     for spec, future in zip(specs, futures, strict=True):
-        result = future.result()
-        if future.state.name == "Cached":
+        args = {k: spec[k] for k in ("direction", "shard", "manifest", "model_dir", "content")}
+        result, was_cached = _cached_or_refreshed(
+            future.result(), future.state.name == "Cached",
+            lambda a=args: shard_task.with_options(refresh_cache=True)(cfg=cfg, created_at=created_at, **a),
+            lambda r: steps.shard_in_place(cfg, r), f"{spec['direction']} shard {spec['shard']}")
+        if was_cached:
             cached += 1
             result = result | {"translated": 0, "reused": result["rows"]}  # nothing was translated this time
-            if not steps.shard_in_place(cfg, result):
-                log.warning("%s shard %d: cached result, but its file is gone or changed; generating it again",
-                            spec["direction"], spec["shard"])
-                result = shard_task.with_options(refresh_cache=True)(
-                    cfg=cfg, direction=spec["direction"], shard=spec["shard"], manifest=spec["manifest"],
-                    model_dir=spec["model_dir"], content=spec["content"], created_at=created_at)
-                cached -= 1
         results.append(result)
     if cached == len(specs):
         log.info("all %d shards cached: same source samples, model %s and generation settings as a previous run",
@@ -71,16 +68,24 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
     return committed | {"cached_shards": cached}
 
 
-def _cached_or_refreshed(task, cfg: Config, check, what: str, *args):
-    """Run a content-cached task; when its cached result's files are gone or changed, run it again."""
-    state = task(cfg, *args, return_state=True)
-    result = state.result()
-    if state.name != "Cached":
+def _cached_or_refreshed(result: dict, cached: bool, rerun, in_place, what: str) -> tuple[dict, bool]:
+    """The one way a content-cached task's result is used: a fresh result as it is; a cached one if
+    ``in_place(result)`` finds its files unchanged, else ``rerun()`` (the task with ``refresh_cache``).
+    Returns the result and whether it came from the cache."""
+    if not cached:
         return result, False
-    if check(result.get("outputs", {})):
+    if in_place(result):
         return result, True
     get_run_logger().warning("%s: cached result, but its outputs are gone or changed; running it again", what)
-    return task.with_options(refresh_cache=True)(cfg, *args), False
+    return rerun(), False
+
+
+def _step(task, cfg: Config, what: str, *args) -> tuple[dict, bool]:
+    """Run a cached step task (validate, utility, publish) through :func:`_cached_or_refreshed`."""
+    state = task(cfg, *args, return_state=True)
+    return _cached_or_refreshed(state.result(), state.name == "Cached",
+                                lambda: task.with_options(refresh_cache=True)(cfg, *args),
+                                lambda r: steps.outputs_in_place(r.get("outputs", {})), what)
 
 
 @flow(name="cycleaug-augment", log_prints=True)
@@ -119,24 +124,19 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
                                              timeout_seconds=cfg.orchestrate.step_timeout_s)(
         params, overrides, model, now_stamp())
     t = lap("generate", t)
-    validated, val_cached = _cached_or_refreshed(
-        configured(steps.validate, cfg), cfg, steps.outputs_in_place, "validate",
-        steps.validate_content(cfg, generated))
+    validated, val_cached = _step(configured(steps.validate, cfg), cfg, "validate",
+                                  steps.validate_content(cfg, generated))
     if val_cached:
         log.info("validation reused: generated shards, manifests, validate settings and code unchanged")
     t = lap("validate", t)
-    if not validated["passed"]:
-        raise GateFailed("quality gate failed, nothing published: " + "; ".join(validated["failures"]))
-    utility, util_cached = _cached_or_refreshed(
-        configured(steps.utility, cfg), cfg, steps.outputs_in_place, "utility", steps.utility_content(cfg, validated))
+    check_gate(validated)
+    utility, util_cached = _step(configured(steps.utility, cfg), cfg, "utility", steps.utility_content(cfg, validated))
     if util_cached:
         log.info("utility reused: validation, manifests, utility settings and code unchanged")
     t = lap("utility", t)
-    if not utility["passed"]:
-        raise GateFailed("utility bounds failed, nothing published: " + "; ".join(utility["failures"]))
-    published, pub_cached = _cached_or_refreshed(
-        configured(steps.publish, cfg), cfg, steps.outputs_in_place, "publish",
-        str(flow_run.id) if flow_run.id else None, steps.publish_content(cfg, generated, validated, model, utility))
+    check_utility(utility)
+    published, pub_cached = _step(configured(steps.publish, cfg), cfg, "publish", str(flow_run.id) if flow_run.id
+                                  else None, steps.publish_content(cfg, generated, validated, model, utility))
     if pub_cached:
         log.info("nothing new to publish: the published version at %s already holds these rows",
                  cfg.paths.published)

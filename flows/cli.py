@@ -11,26 +11,8 @@ import sys
 from pathlib import Path
 
 from cyclegan_core.config import DIRECTIONS, Config, ConfigError, load_config
-
-
-class _Bars:
-    """tqdm bars for the step subcommands, one per named piece of work."""
-
-    def __init__(self) -> None:
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
-        self.bars: dict = {}
-
-    def __call__(self, name: str, done: int, total: int, *extra) -> None:
-        bar = self.bars.get(name)
-        if bar is None:
-            bar = self.bars[name] = self._tqdm(total=total, desc=name, dynamic_ncols=True, mininterval=1.0)
-        bar.update(done - bar.n)
-        if extra and isinstance(extra[0], dict):
-            bar.set_postfix({k: f"{v:.3f}" for k, v in extra[0].items() if k in ("G", "D_A", "D_B")}, refresh=False)
-        if done >= total:
-            bar.close()
+from cyclegan_core.figures import summary_line
+from cyclegan_core.progress import Bars
 
 
 def _summary(cfg: Config) -> str:
@@ -43,21 +25,8 @@ def _summary(cfg: Config) -> str:
         m = json.loads(metrics_path.read_text(encoding="utf-8"))
         for d in DIRECTIONS:
             f = m[d]
-            acc = "n/a" if f.get("label_accuracy") is None else f"{f['label_accuracy']:.3f}"
-            base = f.get("label_accuracy_untranslated")
-            base_s = "" if base is None else f" (untranslated {base:.3f})"
-            robust = f.get("mean_cycle_psnr_robust")
-            robust_s = "" if robust is None else f" (through noise + JPEG {robust:.2f} dB)"
-            lines.append(
-                f"{d}: published {m['published']['rows'][d]}, dropped {m['published']['dropped'][d]}; held-out "
-                f"cycle PSNR {f['mean_cycle_psnr']:.2f} dB{robust_s}, realism {f['mean_realism']:.3f}, "
-                f"label accuracy {acc}{base_s}, FID(domain features) {f['fid_domain_features']:.2f}"
-            )
-            if f.get("mean_cycle_lsd") is not None:
-                heard = f.get("label_accuracy_heard")
-                lines[-1] += (f"; audio: cycle log-spectral distance {f['mean_cycle_lsd']:.2f} dB, cycle SI-SDR "
-                              f"{f['mean_cycle_si_sdr']:.1f} dB, label accuracy as heard "
-                              f"{'n/a' if heard is None else format(heard, '.3f')}")
+            lines.append(f"{d}: published {m['published']['rows'][d]}, dropped {m['published']['dropped'][d]}; "
+                         f"held-out {summary_line(f)}")
     utility = reports / "utility.json"
     if utility.exists():
         doc = json.loads(utility.read_text(encoding="utf-8"))
@@ -114,7 +83,7 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     from cyclegan_core import pipeline
     from cyclegan_core.gate import GateFailed
 
-    bars = _Bars()
+    bars = Bars()
     step = args.command
     if step == "default-data":
         _print(pipeline.step_default_data(cfg))
@@ -200,7 +169,7 @@ def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
         if made["made"]:
             print(f"wrote {made['samples']} generated paired scenes to {made['path']}", file=sys.stderr)
     try:
-        result = augment_paired(cfg.paired, _Bars(), preview=cfg.paired.demo.preview if args.demo else 0)
+        result = augment_paired(cfg.paired, Bars(), preview=cfg.paired.demo.preview if args.demo else 0)
     except (FileNotFoundError, ValueError, PairedSampleError) as err:
         print(f"paired-augment: {err}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from cyclegan_core import generate as gen
 from cyclegan_core import inputs, pipeline
 from cyclegan_core.config import DIRECTIONS, Config
+from cyclegan_core.figures import summary_line
 from cyclegan_core.ingest import read_manifest
 from cyclegan_core.report import utility_line
 from cyclegan_core.storage import read_json, sha256_file
@@ -168,13 +169,7 @@ def validate(cfg: Config, content: dict) -> dict:
         f = result.figures[d]
         table.append({"direction": d, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()
                                          if not isinstance(v, dict)}})
-        robust = f.get("mean_cycle_psnr_robust")
-        log.info("%s: %d/%d passed; held-out cycle PSNR %.2f dB (through noise + JPEG %s), SSIM %.3f, realism %.3f "
-                 "(real targets %.3f), label accuracy %s (untranslated %s), FID/KID on domain features %s / %s", d,
-                 f["passed"], f["generated"], f["mean_cycle_psnr"] or 0.0, None if robust is None else round(robust, 2),
-                 f["mean_cycle_ssim"] or 0.0, f["mean_realism"] or 0.0,
-                 f["realism_real_target"] or 0.0, f["label_accuracy"], f["label_accuracy_untranslated"],
-                 f["fid_domain_features"], f["kid_domain_features"])
+        log.info("%s: %d/%d passed; held-out %s", d, f["passed"], f["generated"], summary_line(f))
     create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
     _post_report(cfg, "Validation report: the gate's outcome, figures per direction, bounds")
     if not result.passed:

@@ -64,12 +64,6 @@ def test_overrides_are_yaml_typed():
         parse_overrides(["nonsense"])
 
 
-def test_section_hash_tracks_only_named_sections():
-    a, b = Config(), load_config(None, ["publish.grid_samples=3"])
-    assert a.section_hash("train") == b.section_hash("train")
-    assert a.section_hash("publish") != b.section_hash("publish")
-
-
 def test_errors_name_the_key_the_allowed_values_and_what_was_given(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("data:\n  imgsize: 32\n  mode: rgb\n  retries: -1\npaths:\n  reportz: r\n")

@@ -160,3 +160,10 @@ def test_the_library_import_graph_has_no_cycle():
         users = [m for m, p in modules.items() if f"import {banned}" in p.read_text() or f"from {banned}" in
                  p.read_text()]
         assert users == [], f"{banned} imported by {users}"
+
+
+def test_long_modules_say_why():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        assert lines <= 500 or "Over 500 lines on purpose" in doc, f"{path.name}: {lines} lines, no reason given"

@@ -11,6 +11,9 @@ the same code. Geometry and photometric jitter use kornia (``AugmentationSequent
 parameters and composes the geometric children into one matrix; the warps are kornia's); caption
 words, stereo channels and the audio-video time coupling are written here because no library does
 them.
+
+Over 500 lines on purpose: the ops share one contract (draw, apply, effects) and one registry that
+replay reads; each op is short, and keeping them together keeps that contract in view.
 """
 
 from __future__ import annotations

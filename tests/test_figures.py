@@ -1,0 +1,42 @@
+"""Each validation figure is declared once (cyclegan_core/figures.py); the gate, schema and report read it."""
+
+from cyclegan_core import report
+from cyclegan_core.config import RunThresholds, SampleThresholds
+from cyclegan_core.figures import FIGURES, summary_line
+from cyclegan_core.gate import run_failures, sample_failures
+from cyclegan_core.validate import validated_schema
+
+
+def test_every_declared_figure_has_its_bounds_column_and_report_row():
+    rows = {k if isinstance(k, str) else k[0] for _, k, _ in report._REPORT_ROWS}
+    audio = validated_schema(audio=True).names
+    for f in FIGURES:
+        assert f.summary_key in rows, f.name
+        if f.sample_bound:
+            assert f.sample_bound in SampleThresholds.model_fields, f.name
+        if f.run_bound:
+            assert f.run_bound in RunThresholds.model_fields, f.name
+        assert (f.name in audio) == f.per_sample, f.name
+        assert (f.name in validated_schema().names) == (f.per_sample and f.modality == "any"), f.name
+
+
+def test_bounds_follow_the_declared_direction():
+    row = {"cycle_psnr": 12.0, "cycle_l1": 0.5, "cycle_ssim": 0.5, "identity_l1": None, "realism": 0.2,
+           "cycle_psnr_robust": None}
+    t = SampleThresholds(min_cycle_psnr=15, max_cycle_l1=0.4, max_identity_l1=0.1, min_robust_cycle_psnr=10.0)
+    assert sample_failures(row, t) == ["cycle_psnr 12.00 < 15.0",
+                                       "cycle_psnr_robust not measured (validate had no model), bound 10.0",
+                                       "cycle_l1 0.5000 > 0.4"]
+    fig = {"mean_cycle_psnr": 20.0, "fid_domain_features": 3.0, "label_accuracy": None, "labelled": 0}
+    bounds = RunThresholds(min_mean_cycle_psnr=21, max_fid_domain=2.0, min_label_accuracy=0.5)
+    assert run_failures("AtoB", fig, bounds) == [
+        "AtoB.mean_cycle_psnr = 20 < 21.0 (validate.run.AtoB.min_mean_cycle_psnr)",
+        "AtoB.label_accuracy: no labelled held-out samples, bound 0.5 (validate.run.AtoB.min_label_accuracy)",
+        "AtoB.fid_domain_features = 3 > 2.0 (validate.run.AtoB.max_fid_domain)",
+    ]
+    # Lower bounds at their floor are off; the summary line names what was measured.
+    assert run_failures("AtoB", {"mean_cycle_ssim": -0.5}, RunThresholds(min_mean_cycle_ssim=-1.0)) == []
+    line = summary_line({"mean_cycle_psnr": 22.91, "mean_realism": 0.4942, "label_accuracy": 0.9444,
+                         "label_accuracy_untranslated": 0.504, "fid_domain_features": 0.177})
+    assert line == ("cycle PSNR 22.9 dB, realism 0.494, label accuracy 0.944 (untranslated 0.504), "
+                    "FID(domain features) 0.177")
