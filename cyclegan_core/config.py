@@ -414,19 +414,21 @@ def _per_direction(value: Any) -> Any:
 
 
 class SampleThresholds(_Strict):
-    """Per-sample gate: a translation failing any bound is dropped from the published set and counted."""
+    """Per-sample gate: a translation failing any bound is dropped from the published set and counted.
 
-    min_cycle_psnr: float = Field(0.0, description="dB, between x and F(G(x)).")
-    max_cycle_l1: float = Field(1.0, ge=0.0, le=1.0, description="Mean |x - F(G(x))| on [0, 1].")
-    min_cycle_ssim: float = Field(
-        -1.0, ge=-1.0, le=1.0, description="SSIM between x and F(G(x)) (Gaussian window 11, sigma 1.5)."
+    Every bound is switched off the same way: null (the default)."""
+
+    min_cycle_psnr: float | None = Field(None, description="dB, between x and F(G(x)).")
+    max_cycle_l1: float | None = Field(None, ge=0.0, le=1.0, description="Mean |x - F(G(x))| on [0, 1].")
+    min_cycle_ssim: float | None = Field(
+        None, ge=-1.0, le=1.0, description="SSIM between x and F(G(x)) (Gaussian window 11, sigma 1.5)."
     )
-    max_identity_l1: float = Field(
-        1.0, ge=0.0, le=1.0,
+    max_identity_l1: float | None = Field(
+        None, ge=0.0, le=1.0,
         description="Mean |x - F(x)| on [0, 1]: how much the target->source generator alters a real source.",
     )
-    min_realism: float = Field(
-        0.0, ge=0.0, le=1.0,
+    min_realism: float | None = Field(
+        None, ge=0.0, le=1.0,
         description="Realism of G(x): the share of held-out real targets the domain judge finds no more target-like "
                     "(a conformal p-value; real targets average 0.5).",
     )
@@ -449,17 +451,19 @@ class SampleThresholds(_Strict):
 class RunThresholds(_Strict):
     """Run-level gate on held-out samples: if any bound fails, nothing is published.
 
-    Bounds left at ``null`` (and lower bounds at their floor) are off; a bound set on a figure that was not
-    measured fails.
+    Every bound is switched off the same way: null (the default; a lower bound at its floor, 0 or -1 for
+    SSIM, is off too). A bound set on a figure that was not measured fails, except the bounds on labels
+    when the collections carry none: those do not apply, and the report says so.
     """
 
-    min_mean_cycle_psnr: float = 0.0
-    min_mean_cycle_ssim: float = Field(-1.0, ge=-1.0, le=1.0)
-    min_mean_realism: float = Field(0.0, ge=0.0, le=1.0, description="Real targets score 0.5 on average.")
-    min_label_accuracy: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of labelled held-out translations keeping the label."
+    min_mean_cycle_psnr: float | None = None
+    min_mean_cycle_ssim: float | None = Field(None, ge=-1.0, le=1.0)
+    min_mean_realism: float | None = Field(None, ge=0.0, le=1.0, description="Real targets score 0.5 on average.")
+    min_label_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="Share of labelled held-out translations keeping the label (applies only "
+        "where the held-out samples carry labels)."
     )
-    min_pass_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share passing per-sample bounds.")
+    min_pass_rate: float | None = Field(None, ge=0.0, le=1.0, description="Share passing per-sample bounds.")
     max_fid_domain: float | None = Field(
         None, ge=0.0, description="Frechet distance to held-out real targets on the domain judge's features."
     )

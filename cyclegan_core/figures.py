@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+UNDERTRAINED = ("the translations are not good enough yet: train longer (train.steps) or on more samples, and look "
+                "at the sample grids in reports/")
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -37,6 +40,8 @@ class Figure:
     unmeasured: Literal["fail", "skip"] = "skip"
     unmeasured_why: str = "no held-out samples or no feature extractor"
     summary: str | None = None  # how the one-line summaries (CLI, flow log) say it: "{}" is the value
+    needs_labels: bool = False  # a run bound that does not apply where the held-out samples carry no labels
+    advice: str = UNDERTRAINED  # the next step a failed bound on it suggests
     modality: Literal["any", "audio"] = "any"  # audio: measured on audio collections only
 
     @property
@@ -59,7 +64,9 @@ FIGURES: tuple[Figure, ...] = (  # in the order the gate checks them
            run_bound="min_mean_cycle_psnr", floor=0.0, summary="cycle PSNR {} dB"),
     Figure("cycle_psnr_robust", "cycle PSNR dB through noise + JPEG", ".2f", "higher",
            sample_bound="min_robust_cycle_psnr", run_bound="min_mean_robust_cycle_psnr", unmeasured="fail",
-           unmeasured_why="no model or no held-out samples", summary="through noise + JPEG {} dB"),
+           unmeasured_why="no model or no held-out samples", summary="through noise + JPEG {} dB",
+           advice="the reconstruction does not survive a small perturbation of G(x): the generator may hide its "
+                  "input in a faint signal (Chu et al. 2017); train longer or with a larger identity weight"),
     Figure("cycle_l1", "cycle L1", ".4f", "lower", sample_bound="max_cycle_l1"),
     Figure("cycle_ssim", "cycle SSIM", ".3f", "higher", sample_bound="min_cycle_ssim",
            run_bound="min_mean_cycle_ssim", floor=-1.0),
@@ -67,7 +74,9 @@ FIGURES: tuple[Figure, ...] = (  # in the order the gate checks them
     Figure("realism", "realism: translations", ".3f", "higher", sample_bound="min_realism",
            run_bound="min_mean_realism", floor=0.0, summary="realism {}"),
     Figure("label_accuracy", "label accuracy: translations", ".3f", "higher", per_sample=False,
-           run_bound="min_label_accuracy", floor=0.0, summary="label accuracy {}"),
+           run_bound="min_label_accuracy", floor=0.0, summary="label accuracy {}", needs_labels=True,
+           advice="translations change their labels: label-aware training (train.semantic: auto) needs labels.csv "
+                  "in both collections, with the same classes"),
     Figure("pass_rate", "held-out pass rate", ".3f", "higher", per_sample=False, run_bound="min_pass_rate",
            floor=0.0),
     Figure("fid_domain_features", "FID, domain features: translations", ".3f", "lower", per_sample=False,

@@ -54,12 +54,8 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
         figure, value = f.summary_key, fig.get(f.summary_key)
         where = f"(validate.run.{direction}.{f.run_bound})"
         if value is None:
-            why = f.unmeasured_why
-            if f.name == "label_accuracy":
-                why = "no labelled held-out samples" if fig.get("labelled", 0) == 0 else why
-                out.append(f"{direction}.{figure}: {why}, bound {bound} {where}")
-            else:
-                out.append(f"{direction}.{figure}: not measured ({why}), bound {bound} {where}")
+            if not (f.needs_labels and fig.get("labelled", 0) == 0):  # label bounds do not apply without labels
+                out.append(f"{direction}.{figure}: not measured ({f.unmeasured_why}), bound {bound} {where}")
             continue
         if f.better == "higher" and value < bound:
             out.append(f"{direction}.{figure} = {value:.4g} < {bound} {where}")
@@ -68,13 +64,54 @@ def run_failures(direction: str, fig: dict, t: RunThresholds) -> list[str]:
     return out
 
 
+def unapplied_bounds(direction: str, fig: dict, t: RunThresholds) -> list[str]:
+    """The set run bounds that do not apply to this run (bounds on labels where no held-out sample has one)."""
+    out = []
+    for f in FIGURES:
+        bound = getattr(t, f.run_bound) if f.run_bound else None
+        if bound is None or (f.floor is not None and bound <= f.floor):
+            continue
+        if f.needs_labels and fig.get(f.summary_key) is None and fig.get("labelled", 0) == 0:
+            out.append(f"{direction}.{f.summary_key} >= {bound} (validate.run.{direction}.{f.run_bound}): not applied, "
+                       "no held-out sample carries a label")
+    return out
+
+
+UTILITY_ADVICE = ("adding the published rows does not help a downstream classifier yet: look at which classes lose "
+                  "in reports/utility.json, train longer, or keep label-aware training on (train.semantic: auto)")
+
+
+def gate_message(failures: list[str], what: str = "quality gate") -> str:
+    """The failed bounds as a list, then what to try next (the advice of each failed figure, once)."""
+    advice: list[str] = []
+    example = None
+    for line in failures:
+        figure = line.split(" ", 1)[0].split(".", 1)[-1].rstrip(":")
+        f = next((f for f in FIGURES if figure in (f.summary_key, f.name)), None)
+        if f is not None and f.advice not in advice:
+            advice.append(f.advice)
+        if example is None and ("(validate.run." in line or "(utility.run." in line):
+            example = line.rsplit("(", 1)[1].rstrip(")")
+        if "(utility.run." in line and UTILITY_ADVICE not in advice:
+            advice.append(UTILITY_ADVICE)
+    lines = [f"{what} failed, nothing published (the previous version stays as it was):",
+             *(f"  - {x}" for x in failures)]
+    if advice or example:
+        lines.append("next:")
+        lines += [f"  - {a}" for a in advice]
+        if example:
+            lines.append(f"  - or, if a bound does not suit this data, switch it off or relax it in params.yaml, "
+                         f"e.g. cycleaug --set {example}=null run")
+    return "\n".join(lines)
+
+
 def check_gate(summary: dict) -> None:
     """Raise :class:`GateFailed` naming each failed run-level threshold, if any failed."""
     if not summary["passed"]:
-        raise GateFailed("quality gate failed, nothing published: " + "; ".join(summary["failures"]))
+        raise GateFailed(gate_message(summary["failures"]))
 
 
 def check_utility(report: dict) -> None:
     """Raise :class:`GateFailed` naming each failed utility bound (``reports/utility.json``), if any failed."""
     if not report["passed"]:
-        raise GateFailed("utility bounds failed, nothing published: " + "; ".join(report["failures"]))
+        raise GateFailed(gate_message(report["failures"], "utility bounds"))

@@ -186,6 +186,9 @@ def markdown_report(summary: dict, pictures: tuple[str, ...] = ("grid_AtoB.png",
     else:
         lines += ["**Gate: FAILED.** Nothing is published and the previous version stays as it was. Failed:", ""]
         lines += [f"- `{f}`" for f in summary["failures"]] + [""]
+    if summary.get("not_applied"):
+        lines += ["Bounds set but not applied to this run:", ""]
+        lines += [f"- `{f}`" for f in summary["not_applied"]] + [""]
     lines += ["## Figures per direction (held-out samples)", "", "| figure | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for label, key, spec in _REPORT_ROWS:

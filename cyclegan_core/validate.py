@@ -52,7 +52,7 @@ from torch import nn
 from .config import DIRECTIONS, Config
 from .devices import resolve_device
 from .figures import AUDIO_SUMMARIZED, SUMMARIZED
-from .gate import reason_key, run_failures, sample_failures
+from .gate import reason_key, run_failures, sample_failures, unapplied_bounds
 from .generate import read_generated
 from .images import decode_png, to_tensor, to_uint8
 from .ingest import manifest_images, read_manifest
@@ -219,6 +219,7 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
 
     figures: dict[str, dict] = {}
     failures: list[str] = []
+    not_applied: list[str] = []
     with atomic_dir(out_dir) as tmp:
         for direction in DIRECTIONS:
             target = direction[-1]
@@ -316,11 +317,13 @@ def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, genera
                                                                        v.kid_subsets, v.classifier_seed))[0]
             figures[direction] = fig
             failures += run_failures(direction, fig, v.run[direction])
+            not_applied += unapplied_bounds(direction, fig, v.run[direction])
         judge = {"key": judge_key, "blur_sigma": v.judge_blur_sigma, "held_out_accuracy": judge_acc,
                  "held_out_samples": len(cal_labels)}
         robust_cycle = {"noise_std": v.robust_noise_std, "jpeg_quality": v.robust_jpeg_quality, "seed": v.robust_seed,
                         "measured": gens is not None}
-        summary = {"passed": not failures, "failures": failures, "kind": cfg.data.kind, "directions": figures,
+        summary = {"passed": not failures, "failures": failures, "not_applied": not_applied, "kind": cfg.data.kind,
+                   "directions": figures,
                    "judges": judge_key, "robust_cycle": robust_cycle,
                    "domain_judge": judge, "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
                                                          "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}

@@ -3,7 +3,7 @@
 from cyclegan_core import report
 from cyclegan_core.config import RunThresholds, SampleThresholds
 from cyclegan_core.figures import FIGURES, summary_line
-from cyclegan_core.gate import run_failures, sample_failures
+from cyclegan_core.gate import gate_message, run_failures, sample_failures, unapplied_bounds
 from cyclegan_core.validate import validated_schema
 
 
@@ -31,11 +31,23 @@ def test_bounds_follow_the_declared_direction():
     bounds = RunThresholds(min_mean_cycle_psnr=21, max_fid_domain=2.0, min_label_accuracy=0.5)
     assert run_failures("AtoB", fig, bounds) == [
         "AtoB.mean_cycle_psnr = 20 < 21.0 (validate.run.AtoB.min_mean_cycle_psnr)",
-        "AtoB.label_accuracy: no labelled held-out samples, bound 0.5 (validate.run.AtoB.min_label_accuracy)",
         "AtoB.fid_domain_features = 3 > 2.0 (validate.run.AtoB.max_fid_domain)",
     ]
-    # Lower bounds at their floor are off; the summary line names what was measured.
+    assert unapplied_bounds("AtoB", fig, bounds) == [
+        "AtoB.label_accuracy >= 0.5 (validate.run.AtoB.min_label_accuracy): not applied, no held-out sample carries "
+        "a label"]
+    message = gate_message(run_failures("AtoB", fig, bounds))
+    assert message.splitlines()[:3] == [
+        "quality gate failed, nothing published (the previous version stays as it was):",
+        "  - AtoB.mean_cycle_psnr = 20 < 21.0 (validate.run.AtoB.min_mean_cycle_psnr)",
+        "  - AtoB.fid_domain_features = 3 > 2.0 (validate.run.AtoB.max_fid_domain)"]
+    assert "train longer (train.steps)" in message
+    assert message.endswith("e.g. cycleaug --set validate.run.AtoB.min_mean_cycle_psnr=null run")
+    # Every bound switches off with null, and lower bounds at their floor are off.
+    # The summary line names what was measured.
     assert run_failures("AtoB", {"mean_cycle_ssim": -0.5}, RunThresholds(min_mean_cycle_ssim=-1.0)) == []
+    assert run_failures("AtoB", {"mean_cycle_ssim": -0.5}, RunThresholds(min_mean_cycle_ssim=None)) == []
+    assert sample_failures({"cycle_psnr": 1.0, "realism": 0.0}, SampleThresholds(min_cycle_psnr=None)) == []
     line = summary_line({"mean_cycle_psnr": 22.91, "mean_realism": 0.4942, "label_accuracy": 0.9444,
                          "label_accuracy_untranslated": 0.504, "fid_domain_features": 0.177})
     assert line == ("cycle PSNR 22.9 dB, realism 0.494, label accuracy 0.944 (untranslated 0.504), "
