@@ -81,7 +81,7 @@ def _finished_line(state) -> str:
 
 def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     from cyclegan_core import pipeline
-    from cyclegan_core.gate import GateFailed
+    from cyclegan_core.gate import GateFailed, gate_message
 
     bars = Bars()
     step = args.command
@@ -105,14 +105,14 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
         r = pipeline.step_validate(cfg)
         _print({"passed": r.passed, "failures": r.failures, "figures": r.figures})
         if not r.passed and args.strict:
-            print("quality gate failed: " + "; ".join(r.failures), file=sys.stderr)
+            print(gate_message(r.failures), file=sys.stderr)
             return 1
     elif step == "utility":
         r = pipeline.step_utility(cfg, bars)
         print(_utility_lines(r.to_dict()), file=sys.stderr)
         _print(r.to_dict())
         if not r.passed and args.strict:
-            print("utility bounds failed: " + "; ".join(r.failures), file=sys.stderr)
+            print(gate_message(r.failures, "utility bounds"), file=sys.stderr)
             return 1
     elif step == "publish":
         try:
@@ -203,44 +203,81 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+START_HERE = """start here:
+  cycleaug run                      the whole pipeline on the bundled digits (what make demo runs)
+  cycleaug --set data.domain_a=DIR_A --set data.domain_b=DIR_B run
+                                    the same on your own two folders (labels.csv optional; see the README)
+  cycleaug ingest, train, generate, validate, utility, publish
+                                    one step at a time, without Prefect (what dvc.yaml's stages call)
+--params and --set go before or after the subcommand: cycleaug run --set train.steps=300"""
+
+# What each step command prints as the next thing to run.
+NEXT = {"default-data": "cycleaug ingest", "ingest": "cycleaug train", "train": "cycleaug generate",
+        "generate": "cycleaug validate", "validate": "cycleaug utility", "utility": "cycleaug publish",
+        "publish": "read it: open_dataset(\"data/augmented\"), or cycleaug export --format imagefolder --out DIR"}
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--params and --set, on the main parser and again on every subcommand (so either place works)."""
+    suffix = "" if top else "_sub"
+    parser.add_argument("--params", dest=f"params{suffix}", default="params.yaml" if top else argparse.SUPPRESS,
+                        help="configuration file (default: params.yaml)")
+    parser.add_argument("--set", dest=f"set{suffix}", action="append", default=[] if top else argparse.SUPPRESS,
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one setting (repeatable), e.g. --set train.steps=200")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cycleaug", description=__doc__)
-    p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable), e.g. --set train.steps=200")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="the whole pipeline as a Prefect flow")
+    p = argparse.ArgumentParser(prog="cycleaug", description=__doc__, epilog=START_HERE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        _common(sp, top=False)
+        return sp
+
+    r = add("run", "the whole pipeline as a Prefect flow (a temporary local server unless PREFECT_API_URL is set)")
     r.add_argument("--retrain", action="store_true", help="train on the current data even if a model could be kept")
-    sub.add_parser("serve", help="serve the nightly and retrain deployments on their cron schedules (Prefect)")
-    sub.add_parser("default-data", help="make the bundled default collections (handwritten and typed digits)")
-    sub.add_parser("ingest", help="read, check and normalize both collections into manifests")
-    t = sub.add_parser("train", help="train a model for the current data and config, or reuse the stored one")
+    add("serve", "serve the nightly and retrain deployments on their cron schedules (Prefect)")
+    add("default-data", "make the bundled default collections (handwritten and typed digits)")
+    add("ingest", "read, check and normalize both collections into manifests (bad files go to a quarantine list)")
+    t = add("train", "train a model for the current data and config, or reuse the stored one")
     t.add_argument("--retrain", action="store_true", help="train on the current data even if a model could be kept")
-    sub.add_parser("generate", help="translate A->B and B->A with reconstructions")
-    v = sub.add_parser("validate", help="score translations and evaluate the quality gate")
+    add("generate", "translate A->B and B->A with reconstructions")
+    v = add("validate", "score translations and evaluate the quality gate")
     v.add_argument("--strict", action="store_true", help="exit 1 when the run-level gate fails")
-    u = sub.add_parser("utility", help="train a downstream classifier on real, translated and untranslated samples; "
-                       "test it on real held-out targets (needs labels)")
+    u = add("utility", "train a downstream classifier on real, translated and untranslated samples and test it on "
+            "real held-out targets (needs labels)")
     u.add_argument("--strict", action="store_true", help="exit 1 when a utility bound fails")
-    sub.add_parser("publish", help="write the passing rows as a Parquet dataset (refused if the gate failed)")
-    _source_args(sub.add_parser("verify", help="check the published dataset against its manifest"))
-    e = sub.add_parser("export", help="write a published version as an image folder or WebDataset tar shards")
+    add("publish", "write the passing rows as a Parquet dataset (refused if the gate failed)")
+    _source_args(add("verify", "check the published dataset against its manifest"))
+    e = add("export", "write a published version as an image folder or WebDataset tar shards")
     e.add_argument("--format", choices=("imagefolder", "webdataset"), default="imagefolder")
     e.add_argument("--out", required=True, help="folder to write (replaced whole when the export is complete)")
     e.add_argument("--split", help="only this split (train or test)")
     e.add_argument("--direction", choices=DIRECTIONS, help="only this direction")
     e.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (webdataset)")
     _source_args(e)
-    pa = sub.add_parser("paired-augment", help="augment a paired multimodal Parquet dataset paired.copies times "
-                        "per sample (synchronized ops, mixup, modality dropout, replay records)")
+    pa = add("paired-augment", "augment a paired multimodal Parquet dataset paired.copies times per sample "
+             "(synchronized ops, mixup, modality dropout, replay records)")
     pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing, "
                     "and a picture of paired.demo.preview samples before/after in <output>/preview.png")
     pa.add_argument("--prefect", action="store_true", help="run as the Prefect flow cycleaug-paired-augment")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with --params/--set merged from before and after the subcommand."""
     args = build_parser().parse_args(argv)
+    args.params = getattr(args, "params_sub", args.params)
+    args.set = [*args.set, *getattr(args, "set_sub", [])]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         cfg = load_config(args.params, tuple(args.set))
     except ConfigError as err:
@@ -252,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(cfg, args)
     if args.command == "paired-augment":
         return _reported(cmd_paired, cfg, args)
-    return _reported(cmd_step, cfg, args)
+    code = _reported(cmd_step, cfg, args)
+    if code == 0 and args.command in NEXT and os.environ.get("RANK", "0") == "0":
+        print(f"next: {NEXT[args.command]}", file=sys.stderr)
+    return code
 
 
 def _reported(fn, cfg: Config, args: argparse.Namespace) -> int:

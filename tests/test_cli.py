@@ -56,3 +56,15 @@ def test_a_completed_run_without_its_result_data_still_reports():
     done = Completed(data={"seconds": 12.5, "train": {"reused": True}, "generate": {"translated": {"AtoB": 2,
                                                                                                   "BtoA": 3}}})
     assert _finished_line(done) == "\nCycleAug finished in 12.5 s (model reused; translated 5 new samples)."
+
+
+def test_params_and_set_go_before_or_after_the_subcommand():
+    from flows.cli import build_parser, parse_args
+
+    args = parse_args(["--set", "train.steps=3", "run", "--set", "train.lr=0.1", "--params", "p.yaml", "--retrain"])
+    assert args.set == ["train.steps=3", "train.lr=0.1"] and args.params == "p.yaml" and args.retrain
+    assert parse_args(["ingest"]).params == "params.yaml" and parse_args(["ingest"]).set == []
+    text = build_parser().format_help()
+    assert "start here:" in text and "cycleaug run --set train.steps=300" in text
+    sub = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "Train a model for the current data" in sub and "--set" in sub
