@@ -1,8 +1,8 @@
 """Export a published version for training code that reads image files, from the same rows.
 
-- ``export_image_folder``: ``<split>/<direction>/<sample_id>.png`` plus ``metadata.csv`` (one row
-  per published row, ``file_name`` first: the layout Hugging Face ``imagefolder`` and most
-  ``ImageFolder``-style loaders read); for audio datasets ``<sample_id>.wav`` (``audiofolder``);
+- ``export_image_folder``: ``<split>/<direction>/<sample_id>.png`` plus ``<split>/metadata.csv`` (one
+  row per published row, ``file_name`` first and relative to the split folder: the layout Hugging
+  Face ``imagefolder`` reads, labels included); for audio datasets ``<sample_id>.wav`` (``audiofolder``);
 - ``export_webdataset``: tar shards ``<split>-<direction>-NNNNNN.tar`` in the WebDataset layout:
   each sample is consecutive members ``<key>.png`` (translation), ``<key>.source.png``,
   ``<key>.rec.png``, for audio ``<key>.wav``, ``<key>.source.wav``, ``<key>.rec.wav``, then
@@ -63,28 +63,37 @@ def _plain(value):
 
 def export_image_folder(dataset: PublishedDataset, out_dir: str | Path, *, split: str | None = None,
                         direction: str | None = None) -> ExportResult:
-    """``out_dir/<split>/<direction>/<sample_id>.png`` and ``out_dir/metadata.csv``."""
+    """``out_dir/<split>/<direction>/<sample_id>.png`` and one ``out_dir/<split>/metadata.csv`` per split.
+
+    Hugging Face ``imagefolder`` (and ``audiofolder``) reads the split from the top folder and each row's
+    columns, ``label`` (the source's class) included, from that split's ``metadata.csv``, whose
+    ``file_name`` is relative to the split folder; without it the loader would take the direction
+    folders for classes. ``direction`` is a column, like every other non-byte column of the row.
+    """
     rows = files = 0
-    fields: list[str] | None = None
-    with atomic_dir(out_dir) as tmp, open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        for s, d in _groups(dataset, split, direction):
-            folder = tmp / s / d
-            folder.mkdir(parents=True, exist_ok=True)
-            for row in _rows(dataset, s, d):
-                # Audio datasets: the translated clip is the file (audiofolder layout), the picture beside it.
-                audio = row.get("audio") is not None
-                rel = f"{s}/{d}/{row['sample_id']}.{'wav' if audio else 'png'}"
-                target = tmp / rel
-                if not target.exists():  # the same bytes (same sample id) are written once
-                    target.write_bytes(row["audio" if audio else "image"]["bytes"])
-                    files += 1
-                meta = {k: v for k, v in row.items() if k not in BYTES_COLUMNS}
-                if fields is None:
-                    fields = list(meta)
-                    writer.writerow(["file_name", *fields])
-                writer.writerow([rel, *(_plain(meta[k]) for k in fields)])
-                rows += 1
+    with atomic_dir(out_dir) as tmp:
+        groups = _groups(dataset, split, direction)
+        for s in sorted({s for s, _ in groups}):
+            fields: list[str] | None = None
+            (tmp / s).mkdir(parents=True, exist_ok=True)
+            with open(tmp / s / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                for d in [d for s2, d in groups if s2 == s]:
+                    (tmp / s / d).mkdir(exist_ok=True)
+                    for row in _rows(dataset, s, d):
+                        # Audio datasets: the translated clip is the file (audiofolder layout).
+                        audio = row.get("audio") is not None
+                        rel = f"{d}/{row['sample_id']}.{'wav' if audio else 'png'}"
+                        target = tmp / s / rel
+                        if not target.exists():  # the same bytes (same sample id) are written once
+                            target.write_bytes(row["audio" if audio else "image"]["bytes"])
+                            files += 1
+                        meta = {k: v for k, v in row.items() if k not in BYTES_COLUMNS}
+                        if fields is None:
+                            fields = list(meta)
+                            writer.writerow(["file_name", *fields])
+                        writer.writerow([rel, *(_plain(meta[k]) for k in fields)])
+                        rows += 1
     return ExportResult(str(out_dir), "imagefolder", rows, files)
 
 

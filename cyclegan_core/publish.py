@@ -539,8 +539,11 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
               "from cyclegan_core.reader import open_dataset",
               "ds = open_dataset(\"data/augmented\")                       # or repo=..., rev=\"v3\"",
               "df = ds.to_pandas(direction=\"AtoB\", split=\"test\")",
-              "import datasets",
-              "hf = datasets.load_dataset(\"parquet\", data_dir=\"data/augmented/data\")",
+              "import datasets                                           # Hugging Face splits: the directions",
+              "hf = datasets.load_dataset(\"data/augmented\")               # this card's configs: AtoB, BtoA",
+              "held_out = hf[\"AtoB\"].filter(lambda r: r[\"split\"] == \"test\")  # sources held out of training",
+              "import pandas as pd                                       # the shards are under data/",
+              "df = pd.read_parquet(\"data/augmented/data\")",
               "```", ""]
     return "\n".join(lines)
 

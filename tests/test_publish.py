@@ -244,13 +244,27 @@ def test_export_image_folder_and_webdataset(versions, tmp_path):
     rows = _rows(versions["v2"])
     folder = export_image_folder(dataset, tmp_path / "folder")
     assert folder.rows == len(rows)
-    with open(tmp_path / "folder" / "metadata.csv", newline="") as f:
-        meta = list(csv.DictReader(f))
+    meta = []
+    for split in ("train", "test"):
+        with open(tmp_path / "folder" / split / "metadata.csv", newline="") as f:
+            meta += [m | {"_split": split} for m in csv.DictReader(f)]
     assert len(meta) == len(rows) and meta[0].keys() >= {"file_name", "sample_id", "source_id", "label", "cycle_psnr"}
     for m in meta:
         row = rows[(m["direction"], m["source_id"])]
-        assert m["file_name"] == f"{row['split']}/{row['direction']}/{row['sample_id']}.png"
-        assert (tmp_path / "folder" / m["file_name"]).read_bytes() == row["image"]["bytes"]
+        assert m["_split"] == row["split"] and m["file_name"] == f"{row['direction']}/{row['sample_id']}.png"
+        assert (tmp_path / "folder" / m["_split"] / m["file_name"]).read_bytes() == row["image"]["bytes"]
+    # Hugging Face's imagefolder loader: splits from the folders, each row's label from metadata.csv (the
+    # digit), not the direction folders.
+    import datasets
+
+    hf = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "folder"),
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert set(hf) == {"train", "test"}
+    for split in hf:
+        got = sorted((r["direction"], r["sample_id"], r["label"]) for r in hf[split].remove_columns("image"))
+        want = sorted((r["direction"], r["sample_id"], r["label"]) for r in rows.values() if r["split"] == split)
+        assert got == want, split
+    assert hf["test"].features["label"].dtype.startswith("int")
 
     wds = export_webdataset(dataset, tmp_path / "wds", samples_per_shard=10)
     tars = sorted((tmp_path / "wds").glob("*.tar"))
