@@ -42,6 +42,7 @@ class Figure:
     summary: str | None = None  # how the one-line summaries (CLI, flow log) say it: "{}" is the value
     needs_labels: bool = False  # a run bound that does not apply where the held-out samples carry no labels
     advice: str = UNDERTRAINED  # the next step a failed bound on it suggests
+    doc: str = ""  # what a per-sample column means, for the dataset card's data dictionary
     modality: Literal["any", "audio"] = "any"  # audio: measured on audio collections only
 
     @property
@@ -61,18 +62,26 @@ class Figure:
 
 FIGURES: tuple[Figure, ...] = (  # in the order the gate checks them
     Figure("cycle_psnr", "cycle PSNR dB", ".2f", "higher", sample_bound="min_cycle_psnr",
-           run_bound="min_mean_cycle_psnr", floor=0.0, summary="cycle PSNR {} dB"),
+           run_bound="min_mean_cycle_psnr", floor=0.0, summary="cycle PSNR {} dB",
+           doc="PSNR (dB) between the source x and its reconstruction F(G(x)); higher is better"),
     Figure("cycle_psnr_robust", "cycle PSNR dB through noise + JPEG", ".2f", "higher",
            sample_bound="min_robust_cycle_psnr", run_bound="min_mean_robust_cycle_psnr", unmeasured="fail",
            unmeasured_why="no model or no held-out samples", summary="through noise + JPEG {} dB",
            advice="the reconstruction does not survive a small perturbation of G(x): the generator may hide its "
-                  "input in a faint signal (Chu et al. 2017); train longer or with a larger identity weight"),
-    Figure("cycle_l1", "cycle L1", ".4f", "lower", sample_bound="max_cycle_l1"),
+                  "input in a faint signal (Chu et al. 2017); train longer or with a larger identity weight",
+           doc="PSNR (dB) between x and F(q(G(x))), q = Gaussian noise then JPEG: low when the translation "
+               "hides x in a faint signal; null without the model"),
+    Figure("cycle_l1", "cycle L1", ".4f", "lower", sample_bound="max_cycle_l1",
+           doc="mean |x - F(G(x))| on [0, 1]"),
     Figure("cycle_ssim", "cycle SSIM", ".3f", "higher", sample_bound="min_cycle_ssim",
-           run_bound="min_mean_cycle_ssim", floor=-1.0),
-    Figure("identity_l1", "identity drift L1", ".4f", "lower", sample_bound="max_identity_l1"),
+           run_bound="min_mean_cycle_ssim", floor=-1.0,
+           doc="SSIM between x and F(G(x)) (Gaussian window 11, sigma 1.5)"),
+    Figure("identity_l1", "identity drift L1", ".4f", "lower", sample_bound="max_identity_l1",
+           doc="mean |x - F(x)| on [0, 1]: how much the way-back generator alters a real source"),
     Figure("realism", "realism: translations", ".3f", "higher", sample_bound="min_realism",
-           run_bound="min_mean_realism", floor=0.0, summary="realism {}"),
+           run_bound="min_mean_realism", floor=0.0, summary="realism {}",
+           doc="conformal p-value of 'is a real target sample' from a domain judge (real targets average "
+               "0.5; not a probability of being real)"),
     Figure("label_accuracy", "label accuracy: translations", ".3f", "higher", per_sample=False,
            run_bound="min_label_accuracy", floor=0.0, summary="label accuracy {}", needs_labels=True,
            advice="translations change their labels: label-aware training (train.semantic: auto) needs labels.csv "
@@ -86,10 +95,13 @@ FIGURES: tuple[Figure, ...] = (  # in the order the gate checks them
     Figure("fid_inception", "FID, Inception", ".2f", "lower", per_sample=False, run_bound="max_fid_inception"),
     Figure("kid_inception", "KID, Inception", ".4f", "lower", per_sample=False, run_bound="max_kid_inception"),
     Figure("cycle_lsd", "cycle log-spectral distance dB", ".2f", "lower", sample_bound="max_cycle_lsd",
-           run_bound="max_mean_cycle_lsd", modality="audio", summary="audio: cycle log-spectral distance {} dB"),
+           run_bound="max_mean_cycle_lsd", modality="audio", summary="audio: cycle log-spectral distance {} dB",
+           doc="audio: log-spectral distance (dB) between the source's and the cycle's spectrograms"),
     Figure("cycle_si_sdr", "cycle SI-SDR dB on waveforms", ".2f", "higher", sample_bound="min_cycle_si_sdr",
-           run_bound="min_mean_cycle_si_sdr", modality="audio", summary="cycle SI-SDR {} dB"),
-    Figure("inversion_lsd", "inversion loss: log-spectral distance dB", ".2f", "lower", modality="audio"),
+           run_bound="min_mean_cycle_si_sdr", modality="audio", summary="cycle SI-SDR {} dB",
+           doc="audio: SI-SDR (dB) of the cycle's waveform against the source clip"),
+    Figure("inversion_lsd", "inversion loss: log-spectral distance dB", ".2f", "lower", modality="audio",
+           doc="audio: log-spectral distance (dB) lost turning the translated spectrogram back into sound"),
 )
 
 BY_NAME = {f.name: f for f in FIGURES}

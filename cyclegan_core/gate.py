@@ -105,6 +105,22 @@ def gate_message(failures: list[str], what: str = "quality gate") -> str:
     return "\n".join(lines)
 
 
+def bounds_in_force(sample: dict[str, SampleThresholds], run: dict[str, RunThresholds],
+                    utility: dict | None = None) -> list[str]:
+    """Every bound that is on, as ``validate.<level>.<direction>.<key> = <value>`` (utility's too)."""
+    floors = {f.run_bound: f.floor for f in FIGURES if f.run_bound}
+    out = []
+    for level, per_dir in (("sample", sample), ("run", run)):
+        for d, t in per_dir.items():
+            for key, value in t.model_dump().items():
+                if value is None or value is False or (floors.get(key) is not None and value <= floors[key]):
+                    continue
+                out.append(f"validate.{level}.{d}.{key} = {value}")
+    for d, t in (utility or {}).items():
+        out += [f"utility.run.{d}.{k} = {v}" for k, v in t.model_dump().items() if v is not None]
+    return out
+
+
 def check_gate(summary: dict) -> None:
     """Raise :class:`GateFailed` naming each failed run-level threshold, if any failed."""
     if not summary["passed"]:

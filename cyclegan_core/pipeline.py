@@ -22,7 +22,7 @@ from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
-from .gate import check_gate, check_utility
+from .gate import bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -331,6 +331,7 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
         "figures": summary["directions"],
         "utility": utility,
         "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"]},
+        "bounds": bounds_in_force(cfg.validate_.sample, cfg.validate_.run, cfg.utility.run),
         "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
                     "mode": cfg.data.mode, "kind": cfg.data.kind},
     }

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import DIRECTIONS
+from .figures import BY_NAME
 from .generate import read_generated
 from .storage import atomic_dir, write_json_atomic
 from .validate import read_validated
@@ -61,6 +62,34 @@ PROVENANCE_COLUMNS = ("code_version", "params_hash", "seed", "flow_run_id", "cre
 # Low-cardinality strings: dictionary encoding makes them almost free.
 DICTIONARY_COLUMNS = ("direction", "split", "model_fingerprint", "code_version", "params_hash", "mode",
                       "flow_run_id", "created_at")
+# The card's data dictionary (per-sample figures are described in cyclegan_core.figures).
+COLUMN_DOCS = {
+    "sample_id": "sha256 of the translation's PNG (or WAV): the row's key",
+    "image": "the translation G(x), PNG bytes ({bytes, path})",
+    "source_image": "the source x it was translated from, PNG bytes",
+    "reconstruction": "F(G(x)), the translation brought back to the source domain, PNG bytes",
+    "direction": "AtoB or BtoA; also the Hugging Face split of this card",
+    "split": "whether the source was a training sample of the model (train) or held out (test); not a "
+             "Hugging Face split",
+    "label": "the source's class from its collection's labels.csv (null without one); the translation keeps "
+             "it where label_ok is true",
+    "pred_label": "the class a label judge (a classifier trained on real target samples, not the translation "
+                  "model) reads in G(x); null without labels",
+    "label_ok": "pred_label equals label: the judge reads the source's class in the translation",
+    "passed": "passed every per-sample bound: always true here, since only passing rows are published",
+    "source_id": "sha256 of the source file's bytes",
+    "source_uri": "where the source was read, relative to its collection",
+    "model_fingerprint": "the model that translated the row (paths.models/<fingerprint>)",
+    "code_version": "sha256 of the library code of the run that first published the row",
+    "params_hash": "sha256 of the settings of that run",
+    "seed": "train.seed of that run",
+    "flow_run_id": "the Prefect flow run that first published the row (null outside Prefect)",
+    "created_at": "when the translation was made (UTC)",
+    "width": "picture width, px", "height": "picture height, px", "mode": "PIL mode of the pictures",
+    "audio": "the translation as sound, WAV bytes", "source_audio": "the source clip, WAV bytes",
+    "reconstruction_audio": "the cycle's clip, WAV bytes", "sample_rate": "Hz of the clips",
+    "duration_s": "clip length, seconds",
+}
 MAX_WRITER_THREADS = 4
 ROW_OVERHEAD_BYTES = 256  # estimated non-image bytes of a row, for shard sizing only
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -479,8 +508,13 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _column_doc(name: str) -> str:
+    f = BY_NAME.get(name)
+    return (f.doc if f is not None and f.doc else COLUMN_DOCS.get(name, "")).replace("|", "/")
+
+
 def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = None, model: dict | None = None,
-                 sources: dict | None = None, utility: dict | None = None) -> str:
+                 sources: dict | None = None, utility: dict | None = None, bounds: list[str] | None = None) -> str:
     """README with YAML front matter (features, splits, counts) and the version's model and figures."""
     rows, splits, figures = manifest["rows"], manifest["splits"], figures or {}
     by_dir: dict[str, int] = {}
@@ -508,9 +542,9 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
     elif src:
         intro += (f", between collection A (`{src.get('A')}`) and collection B (`{src.get('B')}`), "
                   f"{src.get('size')}x{src.get('size')} `{src.get('mode')}` images")
-    lines += [intro + ". Only translations that passed the per-sample gate are included, and the run passed "
-              "every run-level threshold. Hugging Face splits are the directions (`AtoB`, `BtoA`); the "
-              "`split` column says whether the source was a training or held-out sample.", ""]
+    lines += [intro + ". Only translations that passed the per-sample bounds are included, and the run passed "
+              "the run-level bounds in force (listed below). Hugging Face splits are the directions (`AtoB`, "
+              "`BtoA`); the `split` column says whether the source was a training or held-out sample.", ""]
     names = sorted({s for v in splits.values() for s in v})
     lines += ["| direction | rows | dropped by the gate | " + " | ".join(names) + " |"]
     lines += ["|---|---|---|" + "---|" * len(names)]
@@ -522,12 +556,16 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
         lines += ["", "Figures of this version (held-out samples unless the name says otherwise):", "",
                   "| figure | " + " | ".join(figures) + " |", "|---|" + "---|" * len(figures)]
         lines += [f"| {k} | " + " | ".join(_fmt(figures[d].get(k)) for d in figures) + " |" for k in keys]
+    if bounds is not None:
+        lines += ["", "Bounds in force when this version was published (`params.yaml`, `validate`; null ones are off):",
+                  ""]
+        lines += [f"- {b}" for b in bounds] or ["- none: no per-sample or run-level bound was set"]
     if utility:
         from .report import utility_markdown
 
         lines += ["", utility_markdown(utility).replace("![utility.png](utility.png)", "").rstrip()]
-    lines += ["", "## Features", "", "| column | type |", "|---|---|"]
-    lines += [f"| `{f.name}` | {_card_dtype(f.type, f.name)} |" for f in schema]
+    lines += ["", "## Features", "", "| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{f.name}` | {_card_dtype(f.type, f.name)} | {_column_doc(f.name)} |" for f in schema]
     lines += ["", "`image`, `source_image` and `reconstruction` are PNG bytes (`{bytes, path}`); `sample_id` is "
               "the sha256 of the translation's PNG, `source_id` that of the source. Provenance columns "
               f"({', '.join(f'`{c}`' for c in PROVENANCE_COLUMNS)}) describe the run that first published a "

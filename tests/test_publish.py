@@ -94,6 +94,24 @@ def test_shards_layout_schema_and_card(versions):
     assert front["configs"][0]["data_files"][0] == {"split": "AtoB", "path": "data/AtoB-*.parquet"}
     row = next(iter(_rows(v2).values()))
     assert row["model_fingerprint"] in card and "mean_cycle_psnr" in card and "| AtoB | 28 | 0 | 10 | 18 |" in card
+    # The data dictionary says what the columns mean, and the bounds in force are recorded.
+    assert "| `realism` | float64 | conformal p-value" in card and "not a Hugging Face split" in card
+    assert "| `passed` | bool | passed every per-sample bound: always true here" in card
+
+
+def test_the_card_records_the_bounds_in_force():
+    from cyclegan_core.config import RunThresholds, SampleThresholds
+    from cyclegan_core.gate import bounds_in_force
+    from cyclegan_core.publish import dataset_card
+
+    bounds = bounds_in_force({"AtoB": SampleThresholds(min_cycle_psnr=16.0)},
+                             {"AtoB": RunThresholds(min_mean_cycle_ssim=-1.0, max_fid_domain=5.0)})
+    assert bounds == ["validate.sample.AtoB.min_cycle_psnr = 16.0", "validate.run.AtoB.max_fid_domain = 5.0"]
+    manifest = {"rows": {"AtoB": 1}, "splits": {"AtoB": {"test": 1}}, "shards": [], "dropped": {},
+                "provenance": {}, "published_at": "now"}
+    schema = pa.schema([("realism", pa.float64())])
+    assert "- validate.run.AtoB.max_fid_domain = 5.0" in dataset_card(manifest, schema, bounds=bounds)
+    assert "- none: no per-sample or run-level bound was set" in dataset_card(manifest, schema, bounds=[])
 
 
 def test_row_groups_of_about_100_rows(tmp_path):
