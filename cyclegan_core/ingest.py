@@ -205,7 +205,11 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, int]:
     """
     counts = {}
     for domain, url in urls.items():
-        _, _, files, _ = list_images(url, cfg)
+        try:
+            _, _, files, _ = list_images(url, cfg)
+        except CollectionError as err:  # say which collection (and which setting names it)
+            key = {"A": "data.domain_a", "B": "data.domain_b"}.get(domain, domain)
+            raise CollectionError(f"collection {domain} ({key}): {err}") from None
         if not files:
             raise CollectionError(f"collection {domain} ({redact_url(url)}): empty, no files ending in "
                                   f"{', '.join(cfg.file_extensions)}")

@@ -48,6 +48,15 @@ def _print(obj) -> None:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from cyclegan_core.ingest import CollectionError, check_collections
+    from cyclegan_core.storage import StorageError
+
+    if not cfg.data.uses_default_collections:  # before Prefect starts a server: a missing folder is one line
+        try:
+            check_collections({"A": cfg.data.domain_a, "B": cfg.data.domain_b}, cfg.data)
+        except (CollectionError, StorageError) as err:
+            print(f"cycleaug run: {err}", file=sys.stderr)
+            return 1
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.augment import augment

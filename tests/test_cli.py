@@ -68,3 +68,13 @@ def test_params_and_set_go_before_or_after_the_subcommand():
     assert "start here:" in text and "cycleaug run --set train.steps=300" in text
     sub = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "Train a model for the current data" in sub and "--set" in sub
+
+
+def test_run_with_a_missing_collection_says_so_in_one_line_before_any_server(tmp_path):
+    (tmp_path / "B").mkdir()
+    (tmp_path / "params.yaml").write_text("{}\n")
+    r = _cycleaug("--set", f"data.domain_a={tmp_path / 'nope'}", "--set", f"data.domain_b={tmp_path / 'B'}", "run",
+                  cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "collection A (data.domain_a)" in r.stderr and "not found" in r.stderr
+    assert not (tmp_path / ".prefect").exists()  # no Prefect server was started
