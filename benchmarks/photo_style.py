@@ -68,6 +68,15 @@ RECIPES: dict[str, list[str]] = {
     "resize_conv+norm_none": ["model.upsample=resize_conv", "model.norm=none"],
     "resize_conv+norm_batch": ["model.upsample=resize_conv", "model.norm=batch"],
     "resize_conv+norm_none+identity_2": ["model.upsample=resize_conv", "model.norm=none", "train.lambda_identity=2.0"],
+    # One default for digits and photos (benchmarks/README.md): the discriminators keep the instance norm,
+    # or the generators keep it and their last conv also sees the input image.
+    "resize_conv+norm_none+norm_d_instance": ["model.upsample=resize_conv", "model.norm=none",
+                                              "model.norm_d=instance"],
+    "resize_conv+norm_none+norm_d_batch": ["model.upsample=resize_conv", "model.norm=none", "model.norm_d=batch"],
+    "input_skip": ["model.input_skip=true"],
+    "resize_conv+input_skip": ["model.upsample=resize_conv", "model.input_skip=true"],
+    "resize_conv+norm_batch+norm_d_instance": ["model.upsample=resize_conv", "model.norm=batch",
+                                               "model.norm_d=instance"],
 }
 
 # The recipes measured in benchmarks/README.md (the default of --recipe).

@@ -208,11 +208,18 @@ class ModelConfig(_Strict):
     n_blocks: int = Field(6, ge=0, description="Residual blocks in each ResNet generator (or translator).")
     n_layers_d: int = Field(3, ge=1, description="Strided conv layers in each PatchGAN.")
     norm: Literal["instance", "batch", "none"] = "instance"
+    norm_d: Literal["instance", "batch", "none"] | None = Field(
+        None, description="The discriminators' norm; null: the same as norm (the reference has one norm for all)."
+    )
     init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
     init_gain: float = Field(0.02, gt=0.0, description="Scale of normal/xavier/orthogonal init.")
     use_dropout: bool = Field(False, description="Dropout 0.5 in residual blocks / inner U-Net levels.")
     upsample: Literal["transpose", "resize_conv"] = Field(
         "transpose", description="transpose (reference) or resize_conv (nearest x2 then conv: no checkerboard)."
+    )
+    input_skip: bool = Field(
+        False, description="ResNet generators: the last conv also sees the input image (colour and levels that "
+        "instance norm removes reach the output); false: the reference network.",
     )
     translator_directions: Literal["AtoB", "both"] = Field(
         "both",
@@ -220,8 +227,18 @@ class ModelConfig(_Strict):
         "autoencoder, untranslated); both adds a second translator and encoding discriminator for B->A.",
     )
 
+    @property
+    def discriminator_norm(self) -> str:
+        """The norm of the discriminators: ``norm_d``, or ``norm`` where it is unset."""
+        return self.norm if self.norm_d is None else self.norm_d
+
     @model_validator(mode="after")
     def _translator_needs_resnet(self) -> ModelConfig:
+        if self.input_skip and (self.arch != "cyclegan" or self.generator != "resnet"):
+            raise ValueError(
+                f"model.input_skip=true needs arch 'cyclegan' with generator 'resnet' (got arch {self.arch!r}, "
+                f"generator {self.generator!r}): the translator's decoder and the U-Net have no such skip"
+            )
         if self.arch == "translator" and self.generator != "resnet":
             raise ValueError(
                 f"model.generator={self.generator!r}: arch 'translator' splits a ResNet generator into "

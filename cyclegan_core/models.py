@@ -38,11 +38,13 @@ class CycleGAN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, channels: int):
         super().__init__()
-        g = {"n_blocks": cfg.n_blocks, "use_dropout": cfg.use_dropout, "upsample": cfg.upsample}
+        g = {"n_blocks": cfg.n_blocks, "use_dropout": cfg.use_dropout, "upsample": cfg.upsample,
+             "input_skip": cfg.input_skip}
         self.G_AB = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
         self.G_BA = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
-        self.D_A = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
-        self.D_B = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.norm, cfg.n_layers_d)
+        d_norm = cfg.discriminator_norm
+        self.D_A = define_discriminator(cfg.discriminator, channels, cfg.ndf, d_norm, cfg.n_layers_d)
+        self.D_B = define_discriminator(cfg.discriminator, channels, cfg.ndf, d_norm, cfg.n_layers_d)
         for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
             init_weights(net, cfg.init_type, cfg.init_gain)
 

@@ -5,7 +5,9 @@ pixel), norms, weight initialisations, GAN losses (LSGAN, vanilla, WGAN-GP) and 
 with the reference's layer order, bias rules and defaults, so parameter counts and behaviour match
 it. Two additions the reference lacks: a resize-then-convolve upsampling option (no checkerboard
 artifacts, Odena et al. 2016) and the split of a ResNet generator into encoder, translator and
-decoder that the single-translator model (:mod:`cyclegan_core.translator`) is built from. The image
+decoder that the single-translator model (:mod:`cyclegan_core.translator`) is built from; and an
+optional input skip of the ResNet generator (the image concatenated to the features its last conv
+sees, so colour and levels that the instance norms remove can reach the output). The image
 pool draws from an explicit ``torch.Generator`` so that a run can be checkpointed and resumed exactly.
 """
 
@@ -107,20 +109,34 @@ class ResnetGenerator(nn.Module):
     """c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out, tanh.
 
     One flat ``model`` Sequential, in the reference's order, so its state-dict keys match it.
+
+    ``input_skip`` (not in the reference): the last c7s1 conv, kept apart as ``out``, sees the
+    input image concatenated to the ngf decoder features (ngf + input_nc channels in, so
+    ``input_nc * output_nc * 49`` more weights). The instance norm after the first conv removes every
+    channel's mean and spread, so without it the generator cannot see an image's colour or levels;
+    with it the output is tanh(a linear map of the input's neighbourhood + the features' part).
     """
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance",
-                 use_dropout: bool = False, n_blocks: int = 9, upsample: str = "transpose"):
+                 use_dropout: bool = False, n_blocks: int = 9, upsample: str = "transpose",
+                 input_skip: bool = False):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks={n_blocks} must be >= 0")
+        decoder = list(resnet_decoder(output_nc, ngf, norm, upsample))
+        self.input_skip = input_skip
+        if input_skip:
+            decoder = decoder[:-3]  # the c7s1-out conv and tanh move to ``out`` and see the input too
+            self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf + input_nc, output_nc, 7), nn.Tanh())
         self.model = nn.Sequential(
             *resnet_encoder(input_nc, ngf, norm),
             *resnet_blocks(ngf, norm, n_blocks, use_dropout),
-            *resnet_decoder(output_nc, ngf, norm, upsample),
+            *decoder,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_skip:
+            return self.out(torch.cat([self.model(x), x], 1))
         return self.model(x)
 
 
@@ -235,10 +251,14 @@ class PixelDiscriminator(nn.Module):
 
 
 def define_generator(kind: str, input_nc: int, output_nc: int, ngf: int, norm: str, *, n_blocks: int = 9,
-                     use_dropout: bool = False, upsample: str = "transpose") -> nn.Module:
-    """``resnet`` (``n_blocks`` residual blocks: 6 and 9 are the reference's), ``unet_128``, ``unet_256``."""
+                     use_dropout: bool = False, upsample: str = "transpose", input_skip: bool = False) -> nn.Module:
+    """``resnet`` (``n_blocks`` residual blocks: 6 and 9 are the reference's), ``unet_128``, ``unet_256``.
+
+    ``input_skip`` (ResNet only; off is the reference): see :class:`ResnetGenerator`."""
     if kind == "resnet":
-        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample)
+        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample, input_skip)
+    if input_skip:
+        raise ValueError(f"input_skip is a ResNet generator option, not one of {kind!r}")
     if kind in ("unet_128", "unet_256"):
         return UnetGenerator(input_nc, output_nc, 7 if kind == "unet_128" else 8, ngf, norm, use_dropout, upsample)
     raise ValueError(f"generator {kind!r} is not one of resnet, unet_128, unet_256")

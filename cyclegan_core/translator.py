@@ -101,8 +101,8 @@ class EncodingDiscriminator(nn.Module):
 def encoding_discriminator(cfg: ModelConfig) -> nn.Module:
     """A discriminator whose input is an encoding (4*ngf channels) rather than an image."""
     if cfg.discriminator == "pixel":
-        return PixelDiscriminator(cfg.ngf * 4, cfg.ndf, cfg.norm)
-    return EncodingDiscriminator(cfg.ngf * 4, cfg.ndf, cfg.n_layers_d, cfg.norm)
+        return PixelDiscriminator(cfg.ngf * 4, cfg.ndf, cfg.discriminator_norm)
+    return EncodingDiscriminator(cfg.ngf * 4, cfg.ndf, cfg.n_layers_d, cfg.discriminator_norm)
 
 
 class SingleTranslator(nn.Module):

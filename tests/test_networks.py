@@ -93,3 +93,36 @@ def test_image_pool_fills_then_mixes_and_round_trips():
     clone.load_state_tensor(pool.state_tensor())
     assert torch.equal(clone.state_tensor(), pool.state_tensor())
     assert torch.equal(ImagePool(0, gen).query(first), first)
+
+
+def test_input_skip_is_off_by_default_and_adds_only_the_skip_weights():
+    ref = define_generator("resnet", 3, 3, 8, "instance", n_blocks=2)
+    skip = define_generator("resnet", 3, 3, 8, "instance", n_blocks=2, input_skip=True)
+    assert not ref.input_skip and not hasattr(ref, "out")
+    assert _count(skip) - _count(ref) == 3 * 3 * 7 * 7  # the last conv's extra input channels
+    x = torch.randn(2, 3, 16, 16)
+    y = skip(x)
+    assert y.shape == x.shape and float(y.detach().abs().max()) <= 1.0
+    # Instance norm makes the reference blind to a per-channel offset; the skip sees it.
+    torch.manual_seed(0)
+    init_weights(ref, "normal", 0.02)
+    init_weights(skip, "normal", 0.02)
+    offset = torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert float((ref(x + offset) - ref(x)).abs().max()) < 1e-4
+        assert float((skip(x + offset) - skip(x)).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="ResNet"):
+        define_generator("unet_128", 3, 3, 8, "batch", input_skip=True)
+
+
+def test_discriminator_norm_follows_norm_unless_set():
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.train import CycleGAN
+
+    same = CycleGAN(ModelConfig(norm="none"), 1)
+    split = CycleGAN(ModelConfig(norm="none", norm_d="instance"), 1)
+    norms = lambda net: {type(m).__name__ for m in net.modules()} & {"InstanceNorm2d", "BatchNorm2d"}  # noqa: E731
+    assert norms(same.D_A) == set() and norms(split.D_A) == {"InstanceNorm2d"}
+    assert norms(split.G_AB) == set() and _count(split.G_AB) == _count(same.G_AB)
+    with pytest.raises(ValueError, match="input_skip"):
+        ModelConfig(arch="translator", input_skip=True)
