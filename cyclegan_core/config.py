@@ -190,6 +190,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """The networks (names and defaults follow the reference implementation, except sizes).
 
+    These defaults are the reference's; ``params.yaml`` sets the recipe measured on digits and photos
+    (``norm: none`` generators, ``norm_d: instance`` discriminators, ``upsample: resize_conv``).
+
     ``arch: cyclegan`` is the reference CycleGAN (two generators, two image discriminators);
     ``arch: translator`` is the single-translator variant (one shared encoder/decoder trained as an
     autoencoder, a translator on encodings, a discriminator on encodings, a deviation loss): see
