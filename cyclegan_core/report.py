@@ -60,8 +60,9 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
         for c, head in enumerate(heads):
             axes[0][col0 + c].text(0.5, 1.35, head, transform=axes[0][col0 + c].transAxes, ha="center",
                                    fontsize=6, weight="bold")
-    fig.suptitle(f"{direction}: input | translation | reconstruction; best and worst held-out by cycle L1",
-                 fontsize=8)
+    fig.suptitle(f"{direction}: input | translation | reconstruction; the best and worst held-out rows by cycle L1\n"
+                 "captions: cycle PSNR and SSIM (input against reconstruction); label: the source's -> the one a "
+                 "judge reads in the translation, (x) where they differ", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, out_png)
 
@@ -73,17 +74,20 @@ def loss_curves(losses_tsv: str | Path, out_png: str | Path) -> Path | None:
     if not rows:
         return None
     step = np.array([int(r["step"]) for r in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
-    groups = (("adversarial", ("G_AB", "G_BA", "D_A", "D_B")), ("cycle", ("cycle_A", "cycle_B")),
-              ("identity", ("idt_A", "idt_B")))
+    groups = [("adversarial", ("G_AB", "G_BA", "D_A", "D_B")), ("cycle", ("cycle_A", "cycle_B")),
+              ("identity", ("idt_A", "idt_B"))]
     if "T_AB" in rows[0]:  # the single-translator variant logs its own losses
-        groups = (("adversarial (encodings)", ("T_AB", "T_BA", "D_A", "D_B")),
-                  ("autoencoder", ("recon_A", "recon_B")), ("deviation", ("dev_A", "dev_B")))
+        groups = [("adversarial (encodings)", ("T_AB", "T_BA", "D_A", "D_B")),
+                  ("autoencoder", ("recon_A", "recon_B")), ("deviation", ("dev_A", "dev_B"))]
+    elif any(float(r.get("sem_AB") or 0) or float(r.get("sem_BA") or 0) for r in rows):
+        groups.append(("semantic (label-aware)", ("sem_AB", "sem_BA")))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3))
     for ax, (title, names) in zip(axes, groups, strict=True):
         for n in names:
             ax.plot(step, [float(r[n]) for r in rows], label=n, linewidth=1)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel("loss (weighted, as optimized)", fontsize=8)
         ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
