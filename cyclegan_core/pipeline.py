@@ -22,7 +22,7 @@ from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
-from .gate import bounds_in_force, check_gate, check_utility
+from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -308,17 +308,35 @@ def read_utility(cfg: Config) -> dict | None:
     return doc
 
 
+# What publish writes into reports/: figures of a published version, not of a run that failed its gate.
+PUBLISHED_REPORTS = ("metrics.json", LOSSES_FILE, "losses.png", EPOCH_LOSSES_FILE)
+
+
+def gated(cfg: Config, check: Callable[[dict], None], doc: dict) -> None:
+    """``check(doc)`` (``check_gate`` or ``check_utility``); when it fails, first take the previous published
+    version's figures out of ``reports/`` (they live on in its dataset card), so that the folder holds only
+    this failed run's report, grids and figures, then raise."""
+    try:
+        check(doc)
+    except GateFailed:
+        reports = Path(cfg.paths.reports)
+        for name in PUBLISHED_REPORTS:
+            (reports / name).unlink(missing_ok=True)
+        raise
+
+
 def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
-    """Publish the passing rows, unless the run-level gate or a utility bound failed (then raise, touching nothing)."""
+    """Publish the passing rows, unless the run-level gate or a utility bound failed (then raise, touching
+    nothing published)."""
     summary = read_json(Path(cfg.paths.validated) / "summary.json")
-    check_gate(summary)
+    gated(cfg, check_gate, summary)
     utility = read_utility(cfg)
     if utility is None:  # publish never goes out unmeasured: the utility bounds gate it too
         log.info("no utility report for the current validation: running the utility step first")
         step_utility(cfg)
         utility = read_utility(cfg)
         assert utility is not None
-    check_utility(utility)
+    gated(cfg, check_utility, utility)
     model_dir = current_model_dir(cfg)
     model = read_json(model_dir / MODEL_JSON)
     provenance = {

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from cyclegan_core import pipeline
 from cyclegan_core.config import Config, load_config
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
@@ -129,12 +130,12 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
     if val_cached:
         log.info("validation reused: generated shards, manifests, validate settings and code unchanged")
     t = lap("validate", t)
-    check_gate(validated)
+    pipeline.gated(cfg, check_gate, validated)
     utility, util_cached = _step(configured(steps.utility, cfg), cfg, "utility", steps.utility_content(cfg, validated))
     if util_cached:
         log.info("utility reused: validation, manifests, utility settings and code unchanged")
     t = lap("utility", t)
-    check_utility(utility)
+    pipeline.gated(cfg, check_utility, utility)
     published, pub_cached = _step(configured(steps.publish, cfg), cfg, "publish", str(flow_run.id) if flow_run.id
                                   else None, steps.publish_content(cfg, generated, validated, model, utility))
     if pub_cached:

@@ -90,7 +90,7 @@ def _finished_line(state) -> str:
 
 def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
     from cyclegan_core import pipeline
-    from cyclegan_core.gate import GateFailed, gate_message
+    from cyclegan_core.gate import GateFailed, check_gate, check_utility
 
     bars = Bars()
     step = args.command
@@ -114,14 +114,20 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
         r = pipeline.step_validate(cfg)
         _print({"passed": r.passed, "failures": r.failures, "figures": r.figures})
         if not r.passed and args.strict:
-            print(gate_message(r.failures), file=sys.stderr)
+            try:
+                pipeline.gated(cfg, check_gate, {"passed": False, "failures": r.failures})
+            except GateFailed as err:
+                print(str(err), file=sys.stderr)
             return 1
     elif step == "utility":
         r = pipeline.step_utility(cfg, bars)
         print(_utility_lines(r.to_dict()), file=sys.stderr)
         _print(r.to_dict())
         if not r.passed and args.strict:
-            print(gate_message(r.failures, "utility bounds"), file=sys.stderr)
+            try:
+                pipeline.gated(cfg, check_utility, {"passed": False, "failures": r.failures})
+            except GateFailed as err:
+                print(str(err), file=sys.stderr)
             return 1
     elif step == "publish":
         try:

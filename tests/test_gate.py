@@ -94,6 +94,9 @@ def test_untrained_model_fails_the_real_bounds_and_an_edit_changes_the_outcome(t
     report = (reports / "report.md").read_text(encoding="utf-8")
     assert "Gate: FAILED" in report and all(f"`{f}`" in report for f in result.failures)
     assert json.loads((reports / "validation.json").read_text())["failures"] == result.failures
+    # ... and only this run's figures: the published version's metrics and loss curves are not left beside them.
+    assert not (reports / "metrics.json").exists() and not (reports / "losses.png").exists()
+    assert (Path(cfg.paths.published) / "README.md").exists()  # they live on in the published card
 
     # Editing one threshold changes the outcome: lower every bound the run failed to just under its value.
     edited = json.loads(json.dumps(raw))
