@@ -16,7 +16,8 @@ under ``dvc repro`` as it changes ingest's key.
 
 Settings under ``data.audio`` count only for audio collections: :func:`config_tree` leaves them out
 (as ``None``) for images, so an image run's keys do not move when unused audio settings do.
-Not in any key: ``config.py`` (the values it parses are), logging, storage and progress code.
+Not in any key: ``config.py`` (the values it parses are), logging, storage, progress and the run overview
+(``overview.py``: it reads stored outputs, it decides no stored byte).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp, read_generated
 from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
+from .overview import LISTEN_DIR
 from .publish import PublishResult, publish
 from .report import (
     epoch_curves,
@@ -56,7 +57,6 @@ CURRENT_MODEL = "current.json"
 TRAINING_DATA = "training_data.parquet"
 REPORT_FILE = "report.md"
 EPOCH_LOSSES_FILE = "losses_epoch.tsv"
-LISTEN_DIR = "listen"  # reports/listen/index.html: audio runs only
 UTILITY_FILE = "utility.json"  # reports/utility.json: the utility step's figures (a DVC metrics file)
 UTILITY_PNG = "utility.png"
 

@@ -11,30 +11,13 @@ import sys
 from pathlib import Path
 
 from cyclegan_core.config import DIRECTIONS, Config, ConfigError, load_config
-from cyclegan_core.figures import summary_line
 from cyclegan_core.progress import Bars
 
 
 def _summary(cfg: Config) -> str:
-    reports = Path(cfg.paths.reports)
-    lines = [f"dataset:  {cfg.paths.published}/ (Parquet shards in data/, manifest.json, README.md)",
-             f"metrics:  {reports / 'metrics.json'}",
-             f"pictures: {', '.join(str(p) for p in sorted(reports.glob('*.png')))}"]
-    metrics_path = reports / "metrics.json"
-    if metrics_path.exists():
-        m = json.loads(metrics_path.read_text(encoding="utf-8"))
-        for d in DIRECTIONS:
-            f = m[d]
-            lines.append(f"{d}: published {m['published']['rows'][d]}, dropped {m['published']['dropped'][d]}; "
-                         f"held-out {summary_line(f)}")
-    utility = reports / "utility.json"
-    if utility.exists():
-        doc = json.loads(utility.read_text(encoding="utf-8"))
-        lines.append(_utility_lines({"figures": {d: doc[d] for d in DIRECTIONS if d in doc}}))
-    listen = reports / "listen" / "index.html"
-    if cfg.data.kind == "audio" and listen.exists():
-        lines.append(f"listen:   {listen} (source | translation | cycle, best and worst held-out clips)")
-    return "\n".join(lines)
+    from cyclegan_core.overview import summary_text
+
+    return summary_text(cfg)
 
 
 def _utility_lines(result: dict) -> str:

@@ -16,13 +16,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cyclegan_core import generate as gen
-from cyclegan_core import inputs, pipeline
+from cyclegan_core import inputs, overview, pipeline
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.figures import summary_line
-from cyclegan_core.ingest import read_manifest
 from cyclegan_core.report import utility_line
 from cyclegan_core.storage import read_json, sha256_file
-from cyclegan_core.utility import ARMS
 
 from .launch import run_torchrun
 from .policies import CONTENT
@@ -199,19 +197,9 @@ def utility(cfg: Config, content: dict) -> dict:
     del content
     result = pipeline.step_utility(cfg, StepProgress("utility"))
     log = get_run_logger()
-    rows = []
     for d, f in result.figures.items():
-        if "skipped" in f:
-            log.info("utility %s: skipped: %s", d, f["skipped"])
-            continue
-        rows += [{"direction": d, "training set": arm, "accuracy": round(f[arm]["mean"], 3),
-                  "95% low": round(f[arm]["low"], 3), "95% high": round(f[arm]["high"], 3),
-                  "samples": f[arm]["train_samples"]} for arm in ARMS]
-        g, t = f["utility_gain"], f["transfer_gain"]
-        log.info("utility %s on %d real held-out samples: few real %.3f, + published %.3f, published only %.3f, "
-                 "sources only %.3f, + all translations %.3f, all real %.3f; (b)-(a) %+.3f [%+.3f, %+.3f], "
-                 "(c)-(d) %+.3f [%+.3f, %+.3f]", d, f["evaluated_on"], *(f[a]["mean"] for a in ARMS),
-                 g["mean"], g["low"], g["high"], t["mean"], t["low"], t["high"])
+        log.info("%s", utility_line(d, f))
+    rows = overview.utility_rows(result.figures)
     if rows:
         create_table_artifact(rows, key="cycleaug-utility",
                               description="Downstream classifier accuracy on real held-out targets, per training set")
@@ -264,51 +252,12 @@ def outputs_in_place(outputs: dict[str, str]) -> bool:
 
 @task(name="report")
 def report(cfg: Config, run: dict) -> str:
-    """The run's Markdown report and its metrics table, as artifacts; returns the Markdown."""
-    published = read_json(Path(cfg.paths.published) / "manifest.json")
-    summary = read_json(Path(cfg.paths.validated) / "summary.json")
-    rows = []
-    for d in DIRECTIONS:
-        f = summary["directions"][d]
-        rows.append({
-            "direction": d, "published": published["rows"][d], "dropped": published["dropped"][d],
-            "translated_now": run["generate"]["translated"].get(d), "reused": run["generate"]["reused"].get(d),
-            **{k: (round(f[k], 4) if isinstance(f.get(k), float) else f.get(k))
-               for k in ("mean_cycle_psnr", "p10_cycle_psnr", "mean_realism", "label_accuracy",
-                         "label_accuracy_untranslated", "fid_domain_features", "pass_rate",
-                         "mean_cycle_si_sdr", "mean_cycle_lsd") if k in f or not k.startswith("mean_cycle_")},
-        })
-    create_table_artifact(rows, key="cycleaug-metrics", description="Published rows and held-out figures")
-    src = {d: read_manifest(pipeline.manifest_path(cfg, d), ("train", "test")).num_rows for d in ("A", "B")}
-    t = run["train"]
-    lines = [
-        "# CycleAug run", "",
-        f"- model: `{t['fingerprint'][:12]}` ({t['steps']} steps), "
-        + ("reused" if t["reused"] else f"trained in {t['seconds']:.1f} s") + f": {t.get('reason', '')}",
-        f"- samples: A {src['A']}, B {src['B']}; generate: translated {run['generate']['translated']}, reused "
-        f"{run['generate']['reused']}" + (" (cached)" if run["cached"].get("generate") else ""),
-        f"- validate: {'cached, inputs unchanged' if run['cached'].get('validate') else 'ran'}; gate passed",
-        *[f"- {utility_line(d, f)}" for d, f in (run.get("utility") or {}).get("figures", {}).items()],
-        f"- publish: {'cached, the published version is unchanged' if run['cached'].get('publish') else 'new version'}"
-        f" at `{cfg.paths.published}` ({sum(published['rows'].values())} rows, {len(published['shards'])} shards)",
-        f"- step seconds: {run['timings']}", "",
-        "| direction | published | dropped | translated now | reused | cycle PSNR (dB) | realism | label acc. "
-        "| untranslated | FID (domain feats) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['direction']} | {r['published']} | {r['dropped']} | {r['translated_now']} | {r['reused']} "
-                     f"| {r['mean_cycle_psnr']} | {r['mean_realism']} | {r['label_accuracy']} "
-                     f"| {r['label_accuracy_untranslated']} | {r['fid_domain_features']} |")
-    listen = Path(cfg.paths.reports) / pipeline.LISTEN_DIR / "index.html"
-    if cfg.data.kind == "audio":
-        lines += ["", "| direction | cycle SI-SDR (dB) | cycle log-spectral distance (dB) |", "|---|---|---|"]
-        lines += [f"| {r['direction']} | {r.get('mean_cycle_si_sdr')} | {r.get('mean_cycle_lsd')} |" for r in rows]
-        if listen.exists():
-            lines += ["", f"Listen to the best and worst held-out clips (source | translation | cycle): "
-                          f"[{listen.resolve()}]({listen.resolve().as_uri()})"]
-    text = "\n".join(lines) + "\n"
+    """The run's Markdown report and its metrics table (:mod:`cyclegan_core.overview`), as artifacts."""
+    create_table_artifact(overview.metrics_rows(cfg, run), key="cycleaug-metrics",
+                          description="Published rows and held-out figures")
+    text = overview.run_markdown(cfg, run)
     create_markdown_artifact(text, key="cycleaug-report", description="What this run did and what it published")
+    listen = Path(cfg.paths.reports) / overview.LISTEN_PAGE
     if cfg.data.kind == "audio" and listen.exists():
         create_link_artifact(listen.resolve().as_uri(), link_text="listening page (spectrograms and <audio> players)",
                              key="cycleaug-listen", description="Source, translation and cycle of held-out clips")

@@ -21,6 +21,7 @@ def test_step_commands_in_sequence(params_file, tmp_path):
     for step in ("ingest", "train", "generate", "validate", "publish"):
         r = _cycleaug("--params", str(params_file), step, cwd=tmp_path)
         assert r.returncode == 0, f"{step}: {r.stderr[-2000:]}"
+    assert "AtoB: published 24, dropped 0; held-out cycle PSNR" in r.stderr  # cyclegan_core.overview's lines
     out = json.loads(_cycleaug("--params", str(params_file), "train", cwd=tmp_path).stdout)
     assert out["reused"] is True
     assert len(pd.read_parquet(tmp_path / "work" / "published" / "data")) == 48
