@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import SyncAugmenter
 from cyclegan_core.paired.oracle import check_caption, check_cloud, check_colours
 from cyclegan_core.paired.scenes import make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 from cyclegan_core.paired.text import DEFAULT_POLICY
 
 FAMILIES = {

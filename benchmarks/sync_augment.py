@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import SyncAugmenter
 from cyclegan_core.paired.scenes import make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 
 
 def _sync(device: torch.device) -> None:

@@ -158,9 +158,9 @@ def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
             return 1
         _print(state.result())
         return 0
-    from cyclegan_core.config import PairedConfig
     from cyclegan_core.paired.pipeline import augment_paired, make_demo_input
     from cyclegan_core.paired.sample import PairedSampleError
+    from cyclegan_core.paired.settings import PairedConfig
 
     if args.demo or cfg.paired.input == PairedConfig().input:
         made = make_demo_input(cfg.paired)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from cyclegan_core.config import PairedConfig, load_config
+from cyclegan_core.config import load_config
+from cyclegan_core.paired.settings import PairedConfig
 from tasks import paired as paired_tasks
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.align import AlignmentPolicy, check_alignment
 from cyclegan_core.paired.augment import SyncAugmenter, replay
 from cyclegan_core.paired.scenes import make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 
 QUIET = {"mixup": {"p": 0.0}, "dropout": {"video": 0.0, "audio": 0.0, "caption": 0.0},
          "photometric": {"jitter_p": 0.0, "pixel_noise_p": 0.0, "audio_noise_p": 0.0},

@@ -10,7 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired import camera as cam
 from cyclegan_core.paired.align import geometry_matrix
 from cyclegan_core.paired.augment import SyncAugmenter, replay
@@ -20,6 +19,7 @@ from cyclegan_core.paired.ops import Geometry
 from cyclegan_core.paired.oracle import check_cloud
 from cyclegan_core.paired.sample import PairedSample, PairedSampleError
 from cyclegan_core.paired.scenes import make_scene, make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import SyncAugmenter
 from cyclegan_core.paired.oracle import check_caption
 from cyclegan_core.paired.scenes import make_scene
+from cyclegan_core.paired.settings import PairedConfig
 from cyclegan_core.paired.text import load_policy
 
 PHRASES = [[2, "a red circle"], [1, "a blue square"], [3, "a green triangle"]]

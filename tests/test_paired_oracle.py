@@ -7,10 +7,10 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import SyncAugmenter
 from cyclegan_core.paired.oracle import check_caption, parse_caption, transformed_objects
 from cyclegan_core.paired.scenes import _render, make_scene
+from cyclegan_core.paired.settings import PairedConfig
 
 
 def test_parse_caption_reads_meaning_not_wording():

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired.augment import replay
 from cyclegan_core.paired.io import iter_rows, read_samples, row_to_sample, sample_to_row, write_samples
 from cyclegan_core.paired.pipeline import augment_paired, make_demo_input
+from cyclegan_core.paired.settings import PairedConfig
 from cyclegan_core.storage import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,12 +9,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyclegan_core.config import PairedConfig
 from cyclegan_core.paired import record as rec
 from cyclegan_core.paired.augment import SyncAugmenter, replay
 from cyclegan_core.paired.ops import Geometry, SpeedChange, TemporalCrop
 from cyclegan_core.paired.sample import PairedSample
 from cyclegan_core.paired.scenes import make_scene, make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 from cyclegan_core.paired.text import hflip_caption
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,12 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cyclegan_core.config import ConfigError, PairedConfig, config_from_dict, load_config
+from cyclegan_core.config import ConfigError, config_from_dict, load_config
 from cyclegan_core.paired.augment import SyncAugmenter, replay
 from cyclegan_core.paired.io import iter_rows, quantize, read_samples, row_to_sample, sample_to_row, write_samples
 from cyclegan_core.paired.ops import Mixup, ModalityDropout
 from cyclegan_core.paired.sample import PairedSample, PairedSampleError
 from cyclegan_core.paired.scenes import describe, make_scenes
+from cyclegan_core.paired.settings import PairedConfig
 
 
 @pytest.fixture(scope="module")

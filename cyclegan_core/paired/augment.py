@@ -50,7 +50,7 @@ class SyncAugmenter:
 
     @classmethod
     def from_config(cls, cfg: Any, device: str | torch.device | None = None) -> SyncAugmenter:
-        """Build from a :class:`cyclegan_core.config.PairedConfig`."""
+        """Build from a :class:`cyclegan_core.paired.settings.PairedConfig`."""
         g, ph, t = cfg.geometry, cfg.photometric, cfg.temporal
         ops: list[Op] = [
             TemporalCrop(p=t.crop_p, fraction=t.crop_fraction),

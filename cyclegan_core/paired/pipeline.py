@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PairedConfig
 from ..storage import atomic_dir, sha256_file, write_json_atomic
 from .augment import SyncAugmenter
 from .io import count_rows, iter_rows, row_to_sample, sample_to_row, write_samples, write_table
 from .preview import write_preview
 from .scenes import make_scenes
+from .settings import PairedConfig
 
 DATASET_FORMAT = "cycleaug-paired-1"
 Progress = Callable[..., None]
