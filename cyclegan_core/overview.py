@@ -91,6 +91,14 @@ def summary_text(cfg: Config) -> str:
     return "\n".join(summary_lines(cfg))
 
 
+def per_direction(counts: dict) -> str:
+    return ", ".join(f"{d} {counts.get(d)}" for d in DIRECTIONS)
+
+
+def seconds_text(timings: dict) -> str:
+    return ", ".join(f"{step} {s:.3g} s" for step, s in timings.items()) or "none"
+
+
 def _cell(value: Any) -> str:
     return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -106,12 +114,12 @@ def run_markdown(cfg: Config, run: dict) -> str:
         f"- model: `{t['fingerprint'][:12]}` ({t['steps']} steps), "
         + ("reused" if t["reused"] else f"trained in {t['seconds']:.1f} s") + f": {t.get('reason', '')}",
         (f"- samples: A {samples.get('A')}, B {samples.get('B')}; " if samples else "- ")
-        + f"generate: translated {g['translated']}, reused {g['reused']}"
+        + f"generate: translated {per_direction(g['translated'])}; reused {per_direction(g['reused'])}"
         + (" (cached)" if cached.get("generate") else ""),
         f"- validate: {'cached, inputs unchanged' if cached.get('validate') else 'ran'}; gate passed",
         f"- publish: {'cached, the published version is unchanged' if cached.get('publish') else 'new version'}"
         f" at `{cfg.paths.published}` ({sum(published['rows'].values())} rows, {len(published['shards'])} shards)",
-        f"- step seconds: {run.get('timings', {})}", "",
+        f"- step seconds: {seconds_text(run.get('timings', {}))}", "",
         "```", *summary_lines(cfg), "```", "",
     ]
     rows = metrics_rows(cfg, run)

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from cyclegan_core import pipeline
+from cyclegan_core import overview, pipeline
 from cyclegan_core.config import Config, load_config
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
@@ -148,6 +148,7 @@ def augment(params: str = "params.yaml", overrides: list[str] | None = None, ret
            "cached": {"generate": generated["cached_shards"] == 2 * cfg.generate.shards, "validate": val_cached,
                       "publish": pub_cached}}
     steps.report(cfg, run)
-    log.info("done in %.1f s (%s): dataset %s, metrics %s, pictures in %s", seconds, timings, published["out_dir"],
+    log.info("done in %.3g s (%s): dataset %s, metrics %s, pictures in %s", seconds, overview.seconds_text(timings),
+             published["out_dir"],
              Path(cfg.paths.reports) / "metrics.json", cfg.paths.reports)
     return run

@@ -19,6 +19,7 @@ class StepProgress(Bars):
         self.key, self.interval = key, interval
         self.artifacts: dict[str, Any] = {}
         self.last: dict[str, float] = {}
+        self.fraction: tuple[str, float, bool] = ("", 0.0, False)
 
     def started(self, name: str) -> None:
         self.artifacts[name] = create_progress_artifact(
@@ -27,7 +28,12 @@ class StepProgress(Bars):
         self.last[name] = 0.0
 
     def moved(self, name: str, done: int, total: int) -> None:
+        self.fraction = (name, 100.0 * done / max(total, 1), done >= total)
+
+    def described(self, name: str, text: str) -> None:
+        """The artifact's bar and its description ("train: 300 of 1,500 (20%), 30 s, about 2 min left; G ...")."""
         now = time.monotonic()
-        if done >= total or now - self.last[name] >= self.interval:
-            update_progress_artifact(self.artifacts[name], 100.0 * done / max(total, 1))
+        _, percent, finished = self.fraction
+        if finished or now - self.last[name] >= self.interval:
+            update_progress_artifact(self.artifacts[name], percent, description=f"CycleAug {text}")
             self.last[name] = now

@@ -19,9 +19,11 @@ from cyclegan_core import generate as gen
 from cyclegan_core import inputs, overview, pipeline
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.figures import summary_line
+from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.report import utility_line
 from cyclegan_core.storage import read_json, sha256_file
 
+from .artifacts import figure_rows, inline_pictures
 from .launch import run_torchrun
 from .policies import CONTENT
 from .progress import StepProgress
@@ -125,10 +127,10 @@ def commit_generated(cfg: Config, shards: list[dict], seconds: float) -> dict:
     log = get_run_logger()
     if not any(result.translated.values()):
         log.info("generated nothing: every source was translated before by model %s with the same generation "
-                 "settings (%s rows reused)", result.model_fingerprint[:12], result.reused)
+                 "settings (rows reused: %s)", result.model_fingerprint[:12], overview.per_direction(result.reused))
     else:
-        log.info("translated %s new sources, reused %s rows, in %.1f s", result.translated, result.reused,
-                 result.seconds)
+        log.info("translated new sources: %s; reused rows: %s; in %.3g s", overview.per_direction(result.translated),
+                 overview.per_direction(result.reused), result.seconds)
     return result.to_dict()
 
 
@@ -154,7 +156,8 @@ def validate_outputs(cfg: Config) -> dict[str, str]:
 def _post_report(cfg: Config, description: str) -> None:
     """``report.md`` as the artifact ``validation-report`` (validate posts it, utility again with its section)."""
     report = Path(cfg.paths.reports) / pipeline.REPORT_FILE
-    create_markdown_artifact(report.read_text(encoding="utf-8"), key="validation-report", description=description)
+    text = inline_pictures(report.read_text(encoding="utf-8"), report.parent)
+    create_markdown_artifact(text, key="validation-report", description=description)
 
 
 @task(name="validate", cache_policy=CONTENT)
@@ -162,16 +165,14 @@ def validate(cfg: Config, content: dict) -> dict:
     del content
     result = pipeline.step_validate(cfg)
     log = get_run_logger()
-    table = []
     for d in DIRECTIONS:
         f = result.figures[d]
-        table.append({"direction": d, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()
-                                         if not isinstance(v, dict)}})
         log.info("%s: %d/%d passed; held-out %s", d, f["passed"], f["generated"], summary_line(f))
-    create_table_artifact(table, key="validation", description="Per-direction validation figures (held-out)")
+    create_table_artifact(figure_rows(result.figures), key="validation",
+                          description="Validation figures (held-out), one figure a row")
     _post_report(cfg, "Validation report: the gate's outcome, figures per direction, bounds")
-    if not result.passed:
-        log.error("quality gate failed: %s", "; ".join(result.failures))
+    if not result.passed:  # the task ends Failed (red in the UI) with the gate's message, reports/ cleaned
+        pipeline.gated(cfg, check_gate, {"passed": False, "failures": result.failures})
     return result.to_dict() | {"outputs": validate_outputs(cfg)}
 
 
@@ -205,7 +206,7 @@ def utility(cfg: Config, content: dict) -> dict:
                               description="Downstream classifier accuracy on real held-out targets, per training set")
         _post_report(cfg, "Validation report with the downstream-utility section")
     if not result.passed:
-        log.error("utility bounds failed: %s", "; ".join(result.failures))
+        pipeline.gated(cfg, check_utility, {"passed": False, "failures": result.failures})
     return result.to_dict() | {"outputs": utility_outputs(cfg)}
 
 
@@ -240,8 +241,9 @@ def publish(cfg: Config, flow_run_id: str | None, content: dict) -> dict:
         (Path(cfg.paths.published) / "README.md").read_text(encoding="utf-8").split("---", 2)[-1],
         key="dataset-card", description="The published dataset's card",
     )
-    get_run_logger().info("published %s rows (%s dropped by the gate) in %d shards to %s", result.rows,
-                          result.dropped, len(manifest["shards"]), result.out_dir)
+    get_run_logger().info("published rows: %s (dropped by the gate: %s) in %d shards to %s",
+                          overview.per_direction(result.rows), overview.per_direction(result.dropped),
+                          len(manifest["shards"]), result.out_dir)
     return result.to_dict() | {"outputs": publish_outputs(cfg)}
 
 
