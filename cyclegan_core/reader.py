@@ -230,8 +230,10 @@ class ShardedParquetDataset(IterableDataset):
     """Rows of Parquet shards for a torch ``DataLoader``, split over workers and DDP ranks.
 
     The unit of work is a row group (about 100 rows), so two workers on two ranks stay busy even
-    with few shards. Reader ``g = rank * num_workers + worker_id`` of ``G = world_size * num_workers``
-    takes units ``g, g + G, ...``: each row is yielded exactly once per epoch over all readers.
+    with few shards. Rank ``r`` of ``W`` takes units ``r, r + W, ...`` and its worker ``w`` of ``N``
+    every ``N``-th of those from the ``w``-th: each row is yielded exactly once per epoch over all
+    readers, and ``len()`` (the rows this rank yields in an epoch, after ``filter``) does not depend
+    on the number of DataLoader workers.
     Rank and world size come from ``torch.distributed`` when it is initialized, unless given.
     With ``shuffle``, the unit order (the same on every rank) and the rows inside a unit are
     shuffled from ``seed`` and the epoch (:meth:`set_epoch`). Ranks may get a few rows more or less
@@ -254,6 +256,7 @@ class ShardedParquetDataset(IterableDataset):
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.rank, self.world_size = rank, world_size
         self.units: list[tuple[int, int]] = []
+        self._unit_rows: dict[tuple[int, int], int] | None = None
         self.num_rows = 0
         for i, path in enumerate(self.files):
             with fs.open(path, "rb") as f:
@@ -282,26 +285,37 @@ class ShardedParquetDataset(IterableDataset):
         state["rank"], state["world_size"] = self._dist_slot()
         return state
 
-    def _reader_slot(self) -> tuple[int, int]:
-        from torch.utils.data import get_worker_info
-
+    def _rank_units(self) -> list[tuple[int, int]]:
+        """This rank's units in this epoch's order."""
         rank, world = self._dist_slot()
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, {world})")
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nw + wid, world * nw
+        units = list(self.units)
+        if self.shuffle:
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(units)
+        return units[rank::world]
+
+    def _pa_fs(self) -> pafs.FileSystem:
+        return pafs.LocalFileSystem() if type(self.fs) is LocalFileSystem else pafs.PyFileSystem(
+            pafs.FSSpecHandler(self.fs))
+
+    def __len__(self) -> int:
+        """Rows this rank yields in an epoch (after ``filter``), over all its DataLoader workers."""
+        if self.filter is None and self._dist_slot()[1] == 1:
+            return self.num_rows
+        if self._unit_rows is None:  # counted once, from the row groups' statistics or the filter's columns
+            fmt, fs = ds.ParquetFileFormat(), self._pa_fs()
+            self._unit_rows = {u: fmt.make_fragment(self.files[u[0]], filesystem=fs, row_groups=[u[1]]).count_rows(
+                filter=self.filter) for u in self.units}
+        return sum(self._unit_rows[u] for u in self._rank_units())
 
     def __iter__(self) -> Iterator[Any]:
-        slot, slots = self._reader_slot()
-        units = list(self.units)
-        rng = random.Random(f"{self.seed}:{self.epoch}")
-        if self.shuffle:
-            rng.shuffle(units)
-        fmt = ds.ParquetFileFormat()
-        fs = pafs.LocalFileSystem() if type(self.fs) is LocalFileSystem else pafs.PyFileSystem(
-            pafs.FSSpecHandler(self.fs))
-        for file_index, rg in units[slot::slots]:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        fmt, fs = ds.ParquetFileFormat(), self._pa_fs()
+        for file_index, rg in self._rank_units()[wid::nw]:
             fragment = fmt.make_fragment(self.files[file_index], filesystem=fs, row_groups=[rg])
             rows = fragment.to_table(columns=self.columns, filter=self.filter).to_pylist()
             if self.shuffle:

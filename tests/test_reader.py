@@ -142,13 +142,18 @@ def test_torch_dataloader_two_workers_every_row_once(v2):
              for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1]) and ranks[0] + ranks[1] == expected
     assert all(r.total() > 10 for r in ranks)
+    # len() is what a rank yields, whatever the number of workers (a DataLoader's len() reads it).
+    assert len(torch_ds) == 55 and len(DataLoader(torch_ds, batch_size=4)) == 14
+    for r in (0, 1):
+        one_rank = dataset.torch(cols, rank=r, world_size=2)
+        assert len(one_rank) == ranks[r].total() == len(_loader_keys(one_rank, workers=0))
 
     # Selections apply; shuffling changes the order per epoch, not the rows.
     held = dataset.torch(cols, direction="BtoA", split="test", shuffle=True, seed=1)
     first = [(r["direction"], r["source_id"]) for r in held]
     held.set_epoch(1)
     second = [(r["direction"], r["source_id"]) for r in held]
-    assert sorted(first) == sorted(second) and first != second and len(first) == 9
+    assert sorted(first) == sorted(second) and first != second and len(first) == 9 == len(held)
     assert {d for d, _ in first} == {"BtoA"}
     pil = next(iter(dataset.torch(["image"], decode="pil")))["image"]
     assert pil.size == (16, 16)
@@ -160,7 +165,7 @@ def test_torch_dataset_takes_rank_from_torch_distributed(v2, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         dataset = open_dataset(str(v2))
-        assert dataset.torch(["sample_id"])._reader_slot() == (0, 1)
+        assert dataset.torch(["sample_id"])._dist_slot() == (0, 1)
         assert sum(1 for _ in dataset.torch(["sample_id"])) == 55
     finally:
         dist.destroy_process_group()
