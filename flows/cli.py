@@ -42,9 +42,18 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
             return 1
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the temporary server creates its database: on a busy machine that takes longer
+    # than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
     from flows.augment import augment
 
-    state = augment(params=args.params, overrides=list(args.set), retrain=args.retrain, return_state=True)
+    try:
+        state = augment(params=args.params, overrides=list(args.set), retrain=args.retrain, return_state=True)
+    except RuntimeError as err:
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        print(server_start_hint(str(err)), file=sys.stderr)
+        return 1
     if state.is_failed():
         print(f"\nrun failed: {state.message}", file=sys.stderr)
         if (Path(cfg.paths.reports) / "validation.json").exists():
@@ -53,6 +62,22 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     print(_finished_line(state))
     print(_summary(cfg))
     return 0
+
+
+EPHEMERAL_STARTUP_S = 180
+
+
+def server_start_hint(error: str) -> str:
+    """What to do when ``cycleaug run``'s temporary Prefect server did not come up."""
+    home = os.environ.get("PREFECT_HOME", ".prefect")
+    wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
+    return (f"cycleaug run: the temporary Prefect server did not start within {wait} s ({error.splitlines()[0]})\n"
+            f"next:\n  - run it again: the first start creates the server's database in PREFECT_HOME={home}, "
+            "later starts are faster\n"
+            "  - or wait longer: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=600 cycleaug run\n"
+            "  - or use a server that is already running: PREFECT_API_URL=http://127.0.0.1:4200/api cycleaug run "
+            "(README: The Prefect UI)\n"
+            "  - or run the steps without Prefect: cycleaug ingest, train, generate, validate, utility, publish")
 
 
 def _finished_line(state) -> str:

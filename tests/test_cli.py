@@ -79,3 +79,14 @@ def test_run_with_a_missing_collection_says_so_in_one_line_before_any_server(tmp
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "collection A (data.domain_a)" in r.stderr and "not found" in r.stderr
     assert not (tmp_path / ".prefect").exists()  # no Prefect server was started
+
+
+def test_a_temporary_server_that_does_not_start_in_time_gets_a_hint(params_file, tmp_path):
+    # One second is shorter than any start of Prefect's temporary server (its imports alone take longer).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "fresh-home"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "--params", str(params_file), "run"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "temporary Prefect server did not start within 1 s" in r.stderr and "PREFECT_API_URL=" in r.stderr
