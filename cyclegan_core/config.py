@@ -253,15 +253,20 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Images per domain per step (per process under torchrun).")
     lr: float = Field(2e-4, gt=0.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    lr_policy: Literal["linear", "step", "cosine"] = Field(
-        "linear", description="linear: held, then linear decay to 0; step: x0.1 every lr_step_size; cosine."
+    lr_policy: Literal["linear", "step", "cosine", "half_cosine"] = Field(
+        "linear", description="The reference's schedulers, one step for one of its epochs: linear (held for "
+        "decay_start of the steps, then linear decay), step (x0.1 every lr_step_size), cosine "
+        "(CosineAnnealingLR with T_max = the held steps: 0 there, rising again after); half_cosine (not the "
+        "reference's): 1 to 0 over all steps.",
     )
     decay_start: float = Field(
-        0.5, ge=0.0, le=1.0, description="linear policy: share of steps at full LR before the decay."
+        0.5, ge=0.0, le=1.0, description="Share of steps at full LR before the linear decay (the reference's "
+        "n_epochs / (n_epochs + n_epochs_decay)); cosine: its T_max.",
     )
     lr_step_size: int = Field(0, ge=0, description="step policy: steps between x0.1 drops; 0 = steps // 3.")
     gan_mode: Literal["lsgan", "vanilla", "wgangp"] = "lsgan"
-    lambda_gp: float = Field(10.0, ge=0.0, description="wgangp: weight of the gradient penalty.")
+    lambda_gp: float = Field(10.0, ge=0.0, description="wgangp: weight of the gradient penalty (not in the "
+                             "reference's CycleGAN, which defines but never applies it: 0 reproduces it exactly).")
     lambda_a: float = Field(10.0, ge=0.0, description="Weight of the A->B->A cycle loss.")
     lambda_b: float = Field(10.0, ge=0.0, description="Weight of the B->A->B cycle loss.")
     lambda_identity: float = Field(0.5, ge=0.0)

@@ -59,19 +59,25 @@ ON_DEVICE_BYTES = 1 << 30
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """LR multiplier at ``step`` (0-based), the reference's policies counted in steps, not epochs.
+    """LR multiplier at ``step`` (0-based): the reference's schedulers with one step for one of its epochs.
 
-    linear: full LR for ``decay_start`` of the steps, then linear decay towards 0; step: x0.1 every
-    ``lr_step_size`` steps; cosine: half a cosine from 1 to 0 over all steps.
+    With ``hold = steps * decay_start`` (the reference's ``n_epochs``) and ``decay = steps - hold``
+    (``n_epochs_decay``), as ``get_scheduler`` in junyanz/pytorch-CycleGAN-and-pix2pix steps them:
+    linear: full LR for ``hold`` steps, then ``1 - (step + 1 - hold) / (decay + 1)``, ending at
+    ``1 / (decay + 1)``; step: x0.1 every ``lr_step_size`` steps; cosine: ``CosineAnnealingLR(T_max=hold)``,
+    which reaches 0 at ``hold`` and rises again over the decay steps (the reference's behaviour);
+    half_cosine (not the reference's): half a cosine from 1 to 0 over all steps.
     """
+    hold = int(cfg.steps * cfg.decay_start)
     if cfg.lr_policy == "step":
         size = cfg.lr_step_size or max(1, cfg.steps // 3)
         return 0.1 ** (step // size)
     if cfg.lr_policy == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(1, hold)))
+    if cfg.lr_policy == "half_cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
-    hold = int(cfg.steps * cfg.decay_start)
     decay = cfg.steps - hold
-    return 1.0 - max(0, step - hold) / float(decay + 1)
+    return 1.0 - max(0, step + 1 - hold) / float(decay + 1)
 
 
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -249,7 +255,7 @@ class Trainer:
         pooled = self.pools[domain].query(fake)
         with self._autocast():
             loss = 0.5 * (self._gan(net(real), True) + self._gan(net(pooled), False))
-            if self.tcfg.gan_mode == "wgangp":
+            if self.tcfg.gan_mode == "wgangp" and self.tcfg.lambda_gp > 0:  # 0: the reference's (no penalty)
                 raw = getattr(self.model, f"D_{domain}")
                 loss = loss + gradient_penalty(raw, real, pooled, self.rng, weight=self.tcfg.lambda_gp)
         return loss

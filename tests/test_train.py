@@ -215,15 +215,41 @@ def test_fingerprint_tracks_what_changes_weights(tmp_path):
                                   device="cpu"), "a", "b") == fp
 
 
-def test_lr_schedules():
-    def factors(**train):
-        cfg = config_from_dict({"train": {"steps": 10, **train}})
-        return [lr_factor(s, cfg.train) for s in range(10)]
+def _reference_factors(policy: str, n_epochs: int, n_epochs_decay: int, step_size: int = 1) -> list[float]:
+    """The reference's ``get_scheduler`` (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py at 2a7afba)
+    rebuilt from torch's schedulers, stepped once per epoch as its train.py does (epoch_count 1)."""
+    from torch.optim import lr_scheduler
 
-    lin = factors(decay_start=0.5)
-    assert lin[:6] == [1.0] * 6 and lin[-1] < lin[6] < 1.0 and lin[-1] > 0
-    assert factors(lr_policy="step", lr_step_size=4) == pytest.approx([1.0] * 4 + [0.1] * 4 + [0.01] * 2)
-    cos = factors(lr_policy="cosine")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    if policy == "linear":
+        sched = lr_scheduler.LambdaLR(opt, lambda e: 1.0 - max(0, e + 1 - n_epochs) / float(n_epochs_decay + 1))
+    elif policy == "step":
+        sched = lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.1)
+    else:
+        sched = lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs, eta_min=0)
+    out = []
+    for _ in range(n_epochs + n_epochs_decay):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("policy", ["linear", "step", "cosine"])
+@pytest.mark.parametrize("steps,decay_start", [(10, 0.5), (1500, 0.5), (40, 0.25)])
+def test_lr_schedules_match_the_reference(policy, steps, decay_start):
+    cfg = config_from_dict({"train": {"steps": steps, "decay_start": decay_start, "lr_policy": policy,
+                                      "lr_step_size": 4}})
+    hold = int(steps * decay_start)
+    ours = [lr_factor(s, cfg.train) for s in range(steps)]
+    assert ours == pytest.approx(_reference_factors(policy, hold, steps - hold, step_size=4), abs=1e-12)
+    if policy == "linear":  # full LR for exactly `hold` steps, the last factor 1 / (n + 1)
+        assert ours[hold - 1] == 1.0 > ours[hold] and ours[-1] == pytest.approx(1 / (steps - hold + 1))
+
+
+def test_half_cosine_is_ours_and_named_so():
+    cfg = config_from_dict({"train": {"steps": 10, "lr_policy": "half_cosine"}})
+    cos = [lr_factor(s, cfg.train) for s in range(10)]
     assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(x > y for x, y in itertools.pairwise(cos))
 
 
@@ -249,3 +275,19 @@ def test_vanilla_gan_and_pixel_discriminator_train(tmp_path):
                 _images(4, 1), _images(4, 2), tmp_path / "v")
     t.fit()
     assert all(np.isfinite(v) for v in t._last_values.values())
+
+
+def test_wgangp_without_penalty_is_the_reference_and_with_it_differs(tmp_path):
+    """The reference's CycleGAN with gan_mode wgangp: D loss 0.5 * (-mean D(real) + mean D(fake)), no penalty
+    (its cal_gradient_penalty is never called). lambda_gp: 0 is exactly that; the default adds the penalty."""
+    a, b = _images(6, 0), _images(6, 1)
+    real = torch.rand(2, 1, 16, 16) * 2 - 1
+    fake = torch.rand(2, 1, 16, 16) * 2 - 1
+    losses = {}
+    for gp in (0.0, 10.0):
+        t = Trainer(_cfg(tmp_path, gan_mode="wgangp", lambda_gp=gp, pool_size=0), a, b, tmp_path / f"gp{gp}")
+        d = t.model.D_A
+        expected = 0.5 * (-d(real).mean() + d(fake).mean())
+        losses[gp] = (t._d_loss("A", real, fake).item(), expected.item())
+    assert losses[0.0][0] == losses[0.0][1]
+    assert losses[10.0][0] > losses[10.0][1]  # the penalty is positive
