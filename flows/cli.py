@@ -299,8 +299,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def in_project(args: argparse.Namespace) -> None:
+    """Work in the folder that holds the params file: relative paths in it (and in ``--set``) are from there,
+    whatever the current directory. Paths given as arguments (``--out``, a local ``--dataset``/``--repo``)
+    stay relative to where the command was typed."""
+    from cyclegan_core.storage import is_remote
+
+    params = Path(args.params)
+    if not params.is_file():
+        return  # load_config says what is wrong with it
+    project = params.resolve().parent
+    if project == Path.cwd().resolve():
+        return
+    for name in ("out", "dataset", "repo"):
+        value = getattr(args, name, None)
+        if value and not is_remote(value) and (name == "out" or Path(value).exists()):
+            setattr(args, name, str(Path(value).resolve()))
+    args.params = str(params.resolve())
+    os.chdir(project)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    in_project(args)
     try:
         cfg = load_config(args.params, tuple(args.set))
     except ConfigError as err:

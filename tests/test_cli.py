@@ -90,3 +90,21 @@ def test_a_temporary_server_that_does_not_start_in_time_gets_a_hint(params_file,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "temporary Prefect server did not start within 1 s" in r.stderr and "PREFECT_API_URL=" in r.stderr
+
+
+def test_relative_paths_are_from_the_params_files_folder(tmp_path):
+    """Run from another folder: the params file's relative paths (and --set's) resolve from its folder."""
+    import yaml
+
+    from tests.conftest import tiny_collections, tiny_settings
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tiny_collections(project / "raw")
+    raw = tiny_settings(Path("work"), Path("raw/A"), Path("raw/B"))  # every path relative
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = _cycleaug("--params", "../project/params.yaml", "--set", "paths.ingest=work/elsewhere-ingest", "ingest",
+                  cwd=elsewhere)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (project / "work" / "elsewhere-ingest" / "A" / "manifest.parquet").is_file()
+    assert not any(elsewhere.iterdir())  # nothing written where the command was typed
