@@ -321,7 +321,15 @@ def in_project(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    typed_in = Path.cwd()
     in_project(args)
+    try:
+        return _main(args)
+    finally:
+        os.chdir(typed_in)  # for callers in this process (tests, notebooks)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.params, tuple(args.set))
     except ConfigError as err:
