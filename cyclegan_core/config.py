@@ -612,6 +612,8 @@ class PathsConfig(_Strict):
     validated: str = "data/validated"
     published: str = "data/augmented"
     reports: str = "reports"
+    flags: str = Field("data/flags.parquet", description="Rows analysts flagged (cycleaug review / flag): an "
+                       "append-only event log, tracked beside params.yaml; publish leaves flagged sources out.")
     publish_url: str | None = Field(
         None, description="fsspec URL (s3://bucket/prefix, memory://x) each published version is copied to, "
         "manifest.json last; credentials come from the environment, never from this file."
@@ -622,7 +624,7 @@ class PathsConfig(_Strict):
         "fetches it from there instead of training; credentials from the environment."
     )
 
-    @field_validator("ingest", "models", "judges", "generated", "validated", "published", "reports")
+    @field_validator("ingest", "models", "judges", "generated", "validated", "published", "reports", "flags")
     @classmethod
     def _inside_project(cls, value: str) -> str:
         if is_remote(value):

@@ -155,6 +155,27 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
         problems = dataset.verify()
         print("\n".join(problems) or f"{dataset.label}: every shard matches manifest.json")
         return 1 if problems else 0
+    elif step == "review":
+        from cyclegan_core.reader import DatasetError
+        from flows.review import serve as serve_review
+
+        try:
+            dataset = _open_published(cfg, args)
+        except DatasetError as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        serve_review(dataset, cfg.paths.flags, host=args.host, port=args.port)
+    elif step in ("flag", "unflag"):
+        from cyclegan_core.flags import FlagError, add_events, flagged
+
+        rows = [{"source_id": s, "direction": args.direction} for s in args.source_ids]
+        try:
+            n = add_events(cfg.paths.flags, step, rows, reason=args.reason, who=args.who)
+        except FlagError as err:
+            print(f"cycleaug {step}: {err}", file=sys.stderr)
+            return 1
+        print(f"{step}ged {n} rows in {cfg.paths.flags}; {len(flagged(cfg.paths.flags))} flagged now",
+              file=sys.stderr)
     elif step == "export":
         from cyclegan_core.export import export
         from cyclegan_core.reader import DatasetError
@@ -283,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--direction", choices=DIRECTIONS, help="only this direction")
     e.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (webdataset)")
     _source_args(e)
+    rv = add("review", "browse a published version in a local web page: filter, sort, look, flag rows")
+    _source_args(rv)
+    rv.add_argument("--port", type=int, default=8765, help="loopback port of the page (default 8765)")
+    rv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    for name, what in (("flag", "flag rows by source id so that the next publish leaves them out"),
+                       ("unflag", "take flags off rows (by source id): the next publish includes them again")):
+        fl = add(name, what)
+        fl.add_argument("source_ids", nargs="+", metavar="SOURCE_ID", help="source ids of the rows")
+        fl.add_argument("--direction", choices=DIRECTIONS, required=True)
+        fl.add_argument("--reason", default="", help="what is wrong with them" + (" (required)" if name == "flag"
+                                                                                 else ""))
+        fl.add_argument("--who", help="who flags (default: the login name)")
     pa = add("paired-augment", "augment a paired multimodal Parquet dataset paired.copies times per sample "
              "(synchronized ops, mixup, modality dropout, replay records)")
     pa.add_argument("--demo", action="store_true", help="write generated scenes to paired.input first if missing, "
