@@ -155,6 +155,24 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
         problems = dataset.verify()
         print("\n".join(problems) or f"{dataset.label}: every shard matches manifest.json")
         return 1 if problems else 0
+    elif step == "diff":
+        from cyclegan_core.diff import diff_markdown, diff_versions
+        from cyclegan_core.reader import DatasetError, open_dataset
+        from cyclegan_core.storage import is_remote, write_json_atomic
+
+        def version(ref: str):
+            if is_remote(ref) or Path(ref).exists():
+                return open_dataset(ref)
+            return open_dataset(repo=args.repo or ".", rev=ref, path=args.path or cfg.paths.published)
+
+        try:
+            result = diff_versions(version(args.old), version(args.new))
+        except DatasetError as err:
+            print(f"cycleaug diff: {err}", file=sys.stderr)
+            return 1
+        if args.json:
+            write_json_atomic(args.json, result)
+        print(diff_markdown(result))
     elif step == "review":
         from cyclegan_core.reader import DatasetError
         from flows.review import serve as serve_review
@@ -304,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--direction", choices=DIRECTIONS, help="only this direction")
     e.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar (webdataset)")
     _source_args(e)
+    df = add("diff", "what changed between two published versions: rows added, removed and changed per direction "
+             "and split, models, settings, held-out figure drift")
+    df.add_argument("old", help="a published folder or URL, or a git revision (tag) of --repo")
+    df.add_argument("new", help="the same for the newer version")
+    df.add_argument("--repo", help="DVC repository for revisions (default: the params file's folder)")
+    df.add_argument("--path", help="the dataset's path inside --repo (default: paths.published)")
+    df.add_argument("--json", help="also write the diff as JSON to this file")
     rv = add("review", "browse a published version in a local web page: filter, sort, look, flag rows")
     _source_args(rv)
     rv.add_argument("--port", type=int, default=8765, help="loopback port of the page (default 8765)")
@@ -344,9 +369,9 @@ def in_project(args: argparse.Namespace) -> None:
     project = params.resolve().parent
     if project == Path.cwd().resolve():
         return
-    for name in ("out", "dataset", "repo"):
+    for name in ("out", "dataset", "repo", "json", "old", "new"):
         value = getattr(args, name, None)
-        if value and not is_remote(value) and (name == "out" or Path(value).exists()):
+        if value and not is_remote(value) and (name in ("out", "json") or Path(value).exists()):
             setattr(args, name, str(Path(value).resolve()))
     args.params = str(params.resolve())
     os.chdir(project)

@@ -7,6 +7,7 @@ per-sample bound drops rows: that is tagged v2 and pushed. The tests check that 
 that pulls identical bytes, `dvc get --rev <tag>`, and the reader opening each tag by rev.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -176,3 +177,22 @@ def test_an_audio_setting_reruns_ingest(versions):
     finally:
         params.write_text(before)
     assert "up to date" in _run(["dvc", "status", "ingest"], repo, env)
+
+
+def test_diff_between_two_tags_shows_the_dropped_rows(versions):
+    """`cycleaug diff v1 v2` in the repository: v2's stricter AtoB bound removed rows, BtoA kept its rows."""
+    repo, env = versions["repo"], versions["env"]
+    v1, v2 = _table(versions["v1"]), _table(versions["v2"])
+    counts = {tag: {d: t.filter(pc.equal(t["direction"], d)).num_rows for d in ("AtoB", "BtoA")}
+              for tag, t in (("v1", v1), ("v2", v2))}
+    out = _run(["cycleaug", "diff", "v1", "v2", "--json", "diff.json"], repo, env)
+    doc = json.loads((repo / "diff.json").read_text())
+    atob, btoa = doc["directions"]["AtoB"], doc["directions"]["BtoA"]
+    assert atob["rows"] == {"old": counts["v1"]["AtoB"], "new": counts["v2"]["AtoB"]}
+    assert atob["removed"]["total"] == counts["v1"]["AtoB"] - counts["v2"]["AtoB"] > 0 and atob["added"]["total"] == 0
+    assert btoa["removed"]["total"] == btoa["added"]["total"] == 0
+    assert btoa["unchanged"]["total"] + btoa["changed"]["total"] == counts["v2"]["BtoA"]
+    assert atob["held_out_figures"]["cycle_psnr"]["delta"] > 0  # the worse half was dropped
+    assert doc["settings"]["params_hash"]["changed"]
+    assert f"| AtoB | {counts['v1']['AtoB']} | {counts['v2']['AtoB']} | 0 |" in out
+    (repo / "diff.json").unlink()

@@ -22,8 +22,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def v2(tmp_path_factory) -> Path:
-    return grown_versions(tmp_path_factory.getbasetemp() / "published-versions")["v2"]
+def versions(tmp_path_factory) -> dict:
+    return grown_versions(tmp_path_factory.getbasetemp() / "published-versions")
+
+
+@pytest.fixture(scope="module")
+def v2(versions) -> Path:
+    return versions["v2"]
+
+
+def test_diff_of_a_grown_collection_shows_exactly_the_added_rows(versions):
+    from cyclegan_core.diff import diff_markdown, diff_versions
+
+    diff = diff_versions(open_dataset(str(versions["v1"])), open_dataset(str(versions["v2"])))
+    for d, n in versions["new"].items():
+        x = diff["directions"][d]
+        assert x["added"] == {"total": n, "test": n} and x["removed"]["total"] == 0
+        assert x["rows"]["new"] - x["rows"]["old"] == n
+        assert x["unchanged"]["total"] == x["rows"]["old"]  # the model was reused: old rows keep their bytes
+    assert "| AtoB |" in diff_markdown(diff) and not any(v["changed"] for v in diff["settings"].values())
 
 
 def test_flags_are_an_append_only_log_replayed_in_order(tmp_path):
