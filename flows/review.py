@@ -112,10 +112,13 @@ PAGE = """<!doctype html>
  table { border-collapse: collapse; margin: 8px 12px; }
  td, th { border-bottom: 1px solid #eee; padding: 3px 6px; text-align: right; }
  th { cursor: pointer; background: #fafafa; position: sticky; top: 86px; }
- td.pics img { width: 64px; height: 64px; image-rendering: pixelated; margin-right: 2px; }
+ td.pics { white-space: nowrap; }
+ td.pics img { width: 56px; height: 56px; image-rendering: pixelated; margin-right: 2px; vertical-align: middle; }
+ td.id { font-family: monospace; }
  tr.flagged { background: #fde8e8; } tr:hover { background: #eef4ff; cursor: pointer; }
- #record { position: fixed; right: 0; top: 86px; width: 30em; max-height: 80vh; overflow: auto; background: #fff;
-           border: 1px solid #ccc; padding: 8px; display: none; font: 12px monospace; white-space: pre-wrap; }
+ #record { position: fixed; right: 8px; bottom: 8px; width: 34em; max-height: 60vh; overflow: auto; background: #fff;
+           border: 1px solid #999; padding: 8px; display: none; font: 12px monospace; white-space: pre-wrap;
+           word-break: break-all; box-shadow: 0 2px 8px #0003; }
 </style></head><body>
 <header>
  <b>{{TITLE}}</b> <span id="count"></span><br>
@@ -166,7 +169,9 @@ async function load() {
     const pics = tr.insertCell(); pics.className = "pics";
     for (const c of meta.pictures)
       pics.innerHTML += `<img loading="lazy" alt="${c}" src="/api/picture/${row.row}/${c}">`;
-    for (const k of ["sample_id", "direction", "split", "label", "passed"]) tr.insertCell().textContent = row[k];
+    const id = tr.insertCell(); id.className = "id"; id.textContent = row.sample_id.slice(0, 12);
+    id.title = row.sample_id;
+    for (const k of ["direction", "split", "label", "passed"]) tr.insertCell().textContent = row[k];
     for (const m of meta.metrics) {
       const v = row[m]; tr.insertCell().textContent = v === null || v === undefined ? "" : Number(v).toPrecision(3);
     }
@@ -176,7 +181,8 @@ async function load() {
 }
 async function show(row) {
   const rec = await (await fetch(`/api/record/${row}`)).json();
-  $("record").style.display = "block"; $("record").textContent = JSON.stringify(rec, null, 1);
+  $("record").style.display = "block";
+  $("record").textContent = "(click to close)\\n" + JSON.stringify(rec, null, 1);
 }
 async function flag(action, all) {
   const rows = [...document.querySelectorAll(".pick:checked")].map((x) => Number(x.value));
@@ -201,6 +207,7 @@ async function init() {
       $("sort").value = h; offset = 0; load(); };
   }
   $("apply").onclick = () => { offset = 0; load(); };
+  $("record").onclick = () => { $("record").style.display = "none"; };
   $("prev").onclick = () => { offset = Math.max(0, offset - meta.page_size); load(); };
   $("next").onclick = () => { if (offset + meta.page_size < total) { offset += meta.page_size; load(); } };
   $("flag").onclick = () => flag("flag", false);
