@@ -21,7 +21,7 @@ from cyclegan_core.config import Config, load_config
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
 from tasks import steps
-from tasks.policies import configured, ensure_concurrency_limit
+from tasks.policies import configured, ensure_concurrency_limit, one_run_per_outputs
 
 
 def task_runner_for(cfg: Config) -> TaskRunner:
@@ -37,7 +37,7 @@ def task_runner_for(cfg: Config) -> TaskRunner:
                                           "processes": True, "dashboard_address": None})
 
 
-@flow(name="cycleaug-generate")
+@flow(name="cycleaug-generate", persist_result=True, result_serializer="json")
 def generate_shards(params: str, overrides: list[str], model: dict, created_at: str) -> dict:
     """Every shard of both directions as its own task run (mapped), then one commit that swaps them in."""
     t0 = time.perf_counter()
@@ -89,7 +89,9 @@ def _step(task, cfg: Config, what: str, *args) -> tuple[dict, bool]:
                                 lambda r: steps.outputs_in_place(r.get("outputs", {})), what)
 
 
-@flow(name="cycleaug-augment", log_prints=True)
+# The run's summary is persisted as JSON (not pickle), so its final state resolves from any process.
+@flow(name="cycleaug-augment", log_prints=True, persist_result=True, result_serializer="json")
+@one_run_per_outputs
 def augment(params: str = "params.yaml", overrides: list[str] | None = None, retrain: bool = False) -> dict:
     """Run the whole pipeline with the configuration in ``params`` (plus ``section.key=value`` overrides).
 
