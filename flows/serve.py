@@ -10,7 +10,7 @@ Two deployments of ``cycleaug-augment`` read the same ``params.yaml`` at run tim
 Each deployment runs one flow run at a time (``concurrency_limit=1``, later runs queue), and both
 share the global concurrency limit ``orchestrate.concurrency_limit`` held while training or
 publishing, so two runs never train or publish at once; a run also holds, for its whole run, the
-limit named after its output folders (``tasks.policies.one_run_per_outputs``), so runs of the same
+limit named after its output folders (``tasks.policies.holding_outputs``), so runs of the same
 ``params.yaml`` take turns. ``prefect.yaml`` defines the same deployments for ``prefect deploy`` with
 a process work pool.
 

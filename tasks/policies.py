@@ -6,7 +6,7 @@
   hiccups, not bad input), and :func:`configured` applies retries with exponential backoff and a
   time limit from ``orchestrate`` to a task.
 - :func:`ensure_concurrency_limit` creates the global concurrency limit that keeps two runs from
-  training or publishing at once; :func:`one_run_per_outputs` has a flow run hold a second limit,
+  training or publishing at once; :func:`holding_outputs` has a flow run hold a second limit,
   named after its output folders, for its whole run, so two runs over the same folders (a nightly, a
   weekly and an ad-hoc run of one ``params.yaml``) take turns instead of writing them at once.
 - :func:`result_options`: task results persisted as JSON (never pickle) under :func:`results_dir`, so
@@ -15,11 +15,10 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.serializers import JSONSerializer
 from prefect.tasks import exponential_backoff
 
-from cyclegan_core.config import Config, load_config
+from cyclegan_core.config import Config
 from cyclegan_core.storage import is_remote
 
 # Errors that say the input or the configuration is wrong: a retry would fail the same way.
@@ -135,35 +134,28 @@ def outputs_limit_name(cfg: Config) -> str:
     return f"{cfg.orchestrate.concurrency_limit}-outputs-{digest}"
 
 
-def one_run_per_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Have a flow taking ``params`` and ``overrides`` hold :func:`outputs_limit_name`'s single slot for its run.
+@contextmanager
+def holding_outputs(cfg: Config) -> Iterator[None]:
+    """Hold the single slot of :func:`outputs_limit_name` (created if missing) while the block runs.
 
     Ingest, generation, validation and the reports replace their folders whole (atomic swaps that
     also clear a crashed writer's temporary folders), so two runs over the same folders must not
-    interleave: the second waits for the first, then finds its results cached and does only what
-    is left. Runs over other folders do not wait (training and publishing still take turns on
-    ``orchestrate.concurrency_limit``). If the server cannot create the limit the run goes on unguarded,
-    with a warning, as without the global limit.
+    interleave: the second waits for the first, then finds its results cached and does only what is
+    left. Runs over other folders do not wait (training and publishing still take turns on
+    ``orchestrate.concurrency_limit``). The slot is a lease the flow renews: a run whose process dies
+    frees it when the lease runs out. If the server cannot create the limit the run goes on
+    unguarded, with a warning, as without the global limit.
     """
-    signature = inspect.signature(fn)
+    from prefect import get_run_logger
+    from prefect.concurrency.sync import concurrency
 
-    @functools.wraps(fn)
-    def held(*args: Any, **kwargs: Any) -> Any:
-        from prefect import get_run_logger
-        from prefect.concurrency.sync import concurrency
-
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        cfg = load_config(bound.arguments["params"], tuple(bound.arguments["overrides"] or ()))
-        name = outputs_limit_name(cfg)
-        log = get_run_logger()
-        try:
-            ensure_concurrency_limit(name)
-        except Exception as err:  # without the limit the run still works, only unguarded
-            log.warning("could not create concurrency limit %s: %s", name, err)
-        log.info("waiting for the output folders (concurrency limit %s)", name)
-        with concurrency(name, occupy=1, strict=False):
-            log.info("holding the output folders (%s)", name)
-            return fn(*args, **kwargs)
-
-    return held
+    name = outputs_limit_name(cfg)
+    log = get_run_logger()
+    try:
+        ensure_concurrency_limit(name)
+    except Exception as err:  # without the limit the run still works, only unguarded
+        log.warning("could not create concurrency limit %s: %s", name, err)
+    log.info("waiting for the output folders (concurrency limit %s)", name)
+    with concurrency(name, occupy=1, strict=False):
+        log.info("holding the output folders (%s)", name)
+        yield
