@@ -424,6 +424,11 @@ class OrchestrateConfig(_Strict):
         "cycleaug-train-publish",
         description="Prefect global concurrency limit (1 slot) held while training and while publishing.",
     )
+    notify_url: str | None = Field(
+        None,
+        description="Webhook that `cycleaug serve` has a Prefect automation POST to when a run of its deployments "
+        "ends Failed or Crashed (a small JSON: flow run name, id, state, message); null = no automation.",
+    )
     schedule: ScheduleConfig = ScheduleConfig()
 
 

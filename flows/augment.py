@@ -4,7 +4,9 @@
 Generation runs as a subflow on the task runner ``orchestrate.task_runner`` names: threads in this
 process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
 validation and publishing are cached on the content hashes of their inputs, so a run with nothing
-new does none of them again and says why in its log.
+new does none of them again and says why in its log. Results are persisted as JSON (never pickle),
+and a run holds its output folders for its whole run, so overlapping runs of one ``params.yaml``
+take turns (:mod:`tasks.policies`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cyclegan_core.config import Config, load_config
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
 from tasks import steps
-from tasks.policies import configured, ensure_concurrency_limit
+from tasks.policies import configured, ensure_concurrency_limit, holding_outputs
 
 
 def task_runner_for(cfg: Config) -> TaskRunner:
@@ -37,7 +39,7 @@ def task_runner_for(cfg: Config) -> TaskRunner:
                                           "processes": True, "dashboard_address": None})
 
 
-@flow(name="cycleaug-generate")
+@flow(name="cycleaug-generate", persist_result=True, result_serializer="json")
 def generate_shards(params: str, overrides: list[str], model: dict, created_at: str) -> dict:
     """Every shard of both directions as its own task run (mapped), then one commit that swaps them in."""
     t0 = time.perf_counter()
@@ -89,15 +91,23 @@ def _step(task, cfg: Config, what: str, *args) -> tuple[dict, bool]:
                                 lambda r: steps.outputs_in_place(r.get("outputs", {})), what)
 
 
-@flow(name="cycleaug-augment", log_prints=True)
+# The run's summary is persisted as JSON (not pickle), so its final state resolves from any process.
+@flow(name="cycleaug-augment", log_prints=True, persist_result=True, result_serializer="json")
 def augment(params: str = "params.yaml", overrides: list[str] | None = None, retrain: bool = False) -> dict:
     """Run the whole pipeline with the configuration in ``params`` (plus ``section.key=value`` overrides).
 
     ``retrain`` trains a model on the current data even when ``orchestrate.retrain`` would keep the
     current one. The bundled default collections are made first when the config points at their
     folders. Ends Failed, naming every failed threshold, when the run-level quality gate fails; the
-    previously published dataset is then left as it was.
+    previously published dataset is then left as it was. A run holds its output folders throughout
+    (:func:`tasks.policies.holding_outputs`): another run of the same folders waits for it.
     """
+    with holding_outputs(load_config(params, tuple(overrides or ()))):
+        return _pipeline(params, overrides, retrain)
+
+
+def _pipeline(params: str, overrides: list[str] | None, retrain: bool) -> dict:
+    """The steps of :func:`augment`, run while it holds the output folders."""
     t0 = time.perf_counter()
     overrides = list(overrides or ())
     cfg = load_config(params, tuple(overrides))

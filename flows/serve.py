@@ -9,8 +9,16 @@ Two deployments of ``cycleaug-augment`` read the same ``params.yaml`` at run tim
 
 Each deployment runs one flow run at a time (``concurrency_limit=1``, later runs queue), and both
 share the global concurrency limit ``orchestrate.concurrency_limit`` held while training or
-publishing, so two runs never train or publish at once. ``prefect.yaml`` defines the same
-deployments for ``prefect deploy`` with a process work pool.
+publishing, so two runs never train or publish at once; a run also holds, for its whole run, the
+limit named after its output folders (``tasks.policies.holding_outputs``), so runs of the same
+``params.yaml`` take turns. ``prefect.yaml`` defines the same deployments for ``prefect deploy`` with
+a process work pool.
+
+With ``orchestrate.notify_url`` set, serving also creates (or updates) the Prefect automation that
+POSTs to it when a run of these deployments ends Failed or Crashed (:mod:`tasks.notify`).
+
+In production the Prefect server runs on PostgreSQL (``PREFECT_API_DATABASE_CONNECTION_URL``; see
+the README): its default SQLite database locks under the concurrent writes of overlapping runs.
 """
 
 from __future__ import annotations
@@ -51,11 +59,17 @@ def serve(params: str = "params.yaml", overrides: Sequence[str] = ()) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect import serve as prefect_serve
 
+    from tasks.notify import ensure_failure_automation
     from tasks.policies import ensure_concurrency_limit
 
     cfg = load_config(params, tuple(overrides))
     ensure_concurrency_limit(cfg.orchestrate.concurrency_limit)
-    prefect_serve(*deployments(params, overrides))
+    served = deployments(params, overrides)
+    # Registered here first for their ids (serving registers them again, the same ones), which the
+    # notification's automation matches on.
+    ids = [d.apply() for d in served] if cfg.orchestrate.notify_url else []
+    ensure_failure_automation(cfg.orchestrate.notify_url, ids)
+    prefect_serve(*served)
 
 
 if __name__ == "__main__":
