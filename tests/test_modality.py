@@ -175,7 +175,11 @@ def test_text_to_speech_makes_wavs_at_the_rate_that_differ_by_voice():
     assert len({i.params["voice"] for i in items[:3]}) == 3  # three takes, three voices
     n = min(len(waves[0]), len(waves[1]))
     assert not np.allclose(waves[0][:n], waves[1][:n], atol=1e-3)
+    same = [tts.speak("yes", v, 175, 50) for v in ("en+m1", "en+f3")]  # the voice alone changes the clip
+    assert same[0] != same[1]
     assert tts.settings()["voices"] == ["en+m1", "en+f3", "en+m5"]
+    with pytest.raises(TranslatorError, match="do not fit the factory"):
+        resolve_translator("text_to_speech", {"target": "image"})  # name, source and target are fixed
     assert tts.plan("yes", 0) == [i.params for i in items[:3]]  # the same choices in any batch
     assert tts.translate(["stop"], seed=0)[0].params == items[3].params
 

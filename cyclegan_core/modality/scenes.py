@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -90,9 +91,9 @@ class CaptionToScene:
     size: int = 64
     per_text: int = 1
     points_per_object: int = 0
-    name: str = "caption_to_scene"
-    source: str = "text"
-    target: str = "image"
+    name: ClassVar[str] = "caption_to_scene"
+    source: ClassVar[str] = "text"
+    target: ClassVar[str] = "image"
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -165,9 +166,9 @@ class SceneToCaption:
     """Describe a scene image in the scene grammar from its pixels (:func:`read_scene`)."""
 
     min_pixels: int = 4
-    name: str = "scene_to_caption"
-    source: str = "image"
-    target: str = "text"
+    name: ClassVar[str] = "scene_to_caption"
+    source: ClassVar[str] = "image"
+    target: ClassVar[str] = "text"
 
     def settings(self) -> dict:
         return {"translator": self.name, "reader": "palette-components-1", "min_pixels": self.min_pixels}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,9 +42,9 @@ class TextToSpeech:
     rate: tuple[int, int] = (140, 210)
     pitch: tuple[int, int] = (30, 70)
     sample_rate: int = 16_000
-    name: str = "text_to_speech"
-    source: str = "text"
-    target: str = "speech"
+    name: ClassVar[str] = "text_to_speech"
+    source: ClassVar[str] = "text"
+    target: ClassVar[str] = "speech"
 
     def __post_init__(self) -> None:
         self.voices = tuple(self.voices)

@@ -124,9 +124,9 @@ def check_translator(obj: Any, spec: str = "<translator>") -> Translator:
                               "translator makes another modality")
     if not callable(obj.translate) or not callable(obj.settings):
         raise TranslatorError(f"translator {spec!r}: translate and settings must be methods")
-    if not isinstance(obj.settings(), dict):
-        raise TranslatorError(f"translator {spec!r}: settings() must return a dict, got "
-                              f"{type(obj.settings()).__name__}")
+    made = obj.settings()
+    if not isinstance(made, dict):
+        raise TranslatorError(f"translator {spec!r}: settings() must return a dict, got {type(made).__name__}")
     return obj
 
 
