@@ -145,6 +145,15 @@ def make_scene(rng: np.random.Generator, sample_id: str, size: int = 64, frames:
     """One generated scene with every modality (see the module docstring)."""
     objects = _place(rng, int(rng.integers(1, max_objects + 1)), size)
     background = rng.uniform(0.05, 0.3, 3).astype(np.float32)
+    return scene_from_objects(objects, background, sample_id, size, frames, frame_rate, sample_rate,
+                              points_per_object)
+
+
+def scene_from_objects(objects: list[SceneObject], background: np.ndarray, sample_id: str, size: int = 64,
+                       frames: int = 8, frame_rate: float = 8.0, sample_rate: int = 8000,
+                       points_per_object: int = 48) -> PairedSample:
+    """The scene of given objects on a given (3,) RGB background in [0, 1], with every modality: what
+    :func:`make_scene` draws once it has placed them (the caption-to-scene translator places its own)."""
     img, ids = _render(objects, size, size, background)
     video = np.stack([_render([o.at(t) for o in objects], size, size, background)[0] for t in range(frames)])
     boxes, box_ids = [], []
