@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -27,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from .images import decode_png
 
 DOMAINS = {"A": 0, "B": 1}
-LRU_GROUPS = 4  # row groups of PNG bytes a streamed dataset keeps (each MANIFEST_GROUP_ROWS rows)
+# PNG bytes of recently read row groups a streamed dataset keeps (per process; at least one group): a
+# row group holds MANIFEST_GROUP_ROWS rows, so this is a few groups of photos and all of a digits collection.
+LRU_BYTES = 32 << 20
 
 
 def step_seed(seed: int, rank: int, domain: str, step: int) -> int:
@@ -68,12 +71,13 @@ class ArrayImages(Dataset):
 class ManifestImages(Dataset):
     """The images of one split of a manifest, decoded on demand.
 
-    Memory: one (row group, row) pair per sample and at most ``lru_groups`` row groups of PNG bytes;
-    the Parquet file is opened lazily in each process (DataLoader workers open their own).
+    Memory: one (row group, row) pair per sample and the PNG bytes of recently read row groups, up to
+    ``lru_bytes`` (at least one group); the Parquet file is opened lazily in each process (DataLoader
+    workers open their own).
     """
 
-    def __init__(self, path: str | Path, split: str = "train", lru_groups: int = LRU_GROUPS):
-        self.path, self.lru_groups = str(path), lru_groups
+    def __init__(self, path: str | Path, split: str = "train", lru_bytes: int = LRU_BYTES):
+        self.path, self.lru_bytes = str(path), lru_bytes
         groups, rows = [], []
         with pq.ParquetFile(self.path) as f:
             for g in range(f.num_row_groups):
@@ -84,7 +88,7 @@ class ManifestImages(Dataset):
         self.group = np.concatenate(groups) if groups else np.zeros(0, np.int32)
         self.row = np.concatenate(rows) if rows else np.zeros(0, np.int32)
         self._file: pq.ParquetFile | None = None
-        self._cache: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._cache: OrderedDict[int, pa.BinaryArray] = OrderedDict()
         self._shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
@@ -103,20 +107,20 @@ class ManifestImages(Dataset):
             self._shape = tuple(self[0].shape) if len(self) else (0, 0, 0)
         return self._shape
 
-    def _png_group(self, g: int) -> list[bytes]:
+    def _png_group(self, g: int) -> pa.BinaryArray:
         if g in self._cache:
             self._cache.move_to_end(g)
             return self._cache[g]
         if self._file is None:
             self._file = pq.ParquetFile(self.path)
-        data = self._file.read_row_group(int(g), columns=["image"]).column(0).to_pylist()
+        data = self._file.read_row_group(int(g), columns=["image"]).column(0).combine_chunks()
         self._cache[g] = data
-        while len(self._cache) > self.lru_groups:
+        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.lru_bytes:
             self._cache.popitem(last=False)
         return data
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return decode_png(self._png_group(int(self.group[i]))[int(self.row[i])])
+        return decode_png(self._png_group(int(self.group[i]))[int(self.row[i])].as_py())
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) of the given samples, in the given order; each row group is read once
