@@ -280,14 +280,23 @@ class Trainer:
 
     # --- the training steps --------------------------------------------------------------------
     def _batch(self, domain: str) -> torch.Tensor:
-        """Step ``self.step``'s batch of ``domain`` in [-1, 1]: gathered from the cache, or the next streamed one."""
+        """Step ``self.step``'s batch of ``domain`` in [-1, 1]: gathered from the cache, or the next streamed one.
+
+        The cache draws its indices from the trainer's generator, interleaved with the image pools' draws
+        (as before streaming existed: the demo's batches, and its figures, are unchanged); the stream
+        draws step ``s``'s indices from (seed, rank, domain, s) alone, so workers can decode ahead. Both
+        are uniform with replacement, but they are different sequences: a cached and a streamed run of
+        the same config train on different batches.
+        """
         t = self.tcfg
-        idx = step_indices(len(self.sources[domain]), t.batch_size, t.seed, self.dist.rank, domain, self.step)
-        self._idx[domain] = idx
         if not self.cached:
+            self._idx[domain] = step_indices(len(self.sources[domain]), t.batch_size, t.seed, self.dist.rank, domain,
+                                             self.step)
             x = next(self._streams[domain]).to(self.device, non_blocking=True)
             return self._scaled(x)
         images = self.images[domain]
+        idx = torch.randint(0, len(images), (t.batch_size,), generator=self.rng)
+        self._idx[domain] = idx
         if images.device == self.device:
             x = images[idx.to(self.device)]
         elif images.is_pinned():
