@@ -293,6 +293,10 @@ class TrainConfig(_Strict):
         0.1, ge=0.0, description="Pixel-noise std ([-1, 1] scale) in the semantic classifiers' training and on the "
         "translations they score, so faint patterns cannot satisfy them.",
     )
+    semantic_max_samples: int = Field(
+        20000, ge=1, description="Cap on the samples each semantic classifier learns from (a seeded subset of the "
+        "'classifier' half when there are more), decoded in batches: bounds its memory on large collections.",
+    )
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype for forward passes (fp16 adds a grad scaler); fp32 = off."
@@ -315,10 +319,19 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(10, ge=1, description="Steps between loss-log rows (and host syncs on a GPU).")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
+    cache_mb: float = Field(
+        1024.0, ge=0.0, description="Decoded training images (both domains, uint8) up to this many MiB are held in "
+        "memory (or on the GPU) and batches gathered from there; larger sets, or 0, stream from the manifests through "
+        "a DataLoader (a few row groups in memory). Both draw the same batches.",
+    )
+    loader_workers: int = Field(
+        0, ge=0, le=64, description="DataLoader worker processes decoding streamed batches ahead (one torch thread "
+        "each); 0: decoded in the training process. Unused when the training set is cached (train.cache_mb).",
+    )
 
     NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = frozenset({
         "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
-        "compile_mode", "compile_backend", "pin_memory",
+        "compile_mode", "compile_backend", "pin_memory", "cache_mb", "loader_workers",
     })
 
 

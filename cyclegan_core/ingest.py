@@ -21,7 +21,7 @@ import io
 import json
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +58,8 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 AUDIO_INFO = ("orig_sample_rate", "orig_channels", "orig_frames", "clip_offset")
+# Rows per manifest row group: ingest holds one group, training's streamed reads a few (LRU).
+MANIFEST_GROUP_ROWS = 256
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 
 
@@ -155,12 +157,8 @@ def _local_link_problem(full: str, root: str) -> str | None:
     return None
 
 
-def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str, int]], list[tuple[str, str]]]:
-    """The filesystem, its root, sorted ``(relative path, size)`` of image files, and refused entries.
-
-    Local symlinks are checked without following them into loops: fsspec's local ``find`` lists a
-    link to a folder as a file, so a loop or a link out of the collection is refused with a reason.
-    """
+def _open_collection(url: str, cfg: DataConfig) -> tuple[object, str]:
+    """The filesystem and root of a collection; CollectionError when it is missing or not a folder."""
     try:
         fs, root = open_fs(url)
     except StorageError as err:
@@ -171,6 +169,18 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
         raise CollectionError(f"{shown}: collection not found")
     if not with_retries(lambda: fs.isdir(root), what=url, **retry):
         raise CollectionError(f"{shown}: not a folder")
+    return fs, root
+
+
+def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str, int]], list[tuple[str, str]]]:
+    """The filesystem, its root, sorted ``(relative path, size)`` of image files, and refused entries.
+
+    Local symlinks are checked without following them into loops: fsspec's local ``find`` lists a
+    link to a folder as a file, so a loop or a link out of the collection is refused with a reason.
+    """
+    fs, root = _open_collection(url, cfg)
+    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
+    shown = redact_url(url)
     exts = tuple(e.lower() for e in cfg.file_extensions)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     try:
@@ -197,134 +207,226 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
     return fs, root, sorted(files), sorted(refused)
 
 
-def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, int]:
+def _first_image(fs, root: str, exts: tuple[str, ...]) -> bool:
+    """Whether the collection has at least one candidate image file, walking folders only until one is found."""
+    return any(n.lower().endswith(exts) and not n.startswith(".") for _, _, names in fs.walk(root) for n in names)
+
+
+def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, bool]:
     """Fail before any work if a collection is missing, not a folder or has no image files at all.
 
-    Returns the number of candidate image files per domain. Called for both collections before
-    either is ingested, so a typo in the second one does not cost the first one's ingest.
+    Called for both collections before either is ingested, so a typo in the second one does not
+    cost the first one's ingest. It stops at the first image file it finds: the collection is
+    listed in full once, by :func:`ingest_collection`. Returns True per domain.
     """
-    counts = {}
+    found = {}
+    exts = tuple(e.lower() for e in cfg.file_extensions)
     for domain, url in urls.items():
         try:
-            _, _, files, _ = list_images(url, cfg)
+            fs, root = _open_collection(url, cfg)
         except CollectionError as err:  # say which collection (and which setting names it)
             key = {"A": "data.domain_a", "B": "data.domain_b"}.get(domain, domain)
             raise CollectionError(f"collection {domain} ({key}): {err}") from None
-        if not files:
+        try:
+            found[domain] = _first_image(fs, root, exts)
+        except (RecursionError, OSError):
+            found[domain] = True  # ingest's own listing names the problem
+        if not found[domain]:
             raise CollectionError(f"collection {domain} ({redact_url(url)}): empty, no files ending in "
                                   f"{', '.join(cfg.file_extensions)}")
-        counts[domain] = len(files)
-    return counts
+    return found
 
 
-def _load_previous(manifest: Path, key: str) -> dict[str, dict]:
-    """Rows of the last manifest by sample id, if it was made with the same processing."""
-    if not manifest.exists():
-        return {}
-    meta = pq.read_schema(manifest).metadata or {}
-    if meta.get(b"cycleaug.processing", b"").decode() != key:
-        return {}
-    cols = ["sample_id", "orig_width", "orig_height", "orig_mode", "image", "audio", *AUDIO_INFO]
-    if not set(cols) <= set(pq.read_schema(manifest).names):
-        return {}
-    table = pq.read_table(manifest, columns=cols)
-    return {row["sample_id"]: row for row in table.to_pylist()}
+class _Previous:
+    """The last manifest, if made with the same processing: which samples it holds (the ``sample_id``
+    column only, by row group), and their normalized bytes read back one row group at a time."""
+
+    COLUMNS = ("orig_width", "orig_height", "orig_mode", "image", "audio", *AUDIO_INFO)
+
+    def __init__(self, manifest: Path, key: str):
+        self.where: dict[str, tuple[int, int]] = {}
+        self._file: pq.ParquetFile | None = None
+        self._group: tuple[int, list[dict]] | None = None
+        if not manifest.exists():
+            return
+        schema = pq.read_schema(manifest)
+        if (schema.metadata or {}).get(b"cycleaug.processing", b"").decode() != key:
+            return
+        if not {"sample_id", *self.COLUMNS} <= set(schema.names):
+            return
+        self._file = pq.ParquetFile(manifest)
+        for g in range(self._file.num_row_groups):
+            ids = self._file.read_row_group(g, columns=["sample_id"]).column(0).to_pylist()
+            for r, sid in enumerate(ids):
+                self.where.setdefault(sid, (g, r))
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self.where
+
+    def row(self, sid: str) -> dict:
+        g, r = self.where[sid]
+        if self._group is None or self._group[0] != g:  # the listing is in manifest order: groups come in turn
+            assert self._file is not None
+            self._group = (g, self._file.read_row_group(g, columns=list(self.COLUMNS)).to_pylist())
+        return self._group[1][r]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._group = None, None
+
+
+class _ManifestWriter:
+    """Rows into a Parquet file, one row group per ``group_rows`` rows: memory holds one group at most."""
+
+    def __init__(self, path: Path, schema: pa.Schema, group_rows: int):
+        self.path, self.schema, self.group_rows = path, schema, group_rows
+        self._writer = pq.ParquetWriter(path, schema)
+        self._rows: list[dict] = []
+        self.count = 0
+
+    def add(self, row: dict) -> None:
+        self._rows.append(row)
+        self.count += 1
+        if len(self._rows) >= self.group_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema),
+                                     row_group_size=self.group_rows)
+            self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def _with_split(src: Path, dst: Path, schema: pa.Schema, sample_id: str, split: str) -> None:
+    """Copy a manifest row group by row group, giving one sample another split."""
+    with pq.ParquetFile(src) as f, pq.ParquetWriter(dst, schema) as w:
+        for g in range(f.num_row_groups):
+            t = f.read_row_group(g)
+            ids = np.asarray(t.column("sample_id").to_pylist(), dtype=object)
+            splits = np.where(ids == sample_id, split, np.asarray(t.column("split").to_pylist(), dtype=object))
+            t = t.set_column(t.schema.get_field_index("split"), "split", pa.array(splits.tolist(), pa.string()))
+            w.write_table(t.cast(schema), row_group_size=max(1, t.num_rows))
 
 
 def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
                       progress: Progress | None = None) -> IngestResult:
-    """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``."""
+    """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``.
+
+    The collection is listed once; its files are read, hashed and normalized in path order and
+    written to the manifest a row group at a time (``MANIFEST_GROUP_ROWS`` rows), so memory holds
+    one row group and the listing, never the collection's bytes. Samples of the last manifest are
+    found by its ``sample_id`` column and their normalized bytes read back a row group at a time.
+    """
     out = Path(out_dir)
     manifest_path, quarantine_path = out / "manifest.parquet", out / "quarantine.csv"
     key = processing_key(cfg)
-    previous = _load_previous(manifest_path, key)
-
     fs, root, files, quarantine = list_images(url, cfg)
     labels = _read_labels(fs, root, cfg)
     audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
     what = "clips" if audio else "images"
-    rows: list[dict] = []
-    seen: dict[str, str] = {}
-    decoded = reused = 0
     source = redact_url(url)
-    for i, (rel, size) in enumerate(files):
-        full = posixpath.join(root, rel) if root else rel
-        uri = redact_url(fs.unstrip_protocol(full))
-        if size > cfg.max_file_bytes:
-            quarantine.append((rel, f"file too large: {size} bytes > data.max_file_bytes={cfg.max_file_bytes}, "
-                                    "not read"))
-            continue
-        try:
-            data = with_retries(lambda p=full: fs.cat_file(p), what=uri, retries=cfg.retries,
-                                backoff_s=cfg.retry_backoff_s)
-        except OSError as err:
-            quarantine.append((rel, f"unreadable: {type(err).__name__}: {err}"))
-            continue
-        sid = sha256_bytes(data)
-        if sid in seen:
-            quarantine.append((rel, f"duplicate content of {seen[sid]}"))
-            continue
-        wav, info = None, dict.fromkeys(AUDIO_INFO)
-        if sid in previous:
-            prev = previous[sid]
-            png, w, h, mode = prev["image"], prev["orig_width"], prev["orig_height"], prev["orig_mode"]
-            wav, info = prev["audio"], {k: prev[k] for k in AUDIO_INFO}
-            reused += 1
-        elif audio is not None:
-            from .audio import BadAudio
-
-            try:
-                png, wav, info = audio(data)
-            except BadAudio as err:
-                quarantine.append((rel, str(err)))
-                continue
-            w = h = mode = None
-            decoded += 1
-        else:
-            try:
-                arr = decode_image(data, cfg.mode, cfg.image_size, cfg.max_image_pixels, cfg.min_image_side)
-            except BadImage as err:
-                quarantine.append((rel, str(err)))
-                continue
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as im:
-                (w, h), mode = im.size, im.mode
-            png = encode_png(arr)
-            decoded += 1
-        seen[sid] = rel
-        rows.append({
-            "sample_id": sid, "domain": domain, "relpath": rel, "uri": uri,
-            "split": _split_of(rel, sid, cfg.test_fraction), "label": labels.get(rel),
-            "orig_width": w, "orig_height": h, "orig_mode": mode, "size_bytes": len(data), "image": png,
-            "audio": wav, **info,
-        })
-        if progress:
-            progress(i + 1, len(files))
-    quarantine.sort()
-    if not rows:
-        detail = f"; {len(quarantine)} file(s) quarantined, see {quarantine_path}" if quarantine else ""
-        _write_quarantine(quarantine_path, quarantine)
-        raise CollectionError(f"{source}: no usable {what} (looked for {', '.join(cfg.file_extensions)}){detail}")
-    if not any(r["split"] == "train" for r in rows) and not any(_has_split_dir(r["relpath"]) for r in rows):
-        # A tiny collection split by hash can land wholly in test; training needs at least one sample.
-        min(rows, key=lambda r: r["sample_id"])["split"] = "train"
-    if not any(r["split"] == "train" for r in rows):
-        _write_quarantine(quarantine_path, quarantine)
-        raise CollectionError(f"{source}: no training {what}: all {len(rows)} usable {what} are in held-out "
-                              "folders (test/, val/); put some under train/")
-
-    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    table = table.replace_schema_metadata({"cycleaug.processing": key, "cycleaug.source": source})
+    schema = MANIFEST_SCHEMA.with_metadata({"cycleaug.processing": key, "cycleaug.source": source})
+    seen: dict[str, str] = {}
+    decoded = reused = n_train = 0
+    split_dirs = False
+    first_id: str | None = None  # the smallest sample id, which takes the train split if nothing else does
+    previous = _Previous(manifest_path, key)
     with atomic_path(manifest_path) as tmp:
-        pq.write_table(table, tmp)
+        writer = _ManifestWriter(tmp, schema, MANIFEST_GROUP_ROWS)
+        try:
+            for i, (rel, size) in enumerate(files):
+                row = _ingest_one(fs, root, rel, size, cfg, audio, previous, seen, quarantine)
+                if row is not None:
+                    reused += row.pop("_reused")
+                    row |= {"domain": domain, "split": _split_of(rel, row["sample_id"], cfg.test_fraction),
+                            "label": labels.get(rel)}
+                    n_train += row["split"] == "train"
+                    split_dirs = split_dirs or _has_split_dir(rel)
+                    first_id = row["sample_id"] if first_id is None else min(first_id, row["sample_id"])
+                    writer.add(row)
+                if progress:
+                    progress(i + 1, len(files))
+        finally:
+            writer.close()
+            previous.close()
+        samples = writer.count
+        decoded = samples - reused
+        quarantine.sort()
+        if not samples:
+            detail = f"; {len(quarantine)} file(s) quarantined, see {quarantine_path}" if quarantine else ""
+            _write_quarantine(quarantine_path, quarantine)
+            raise CollectionError(f"{source}: no usable {what} (looked for {', '.join(cfg.file_extensions)}){detail}")
+        if not n_train and not split_dirs and first_id is not None:
+            # A tiny collection split by hash can land wholly in test; training needs at least one sample.
+            with atomic_path(tmp) as fixed:
+                _with_split(tmp, fixed, schema, first_id, "train")
+            n_train = 1
+        if not n_train:
+            _write_quarantine(quarantine_path, quarantine)
+            raise CollectionError(f"{source}: no training {what}: all {samples} usable {what} are in held-out "
+                                  "folders (test/, val/); put some under train/")
+        digest = manifest_digest(pq.read_table(tmp, columns=list(DIGEST_COLUMNS)))
     _write_quarantine(quarantine_path, quarantine)
-    splits = table.column("split").to_pylist()
     return IngestResult(
         domain=domain, manifest=str(manifest_path), quarantine=str(quarantine_path),
-        manifest_sha256=manifest_digest(table), samples=len(rows), train=splits.count("train"),
-        test=splits.count("test"), decoded=decoded, reused=reused, quarantined=len(quarantine),
+        manifest_sha256=digest, samples=samples, train=n_train, test=samples - n_train, decoded=decoded,
+        reused=reused, quarantined=len(quarantine),
     )
+
+
+def _ingest_one(fs, root: str, rel: str, size: int, cfg: DataConfig, audio: _AudioDecoder | None,
+                previous: _Previous, seen: dict[str, str], quarantine: list[tuple[str, str]]) -> dict | None:
+    """One file -> its manifest row (without domain, split and label), or None with a quarantine entry."""
+    full = posixpath.join(root, rel) if root else rel
+    uri = redact_url(fs.unstrip_protocol(full))
+    if size > cfg.max_file_bytes:
+        quarantine.append((rel, f"file too large: {size} bytes > data.max_file_bytes={cfg.max_file_bytes}, "
+                                "not read"))
+        return None
+    try:
+        data = with_retries(lambda p=full: fs.cat_file(p), what=uri, retries=cfg.retries,
+                            backoff_s=cfg.retry_backoff_s)
+    except OSError as err:
+        quarantine.append((rel, f"unreadable: {type(err).__name__}: {err}"))
+        return None
+    sid = sha256_bytes(data)
+    if sid in seen:
+        quarantine.append((rel, f"duplicate content of {seen[sid]}"))
+        return None
+    wav, info, was_reused = None, dict.fromkeys(AUDIO_INFO), False
+    if sid in previous:
+        prev = previous.row(sid)
+        png, w, h, mode = prev["image"], prev["orig_width"], prev["orig_height"], prev["orig_mode"]
+        wav, info = prev["audio"], {k: prev[k] for k in AUDIO_INFO}
+        was_reused = True
+    elif audio is not None:
+        from .audio import BadAudio
+
+        try:
+            png, wav, info = audio(data)
+        except BadAudio as err:
+            quarantine.append((rel, str(err)))
+            return None
+        w = h = mode = None
+    else:
+        try:
+            arr = decode_image(data, cfg.mode, cfg.image_size, cfg.max_image_pixels, cfg.min_image_side)
+        except BadImage as err:
+            quarantine.append((rel, str(err)))
+            return None
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            (w, h), mode = im.size, im.mode
+        png = encode_png(arr)
+    seen[sid] = rel
+    return {"sample_id": sid, "relpath": rel, "uri": uri, "orig_width": w, "orig_height": h, "orig_mode": mode,
+            "size_bytes": len(data), "image": png, "audio": wav, **info, "_reused": was_reused}
 
 
 def _write_quarantine(path: Path, entries: list[tuple[str, str]]) -> None:
@@ -332,6 +434,9 @@ def _write_quarantine(path: Path, entries: list[tuple[str, str]]) -> None:
         w = csv.writer(f)
         w.writerow(["path", "reason"])
         w.writerows(entries)
+
+
+DIGEST_COLUMNS = ("sample_id", "split", "label")  # all that manifest_digest reads (with the schema metadata)
 
 
 def manifest_digest(table: pa.Table, split: str | None = None) -> str:
@@ -344,14 +449,35 @@ def manifest_digest(table: pa.Table, split: str | None = None) -> str:
     return sha256_bytes(json.dumps(items).encode() + meta)
 
 
-def read_manifest(path: str | Path, splits: tuple[str, ...] | None = None) -> pa.Table:
-    table = pq.read_table(path)
+def read_manifest(path: str | Path, splits: tuple[str, ...] | None = None,
+                  columns: list[str] | None = None) -> pa.Table:
+    """The manifest (or only ``columns`` of it) as one table, of ``splits`` only when given: for small uses;
+    :func:`iter_manifest_images` reads it in bounded batches."""
+    cols = None if columns is None else list(dict.fromkeys([*columns, *(["split"] if splits is not None else [])]))
+    table = pq.read_table(path, columns=cols)
     if splits is not None:
         mask = np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
         table = table.filter(pa.array(mask))
+    if columns is not None:
+        table = table.select(columns)
     return table
 
 
 def manifest_images(table: pa.Table) -> np.ndarray:
     """All normalized images of a manifest as one uint8 (N, H, W, C) array."""
     return np.stack([decode_png(b) for b in table.column("image").to_pylist()])
+
+
+def iter_manifest_images(path: str | Path, splits: tuple[str, ...] | None = None, batch_rows: int = 256,
+                         columns: tuple[str, ...] = ("sample_id", "label")) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """The manifest's samples (of ``splits`` when given) in file order, ``batch_rows`` at most at a time:
+    ``(table of columns, uint8 (n, H, W, C) images)``. Memory holds one row group and one batch."""
+    wanted = list(dict.fromkeys([*columns, "split", "image"]))
+    with pq.ParquetFile(path) as f:
+        for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
+            table = pa.Table.from_batches([batch])
+            if splits is not None:
+                keep = np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
+                table = table.filter(pa.array(keep))
+            if table.num_rows:
+                yield table.select(list(columns)), manifest_images(table)

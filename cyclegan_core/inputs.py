@@ -45,7 +45,7 @@ class Inputs:
 
 _TRAIN_SPEED = tuple(f"train.{k}" for k in (
     "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
-    "compile_mode", "compile_backend", "pin_memory",
+    "compile_mode", "compile_backend", "pin_memory", "cache_mb", "loader_workers",
 ))
 
 KEYS: dict[str, Inputs] = {
@@ -57,7 +57,7 @@ KEYS: dict[str, Inputs] = {
         speed=("data.audio.inversion", "data.audio.griffin_lim_iters", "data.audio.extensions"),
         why="one normalized sample (ingest reuses it from the last manifest while this key holds)",
     ),
-    "model": Inputs(("model", "train"), ("models", "networks", "translator", "train", "classifiers"),
+    "model": Inputs(("model", "train"), ("models", "networks", "translator", "train", "classifiers", "loader"),
                     speed=_TRAIN_SPEED, why="a trained model, with the training samples' digests"),
     "translation": Inputs(
         ("generate", "data.audio"), ("generate", "images", "audio"),

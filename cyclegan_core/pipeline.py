@@ -24,7 +24,8 @@ from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp, read_generated
-from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest, manifest_images, read_manifest
+from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
+from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
 from .overview import LISTEN_DIR
 from .publish import PublishResult, publish
@@ -89,12 +90,13 @@ def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, Inge
 
 def current_fingerprint(cfg: Config) -> str:
     """The fingerprint the model for the ingested data and this config must have."""
-    digests = [manifest_digest(read_manifest(manifest_path(cfg, d)), "train") for d in ("A", "B")]
+    digests = [manifest_digest(read_manifest(manifest_path(cfg, d), columns=list(DIGEST_COLUMNS)), "train")
+               for d in ("A", "B")]
     return model_fingerprint(cfg, *digests)
 
 
 def _train_ids(cfg: Config) -> dict[str, set[str]]:
-    return {d: set(read_manifest(manifest_path(cfg, d), ("train",)).column("sample_id").to_pylist())
+    return {d: set(read_manifest(manifest_path(cfg, d), ("train",), ["sample_id"]).column("sample_id").to_pylist())
             for d in ("A", "B")}
 
 
@@ -207,8 +209,9 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
         meta = read_json(folder / MODEL_JSON)
         result = TrainResult(fp, str(folder), meta["sha256"], True, meta["steps"], 0.0, None)
     else:
-        tables = {d: read_manifest(manifest_path(cfg, d), ("train",)) for d in ("A", "B")}
-        images = {d: manifest_images(t) for d, t in tables.items()}
+        # Ids and labels only: the images are decoded from the manifests as training needs them (loader.py).
+        tables = {d: read_manifest(manifest_path(cfg, d), ("train",), ["sample_id", "label"]) for d in ("A", "B")}
+        images = {d: ManifestImages(manifest_path(cfg, d), "train") for d in ("A", "B")}
         labels, halves = training_labels(tables)
         trainer = Trainer(cfg, images["A"], images["B"], folder, labels=labels, classifier_mask=halves)
         resumed = trainer.try_resume()

@@ -28,7 +28,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from . import ddp
 from .classifiers import SmallCNN, train_classifier
 from .config import Config, TrainConfig
 from .devices import autocast, resolve_device
+from .loader import ArrayImages, ImageSource, StepSampler, decoded_bytes, step_indices, stream_batches
 from .models import CheckpointError, CycleGAN, build_model, code_version, export_model, training_settings
 from .networks import GANLoss, ImagePool, gradient_penalty
 from .storage import atomic_path, read_json, sha256_bytes, sha256_file, write_json_atomic
@@ -105,7 +106,13 @@ def semantic_directions(cfg: Config, labels: dict[str, np.ndarray | None]) -> li
 
 
 class Trainer:
-    """Trains a CycleGAN or the single-translator variant on two uint8 image arrays (N, H, W, C).
+    """Trains a CycleGAN or the single-translator variant on two sets of uint8 images (N, H, W, C): arrays,
+    or the train splits of manifests (:class:`~cyclegan_core.loader.ManifestImages`, decoded on demand).
+
+    Step s draws the batch :func:`~cyclegan_core.loader.step_indices` gives for (train.seed, rank,
+    domain, s). When both sets' decoded pixels fit ``train.cache_mb`` they are held in memory (or on
+    the GPU) and batches are gathered there; otherwise a DataLoader decodes the same batches from the
+    manifests (``train.loader_workers`` processes ahead).
 
     With ``labels`` (per domain, one int per image) and ``train.semantic: auto`` it adds the
     semantic-consistency loss: for x in X with label y, a frozen classifier of Y must label G_XY(x) y.
@@ -113,7 +120,8 @@ class Trainer:
     half; validation's label judge learns from the other half), before the first step.
     """
 
-    def __init__(self, cfg: Config, images_a: np.ndarray, images_b: np.ndarray, workdir: str | Path,
+    def __init__(self, cfg: Config, images_a: np.ndarray | ImageSource, images_b: np.ndarray | ImageSource,
+                 workdir: str | Path,
                  labels: dict[str, np.ndarray | None] | None = None,
                  classifier_mask: dict[str, np.ndarray] | None = None):
         if len(images_a) == 0 or len(images_b) == 0:
@@ -128,7 +136,13 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if self.dist.is_main:
             self.workdir.mkdir(parents=True, exist_ok=True)
-        self.images = {"A": self._stage(images_a), "B": self._stage(images_b)}
+        self.sources: dict[str, ImageSource] = {
+            d: ArrayImages(x) if isinstance(x, np.ndarray) else x for d, x in (("A", images_a), ("B", images_b))}
+        # The decoded training set in memory when it fits the budget (arrays given are in memory already).
+        self.cached = sum(decoded_bytes(s) for s in self.sources.values()) <= t.cache_mb * 2**20
+        self.images = {d: self._stage(s.images if isinstance(s, ArrayImages) else s.take(np.arange(len(s))))
+                       for d, s in self.sources.items()} if self.cached else {}
+        self._streams: dict[str, Iterator[torch.Tensor]] = {}
         labels = labels or {}
         self.semantic_directions = semantic_directions(cfg, labels)
         self.labels = {d: torch.as_tensor(labels[d], dtype=torch.long).to(self.device)
@@ -174,16 +188,16 @@ class Trainer:
             self._train_fn[name] = self._compile(fn)
             if name.startswith("D_"):
                 self._frozen_fn[name] = self._compile(net)
-        self.semantic = self._semantic_classifiers(images_a, images_b, labels, classifier_mask or {})
+        self.semantic = self._semantic_classifiers(labels, classifier_mask or {})
         self.step = 0
         self.resumed_note: str | None = None
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._last_values: dict[str, float] = {}
 
     # --- setup helpers -------------------------------------------------------------------------
-    def _semantic_classifiers(self, images_a: np.ndarray, images_b: np.ndarray, labels: dict,
-                              masks: dict[str, np.ndarray]) -> dict[str, SmallCNN]:
-        """The frozen classifier of each target domain (keyed by direction), trained once per model folder."""
+    def _semantic_classifiers(self, labels: dict, masks: dict[str, np.ndarray]) -> dict[str, SmallCNN]:
+        """The frozen classifier of each target domain (keyed by direction), trained once per model folder
+        on its "classifier" half, at most ``train.semantic_max_samples`` of them (a seeded subset)."""
         if not self.semantic_directions:
             return {}
         t = self.tcfg
@@ -196,12 +210,22 @@ class Trainer:
             for d, net in nets.items():
                 net.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith(f"{d}.")})
         else:
-            images = {"A": images_a, "B": images_b}
             for k, d in enumerate(("A", "B")):
-                keep = masks.get(d, np.ones(len(images[d]), dtype=bool))
+                src = self.sources[d]
+                keep = np.flatnonzero(masks.get(d, np.ones(len(src), dtype=bool)))
+                if len(keep) > t.semantic_max_samples:
+                    pick = np.random.default_rng(t.seed + 7919 * (k + 1)).choice(len(keep), t.semantic_max_samples,
+                                                                                 replace=False)
+                    keep = keep[np.sort(pick)]
+                if self.cached:
+                    sel = torch.as_tensor(keep, device=self.images[d].device)
+                    images = self.images[d][sel].permute(0, 2, 3, 1).cpu().numpy()
+                else:
+                    images = src.take(keep)
                 # Blurred input and pixel noise: the loss then rewards shapes, not faint high-frequency codes.
-                nets[d] = train_classifier(images[d][keep], labels[d][keep], classes, t.semantic_epochs,
+                nets[d] = train_classifier(images, labels[d][keep], classes, t.semantic_epochs,
                                            t.seed + 7919 * (k + 1), blur_sigma=1.0, noise_std=t.semantic_noise)
+                del images
             if self.dist.is_main:
                 tensors = {f"{d}.{k}": v.contiguous() for d, net in nets.items() for k, v in net.state_dict().items()}
                 with atomic_path(path) as tmp:
@@ -262,8 +286,22 @@ class Trainer:
 
     # --- the training steps --------------------------------------------------------------------
     def _batch(self, domain: str) -> torch.Tensor:
+        """Step ``self.step``'s batch of ``domain`` in [-1, 1]: gathered from the cache, or the next streamed one.
+
+        The cache draws its indices from the trainer's generator, interleaved with the image pools' draws
+        (as before streaming existed: the demo's batches, and its figures, are unchanged); the stream
+        draws step ``s``'s indices from (seed, rank, domain, s) alone, so workers can decode ahead. Both
+        are uniform with replacement, but they are different sequences: a cached and a streamed run of
+        the same config train on different batches.
+        """
+        t = self.tcfg
+        if not self.cached:
+            self._idx[domain] = step_indices(len(self.sources[domain]), t.batch_size, t.seed, self.dist.rank, domain,
+                                             self.step)
+            x = next(self._streams[domain]).to(self.device, non_blocking=True)
+            return self._scaled(x)
         images = self.images[domain]
-        idx = torch.randint(0, len(images), (self.tcfg.batch_size,), generator=self.rng)
+        idx = torch.randint(0, len(images), (t.batch_size,), generator=self.rng)
         self._idx[domain] = idx
         if images.device == self.device:
             x = images[idx.to(self.device)]
@@ -271,6 +309,9 @@ class Trainer:
             x = self._pinned_copy(domain, images, idx)
         else:
             x = images[idx].to(self.device)
+        return self._scaled(x)
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(127.5).sub_(1.0)
         if self.tcfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -440,23 +481,36 @@ class Trainer:
             writer = csv.writer(log_file, delimiter="\t") if log_file else None
             if writer and new_log:
                 writer.writerow(["step", "lr", *self.loss_names])
-            while self.step < t.steps:
-                losses = self._step(self._batch("A"), self._batch("B"))
-                self._finite &= torch.isfinite(losses).all()  # stays on the device: no sync
-                logged = self.step % t.log_every == 0 or self.step == t.steps
-                checkpoint = self.step % t.checkpoint_every == 0 and self.step < t.steps
-                if logged or checkpoint:
-                    values = self._check(losses)
-                    if logged and writer:
-                        lr = next(iter(self.opts.values())).param_groups[0]["lr"]
-                        writer.writerow([self.step, f"{lr:.6g}", *(f"{values[n]:.6f}" for n in self.loss_names)])
-                if checkpoint:
-                    if log_file:
-                        log_file.flush()
-                    self.save_checkpoint()
-                if progress:
-                    progress(self.step, t.steps, self._last_values)
+            if not self.cached:  # from this step on: a resumed run streams what an unbroken one does
+                pin = self.device.type == "cuda" and t.pin_memory
+                self._streams = {d: stream_batches(src, StepSampler(len(src), t.batch_size, t.seed, self.dist.rank, d,
+                                                                    self.step, t.steps), t.loader_workers, pin)
+                                 for d, src in self.sources.items()}
+            try:
+                self._loop(writer, log_file, progress)
+            finally:
+                self._streams = {}
         return time.perf_counter() - t0
+
+    def _loop(self, writer, log_file, progress: StepProgress | None) -> None:
+        """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
+        t = self.tcfg
+        while self.step < t.steps:
+            losses = self._step(self._batch("A"), self._batch("B"))
+            self._finite &= torch.isfinite(losses).all()  # stays on the device: no sync
+            logged = self.step % t.log_every == 0 or self.step == t.steps
+            checkpoint = self.step % t.checkpoint_every == 0 and self.step < t.steps
+            if logged or checkpoint:
+                values = self._check(losses)
+                if logged and writer:
+                    lr = next(iter(self.opts.values())).param_groups[0]["lr"]
+                    writer.writerow([self.step, f"{lr:.6g}", *(f"{values[n]:.6f}" for n in self.loss_names)])
+            if checkpoint:
+                if log_file:
+                    log_file.flush()
+                self.save_checkpoint()
+            if progress:
+                progress(self.step, t.steps, self._last_values)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,0 +1,183 @@
+"""Training batches: which samples a step draws, and where their pixels come from.
+
+Which: :func:`step_indices` draws step ``s``'s sample indices of rank ``r`` and domain ``d`` from a
+generator seeded by ``(train.seed, r, d, s)`` alone, so a batch does not depend on what was drawn
+before it: DataLoader workers can decode steps ahead, and a run resumed at any step draws what an
+unbroken run draws.
+
+Where: a training set whose decoded pixels fit ``train.cache_mb`` is decoded once into memory and
+batches are gathered from there; a larger one is streamed: :class:`ManifestImages` is a map-style
+dataset over a manifest's train split that keeps only an index of (row group, row) per sample and
+decodes rows on demand from a small LRU of row groups, and :func:`stream_batches` feeds it
+:class:`StepSampler`'s indices through a torch ``DataLoader``. Both paths draw the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from .images import decode_png
+
+DOMAINS = {"A": 0, "B": 1}
+# PNG bytes of recently read row groups a streamed dataset keeps (per process; at least one group): a
+# row group holds MANIFEST_GROUP_ROWS rows, so this is a few groups of photos and all of a digits collection.
+LRU_BYTES = 32 << 20
+
+
+def step_seed(seed: int, rank: int, domain: str, step: int) -> int:
+    """A 63-bit seed that is a function of (seed, rank, domain, step) only."""
+    key = f"cycleaug-batch/{seed}/{rank}/{DOMAINS[domain]}/{step}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def step_indices(n: int, batch_size: int, seed: int, rank: int, domain: str, step: int) -> torch.Tensor:
+    """The ``batch_size`` sample indices (with replacement, in [0, n)) that step ``step`` trains on."""
+    gen = torch.Generator().manual_seed(step_seed(seed, rank, domain, step))
+    return torch.randint(0, n, (batch_size,), generator=gen)
+
+
+class ArrayImages(Dataset):
+    """Decoded uint8 (N, H, W, C) images already in memory, behind the same interface as :class:`ManifestImages`."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return _nchw(self.take(indices))
+
+
+class ManifestImages(Dataset):
+    """The images of one split of a manifest, decoded on demand.
+
+    Memory: one (row group, row) pair per sample and the PNG bytes of recently read row groups, up to
+    ``lru_bytes`` (at least one group); the Parquet file is opened lazily in each process (DataLoader
+    workers open their own).
+    """
+
+    def __init__(self, path: str | Path, split: str = "train", lru_bytes: int = LRU_BYTES):
+        self.path, self.lru_bytes = str(path), lru_bytes
+        groups, rows = [], []
+        with pq.ParquetFile(self.path) as f:
+            for g in range(f.num_row_groups):
+                splits = f.read_row_group(g, columns=["split"]).column(0).to_pylist()
+                keep = np.flatnonzero(np.asarray(splits, dtype=object) == split)
+                groups.append(np.full(len(keep), g, dtype=np.int32))
+                rows.append(keep.astype(np.int32))
+        self.group = np.concatenate(groups) if groups else np.zeros(0, np.int32)
+        self.row = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        self._file: pq.ParquetFile | None = None
+        self._cache: OrderedDict[int, pa.BinaryArray] = OrderedDict()
+        self._shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_cache": OrderedDict()}
+
+    def reopen(self) -> None:
+        """Drop the open file and cached row groups (a forked worker opens its own)."""
+        self._file, self._cache = None, OrderedDict()
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        if self._shape is None:
+            self._shape = tuple(self[0].shape) if len(self) else (0, 0, 0)
+        return self._shape
+
+    def _png_group(self, g: int) -> pa.BinaryArray:
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        if self._file is None:
+            self._file = pq.ParquetFile(self.path)
+        data = self._file.read_row_group(int(g), columns=["image"]).column(0).combine_chunks()
+        self._cache[g] = data
+        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.lru_bytes:
+            self._cache.popitem(last=False)
+        return data
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return decode_png(self._png_group(int(self.group[i]))[int(self.row[i])].as_py())
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, C) of the given samples, in the given order; each row group is read once
+        (in file order), so a large ``indices`` costs one pass over the file and the output array."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), *self.sample_shape), dtype=np.uint8)
+        order = np.argsort(self.group[idx], kind="stable")
+        for k in order:
+            out[k] = self[int(idx[k])]
+        return out
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return _nchw(np.stack([self[int(i)] for i in indices]))
+
+
+ImageSource = ArrayImages | ManifestImages
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def decoded_bytes(source: ImageSource) -> int:
+    return len(source) * int(np.prod(source.sample_shape)) if len(source) else 0
+
+
+class StepSampler(Sampler[list[int]]):
+    """Batch sampler: the indices of steps ``start`` .. ``stop - 1`` (see :func:`step_indices`)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, domain: str, start: int, stop: int):
+        self.n, self.batch_size, self.seed, self.rank, self.domain = n, batch_size, seed, rank, domain
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield step_indices(self.n, self.batch_size, self.seed, self.rank, self.domain, step).tolist()
+
+
+def _collated(batch: torch.Tensor) -> torch.Tensor:
+    return batch  # __getitems__ already returns the (n, C, H, W) batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one thread per worker: workers at torch's default threads fight over the cores
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reopen"):
+        info.dataset.reopen()
+
+
+def stream_batches(source: ImageSource, sampler: StepSampler, workers: int = 0,
+                   pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """uint8 (batch, C, H, W) tensors of the sampler's steps, in step order, decoded by ``workers`` processes
+    (a few steps ahead) or in this process when 0."""
+    loader = DataLoader(source, batch_sampler=sampler, num_workers=workers, collate_fn=_collated,
+                        worker_init_fn=_worker_init if workers else None, pin_memory=pin_memory,
+                        prefetch_factor=4 if workers else None)
+    return iter(loader)
