@@ -95,13 +95,14 @@ def judge_sample(sample_ids: list[str], max_samples: int, seed: int) -> set[str]
     return {s for s, k in zip(sample_ids, keep, strict=True) if k}
 
 
-def _decode(path: str | Path, keep: set[str], shape: tuple[int, ...]) -> tuple[list[str], list, np.ndarray]:
+def _decode(path: str | Path, keep: set[str], shape: tuple[int, ...],
+            batch: int = DECODE_BATCH) -> tuple[list[str], list, np.ndarray]:
     """Ids, labels and images (manifest order) of the rows in ``keep``, decoded a batch at a time into one array."""
     images = np.empty((len(keep), *shape), np.uint8)
     ids: list[str] = []
     labels: list = []
-    for sids, lbls, batch in iter_manifest_images(path, keep):
-        images[len(ids):len(ids) + len(batch)] = batch
+    for sids, lbls, decoded in iter_manifest_images(path, keep, batch):
+        images[len(ids):len(ids) + len(decoded)] = decoded
         ids += sids
         labels += lbls
     return ids, labels, images[:len(ids)]
@@ -128,7 +129,7 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
     imgs, lbls = {}, {}
     for d, t in man.items():
         keep = judge_sample(t.column("sample_id").to_pylist(), cfg.validate_.judge_max_samples, seed)
-        ids, labels, imgs[d] = _decode(paths[d], keep, shape)
+        ids, labels, imgs[d] = _decode(paths[d], keep, shape, cfg.generate.batch_size)
         lbls[d] = {"ids": ids, "labels": labels}
     labelled = {d: v for d, v in lbls.items() if v["labels"] and all(x is not None for x in v["labels"])}
     n_classes = {d: int(max(v["labels"])) + 1 for d, v in labelled.items()}

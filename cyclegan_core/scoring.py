@@ -1,7 +1,7 @@
 """Score one generated shard: per-sample figures and verdicts, and what the shard adds to the run's figures.
 
-:func:`score_shard` reads a shard of ``data/generated/<direction>/`` ``SCORE_BATCH`` rows at a time (so
-memory is set by the batch, never by the collection), writes its validated rows to a shard of the same
+:func:`score_shard` reads a shard of ``data/generated/<direction>/`` ``generate.batch_size`` rows at a time
+(so memory is set by the batch, never by the collection), writes its validated rows to a shard of the same
 name and its sufficient statistics (counts, sums of the per-sample figures, moments and a seeded KID
 reservoir of the judge's features, see :mod:`cyclegan_core.streamstats`) beside it.
 :mod:`cyclegan_core.validate` says what each figure means and merges the shards' statistics.
@@ -45,7 +45,6 @@ def validated_schema(audio: bool = False) -> pa.Schema:
 
 
 
-SCORE_BATCH = 256  # generated rows decoded at once: one judge forward (judges.classify's chunk) per batch
 # Each validated shard's sufficient statistics: _stats/<direction>/part-XXXXX.safetensors (a "_" folder,
 # which Parquet dataset readers skip, so <direction>/ holds only the tables).
 STATS_DIR = "_stats"
@@ -182,12 +181,15 @@ class Scorer:
 
 
 def score_shard(scorer: Scorer, generated_dir: str | Path, shard: str, out_dir: str | Path,
-                batch: int = SCORE_BATCH) -> dict:
+                batch: int | None = None) -> dict:
     """Score generated shard ``shard`` (``<direction>/part-XXXXX.parquet`` under ``generated_dir``).
 
-    Reads it ``SCORE_BATCH`` rows at a time; writes its validated rows to ``out_dir/<shard>`` and its
-    sufficient statistics to ``out_dir/_stats/<shard>`` (:func:`stats_name`). Returns their names and sha256,
-    and how many batches were decoded and the largest (at most ``batch`` rows: what memory is set by).
+    Reads it ``batch`` rows at a time (default ``generate.batch_size``: as many images as generation holds
+    decoded at once, a size already chosen for the image size and the device; the judge's activations,
+    a few hundred KB an image at 32x32, are a batch's largest transient). Writes its validated rows to
+    ``out_dir/<shard>`` and its sufficient statistics to ``out_dir/_stats/...`` (:func:`stats_name`).
+    Returns their names and sha256, and how many batches were decoded and the largest (at most
+    ``batch`` rows: what memory is set by).
     The rows' figures depend only on the row (and the models), not on the other rows or the batch.
     """
     cfg, v = scorer.cfg, scorer.cfg.validate_
@@ -207,6 +209,7 @@ def score_shard(scorer: Scorer, generated_dir: str | Path, shard: str, out_dir: 
                *(["source_audio", "audio", "reconstruction_audio"] if audio is not None else [])]
     held = 0  # held-out rows so far: their position in the shard's feature sets
     batches = largest = 0
+    batch = batch or cfg.generate.batch_size
     for rb in pq.ParquetFile(Path(generated_dir) / shard).iter_batches(batch_size=batch, columns=columns):
         gen = pa.Table.from_batches([rb])
         n = gen.num_rows

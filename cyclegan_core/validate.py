@@ -34,7 +34,7 @@ The pieces live beside this module: :mod:`cyclegan_core.metrics` (the pure metri
 the validated tables, the summary and the sample grids.
 
 Memory is set by the batch and shard sizes, not by the collection: :func:`score_shard` scores one
-generated shard (``SCORE_BATCH`` rows decoded at a time) into ``validated/<direction>/part-XXXXX.parquet``
+generated shard (``generate.batch_size`` rows decoded at a time) into ``validated/<direction>/part-XXXXX.parquet``
 and a file of its sufficient statistics (counts, sums, feature moments, a seeded KID reservoir);
 :func:`merge_shards` folds those in shard order into the run-level figures and commits the folder.
 An orchestrator maps :func:`score_shard` over shards on its workers; :func:`validate` runs the same
@@ -143,6 +143,7 @@ def prepare(cfg: Config, manifest_a: str | Path, manifest_b: str | Path) -> dict
     held = {d: calibration_half(manifest_index(m, ("test",))).column("sample_id").to_pylist()
             for d, m in manifests.items()}
     digest = sha256_bytes(json.dumps({"held_out": held, "inception": v.inception_weights, "seed": v.classifier_seed,
+                                      "batch": cfg.generate.batch_size,
                                       "reservoir": v.kid_reservoir, "code": inputs.code_digest("validation")},
                                      sort_keys=True).encode())[:16]
     ref = folder / REFERENCE_FILE.format(digest)
@@ -171,7 +172,7 @@ def _measure_reference(cfg: Config, judges, folder: Path, manifests: dict, held:
         mom, res = Moments.empty(FEATURES), Reservoir.empty(v.kid_reservoir, FEATURES)
         inc_mom, inc_res = Moments.empty(INCEPTION_FEATURES), Reservoir.empty(v.kid_reservoir, INCEPTION_FEATURES)
         parts, n, ok = [], 0, 0
-        for ids, _, images in iter_manifest_images(manifest, set(held[d])):
+        for ids, _, images in iter_manifest_images(manifest, set(held[d]), cfg.generate.batch_size):
             logits, feats = classify(judges.domain, images)
             mom = mom.merge(Moments.of(feats))
             res = res.merge(Reservoir.of(feats, ids, v.classifier_seed, v.kid_reservoir, 0, n))

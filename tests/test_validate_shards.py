@@ -131,7 +131,8 @@ def test_merged_shard_statistics_equal_the_whole_set_figures(sharded):
         # with generate.shards before); below it is checked against the whole set in that order.
         _close(one.figures[d], three.figures[d], kid=False)
 
-    # The figures against a direct computation on the whole held-out set.
+    # The figures against a direct computation on the whole held-out set (the judge's float32 features of
+    # one image move in the last bits with the batch it is in: hence 1e-6 on the feature figures).
     prepared = prepare(*args)
     judges = load_judges(Path(prepared["judges"]), cfg.data.channels)
     for d, target in (("AtoB", "B"), ("BtoA", "A")):
@@ -144,8 +145,8 @@ def test_merged_shard_statistics_equal_the_whole_set_figures(sharded):
         feats, src_f = classify(judges.domain, out)[1], classify(judges.domain, src)[1]
         fig = three.figures[d]
         assert fig["held_out"] == len(test) == 30 and fig["real_target_held_out"] == len(real)
-        assert fig["fid_domain_features"] == pytest.approx(frechet_distance(feats, real_f), rel=1e-9)
-        assert fig["fid_domain_untranslated"] == pytest.approx(frechet_distance(src_f, real_f), rel=1e-9)
+        assert fig["fid_domain_features"] == pytest.approx(frechet_distance(feats, real_f), rel=1e-6)
+        assert fig["fid_domain_untranslated"] == pytest.approx(frechet_distance(src_f, real_f), rel=1e-6)
         kid = kernel_inception_distance(feats, real_f, cfg.validate_.kid_subset_size, cfg.validate_.kid_subsets,
                                         cfg.validate_.classifier_seed)
         assert (fig["kid_domain_features"], fig["kid_domain_std"], fig["kid_subset_size"]) == pytest.approx(
@@ -178,7 +179,7 @@ def test_a_shard_is_decoded_one_batch_at_a_time_with_the_same_rows(sharded):
     cfg, tmp = sharded
     prepared = prepare(cfg, pipeline.manifest_path(cfg, "A"), pipeline.manifest_path(cfg, "B"))
     scorer = Scorer(cfg, prepared)
-    whole = score_shard(scorer, tmp / "gen1", "AtoB/part-00000.parquet", tmp / "big")
+    whole = score_shard(scorer, tmp / "gen1", "AtoB/part-00000.parquet", tmp / "big", batch=1000)
     small = score_shard(scorer, tmp / "gen1", "AtoB/part-00000.parquet", tmp / "small", batch=7)
     n = whole["rows"]
     assert n == 60 and whole["batches"] == 1
@@ -187,10 +188,14 @@ def test_a_shard_is_decoded_one_batch_at_a_time_with_the_same_rows(sharded):
     big_meta, big_m, big_r, _ = load_stats(tmp / "big" / "_stats" / "AtoB" / "part-00000.safetensors")
     small_meta, small_m, small_r, _ = load_stats(tmp / "small" / "_stats" / "AtoB" / "part-00000.safetensors")
     assert big_meta["counts"] == small_meta["counts"]
-    for name, m in big_m.items():
+    for name, m in big_m.items():  # float32 features: the last bits move with the batch
         assert small_m[name].n == m.n
-        np.testing.assert_allclose(small_m[name].comoment, m.comoment, rtol=1e-9, atol=1e-9)
-        assert np.array_equal(small_r[name].values, big_r[name].values)
+        np.testing.assert_allclose(small_m[name].comoment, m.comoment, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(small_r[name].keys, big_r[name].keys)
+        np.testing.assert_allclose(small_r[name].values, big_r[name].values, rtol=1e-5, atol=1e-6)
+    # The default batch is generate.batch_size.
+    default = score_shard(scorer, tmp / "gen1", "AtoB/part-00000.parquet", tmp / "default")
+    assert default["largest_batch"] == cfg.generate.batch_size == 8 and default["batches"] == math.ceil(n / 8)
 
 
 def test_torch_threads_are_the_host_share_and_restored():
