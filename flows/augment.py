@@ -72,11 +72,12 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
     return committed | {"cached_shards": cached}
 
 
-@flow(name="cycleaug-validate")
-def validate_shards(params: str, overrides: list[str], generated: dict) -> tuple[dict, bool]:
+@flow(name="cycleaug-validate", persist_result=True, result_serializer="json")
+def validate_shards(params: str, overrides: list[str], generated: dict) -> dict:
     """Judges and held-out reference here, then every generated shard scored as its own task run (mapped,
     as generation is), then one merge that writes ``summary.json`` and applies the gate. Returns the
-    merge's result and whether it came from the cache (nothing changed since a previous run)."""
+    merge's result (``validated``) and whether it came from the cache (``cached``: nothing changed since a
+    previous run)."""
     cfg = load_config(params, tuple(overrides))
     prepared = configured(steps.validate_prepare, cfg)(cfg)
     specs = steps.plan_validation(cfg, generated, prepared)
@@ -92,8 +93,9 @@ def validate_shards(params: str, overrides: list[str], generated: dict) -> tuple
             lambda a=args: shard_task.with_options(refresh_cache=True)(cfg=cfg, prepared=prepared, **a),
             lambda r: steps.validated_in_place(cfg, r), f"validate {spec['direction']} shard {spec['shard']}")
         results.append(result)
-    return _step(configured(steps.validate, cfg), cfg, "validate", prepared, results,
-                 steps.validate_content(cfg, generated))
+    validated, cached = _step(configured(steps.validate, cfg), cfg, "validate", prepared, results,
+                              steps.validate_content(cfg, generated))
+    return {"validated": validated, "cached": cached}
 
 
 def _cached_or_refreshed(result: dict, cached: bool, rerun, in_place, what: str) -> tuple[dict, bool]:
@@ -160,9 +162,9 @@ def _pipeline(params: str, overrides: list[str] | None, retrain: bool) -> dict:
                                              timeout_seconds=cfg.orchestrate.step_timeout_s)(
         params, overrides, model, now_stamp())
     t = lap("generate", t)
-    validated, val_cached = validate_shards.with_options(task_runner=task_runner_for(cfg),
-                                                         timeout_seconds=cfg.orchestrate.step_timeout_s)(
-        params, overrides, generated)
+    scored = validate_shards.with_options(task_runner=task_runner_for(cfg),
+                                          timeout_seconds=cfg.orchestrate.step_timeout_s)(params, overrides, generated)
+    validated, val_cached = scored["validated"], scored["cached"]
     if val_cached:
         log.info("validation reused: generated shards, manifests, validate settings and code unchanged")
     t = lap("validate", t)
