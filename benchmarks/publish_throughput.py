@@ -76,7 +76,8 @@ def make_inputs(root: Path, rows: int, size: int) -> tuple[Path, Path]:
                         "fail_reason": None})
         (gen_dir / d).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(gen, schema=GENERATED_SCHEMA), gen_dir / d / "part-00000.parquet")
-        pq.write_table(pa.Table.from_pylist(val, schema=VALIDATED_SCHEMA), val_dir / f"{d}.parquet")
+        (val_dir / d).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(val, schema=VALIDATED_SCHEMA), val_dir / d / "part-00000.parquet")
     return gen_dir, val_dir
 
 

@@ -85,7 +85,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epoch
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SmallCNN(images.shape[3], classes, blur_sigma)
-    x, y = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(labels, dtype=torch.long)  # images stay uint8: each batch is converted as it is drawn
     # Balance classes so a large domain does not make the judge lazy.
     counts = torch.bincount(y, minlength=classes).clamp(min=1).float()
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (classes * counts))
@@ -93,11 +93,11 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epoch
     net.train()
     pad = max(1, images.shape[1] // 16)
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), 64):
+        order = torch.randperm(len(images), generator=gen)
+        for start in range(0, len(images), 64):
             idx = order[start:start + 64]
             dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
-            batch = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
+            batch = torch.roll(to_tensor(images[idx.numpy()]), shifts=(dy, dx), dims=(2, 3))
             if noise_std > 0:
                 batch = batch + noise_std * torch.randn(batch.shape, generator=gen)
             opt.zero_grad(set_to_none=True)

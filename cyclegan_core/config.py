@@ -536,6 +536,16 @@ class ValidateConfig(_Strict):
         1000, ge=2, description="KID subset size; smaller sample counts use every sample (min of the two sets)."
     )
     kid_subsets: int = Field(100, ge=1, description="KID subsets averaged.")
+    kid_reservoir: int = Field(
+        5000, ge=2,
+        description="Features kept per feature set for KID (translations, sources, real targets): a seeded sample "
+                    "of at most this many, the same whatever the shards; a set no larger is used whole.",
+    )
+    judge_max_samples: int = Field(
+        5000, ge=2,
+        description="Training samples per domain the judges learn from at most: a seeded sample by sample id when "
+                    "a domain has more (so their training time and memory do not grow with the collection).",
+    )
     inception_weights: str | None = Field(
         None,
         description="Local TorchScript InceptionV3 feature extractor (e.g. NVIDIA's inception-2015-12-05.pt) for "

@@ -21,7 +21,7 @@ UNDERTRAINED = ("the translations are not good enough yet: train longer (train.s
 class Figure:
     """One reported figure.
 
-    ``per_sample``: a column of ``validated/<direction>.parquet``, summarized per direction as
+    ``per_sample``: a column of ``validated/<direction>/part-*.parquet``, summarized per direction as
     ``mean_<name>`` and ``p10/p50/p90_<name>``; otherwise ``name`` is a run-level figure of the summary.
     ``sample_bound`` (a ``SampleThresholds`` field) bounds each row; ``run_bound`` (a ``RunThresholds``
     field) bounds ``mean_<name>`` (per-sample figures) or ``name``. A lower run bound at or below

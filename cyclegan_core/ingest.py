@@ -469,15 +469,20 @@ def manifest_images(table: pa.Table) -> np.ndarray:
 
 
 def iter_manifest_images(path: str | Path, splits: tuple[str, ...] | None = None, batch_rows: int = 256,
-                         columns: tuple[str, ...] = ("sample_id", "label")) -> Iterator[tuple[pa.Table, np.ndarray]]:
-    """The manifest's samples (of ``splits`` when given) in file order, ``batch_rows`` at most at a time:
-    ``(table of columns, uint8 (n, H, W, C) images)``. Memory holds one row group and one batch."""
-    wanted = list(dict.fromkeys([*columns, "split", "image"]))
+                         columns: tuple[str, ...] = ("sample_id", "label"),
+                         keep: set[str] | None = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """The manifest's samples (of ``splits``, and with a sample id in ``keep``, when given) in file order,
+    ``batch_rows`` at most at a time: ``(table of columns, uint8 (n, H, W, C) images)``; only the rows
+    kept are decoded. Memory holds one row group and one batch."""
+    wanted = list(dict.fromkeys([*columns, "sample_id", "split", "image"]))
     with pq.ParquetFile(path) as f:
         for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
             table = pa.Table.from_batches([batch])
+            mask = np.ones(table.num_rows, dtype=bool)
             if splits is not None:
-                keep = np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
-                table = table.filter(pa.array(keep))
+                mask &= np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
+            if keep is not None:
+                mask &= np.asarray([s in keep for s in table.column("sample_id").to_pylist()], dtype=bool)
+            table = table.filter(pa.array(mask))
             if table.num_rows:
                 yield table.select(list(columns)), manifest_images(table)

@@ -12,11 +12,14 @@ gate message or a report row does not retrain them. Realism is calibrated agains
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -25,9 +28,10 @@ from . import inputs
 from .classifiers import SmallCNN, half_mask, train_classifier
 from .config import Config, ConfigError
 from .images import to_tensor
-from .ingest import manifest_digest, manifest_images, read_manifest
-from .metrics import margins
+from .ingest import iter_manifest_images as ingest_batches
+from .ingest import manifest_digest
 from .storage import atomic_path, write_json_atomic
+from .streamstats import sample_keys, smallest_keys
 
 
 @dataclass
@@ -36,6 +40,27 @@ class Judges:
 
     domain: SmallCNN
     label: dict[str, SmallCNN]
+
+
+# Manifest columns small enough to read whole (no image bytes): tens of bytes a row.
+INDEX_COLUMNS = ["sample_id", "split", "label"]
+DECODE_BATCH = 256  # images decoded at once when streaming a manifest
+
+
+def manifest_index(path: str | Path, splits: tuple[str, ...] | None = None) -> pa.Table:
+    """The manifest's small columns (sample id, split, label) and its metadata, without the image bytes."""
+    table = pq.read_table(path, columns=INDEX_COLUMNS)
+    if splits is not None:
+        table = table.filter(pc.is_in(table.column("split"), pa.array(list(splits), pa.string())))
+    return table
+
+
+def iter_manifest_images(path: str | Path, keep: set[str],
+                         batch: int = DECODE_BATCH) -> Iterator[tuple[list[str], list, np.ndarray]]:
+    """(sample ids, labels, decoded uint8 images) of the manifest rows whose id is in ``keep``, in
+    manifest order, at most ``batch`` images at a time (:func:`cyclegan_core.ingest.iter_manifest_images`)."""
+    for table, images in ingest_batches(path, batch_rows=batch, keep=keep):
+        yield table.column("sample_id").to_pylist(), table.column("label").to_pylist(), images
 
 
 def judge_key(cfg: Config, man_a: pa.Table, man_b: pa.Table) -> str:
@@ -56,32 +81,53 @@ def calibration_half(held_out: pa.Table) -> pa.Table:
     return held_out.filter(pa.array(keep)) if keep.any() else held_out
 
 
+def judge_sample(sample_ids: list[str], max_samples: int, seed: int) -> set[str]:
+    """The training samples a judge learns from: all of them, or the ``max_samples`` with the smallest
+    seeded hash of their id (a sample stays in as the collection grows unless smaller keys push it out)."""
+    if len(sample_ids) <= max_samples:
+        return set(sample_ids)
+    keep = smallest_keys(sample_keys(seed, sample_ids), max_samples)
+    return {s for s, k in zip(sample_ids, keep, strict=True) if k}
+
+
+def _decode(path: str | Path, keep: set[str], shape: tuple[int, ...],
+            batch: int = DECODE_BATCH) -> tuple[list[str], list, np.ndarray]:
+    """Ids, labels and images (manifest order) of the rows in ``keep``, decoded a batch at a time into one array."""
+    images = np.empty((len(keep), *shape), np.uint8)
+    ids: list[str] = []
+    labels: list = []
+    for sids, lbls, decoded in iter_manifest_images(path, keep, batch):
+        images[len(ids):len(ids) + len(decoded)] = decoded
+        ids += sids
+        labels += lbls
+    return ids, labels, images[:len(ids)]
+
+
 def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | Path) -> tuple[Judges, str]:
-    """Judges for these training samples, trained once and cached in ``paths.judges``."""
-    man = {"A": read_manifest(manifest_a, ("train",)), "B": read_manifest(manifest_b, ("train",))}
+    """Judges for these training samples, trained once and cached in ``paths.judges``.
+
+    They learn from at most ``validate.judge_max_samples`` training samples per domain, read and
+    decoded a batch at a time; only the manifests' small columns are read to find the key.
+    """
+    paths = {"A": manifest_a, "B": manifest_b}
+    man = {d: manifest_index(p, ("train",)) for d, p in paths.items()}
     key = judge_key(cfg, man["A"], man["B"])
     folder = Path(cfg.paths.judges) / key
     c = cfg.data.channels
     blur = cfg.validate_.judge_blur_sigma
-    labelled = {
-        d: t for d, t in man.items() if t.num_rows and all(v is not None for v in t.column("label").to_pylist())
-    }
-    n_classes = {d: int(max(t.column("label").to_pylist())) + 1 for d, t in labelled.items()}
     weights = folder / "judges.safetensors"
     if weights.exists():
-        info = json.loads((folder / "judges.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(weights))
-        domain = SmallCNN(c, 2, info.get("blur_sigma", 0.0))
-        domain.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("domain.")})
-        labels = {}
-        for d, classes in info["label_classes"].items():
-            net = SmallCNN(c, classes)
-            net.load_state_dict({k[len(d) + 7:]: v for k, v in tensors.items() if k.startswith(f"label_{d}.")})
-            labels[d] = net.eval()
-        return Judges(domain.eval(), labels), key
+        return load_judges(folder, c), key
 
     epochs, seed = cfg.validate_.classifier_epochs, cfg.validate_.classifier_seed
-    imgs = {d: manifest_images(t) for d, t in man.items()}
+    shape = (*cfg.data.shape, c)
+    imgs, lbls = {}, {}
+    for d, t in man.items():
+        keep = judge_sample(t.column("sample_id").to_pylist(), cfg.validate_.judge_max_samples, seed)
+        ids, labels, imgs[d] = _decode(paths[d], keep, shape, cfg.generate.batch_size)
+        lbls[d] = {"ids": ids, "labels": labels}
+    labelled = {d: v for d, v in lbls.items() if v["labels"] and all(x is not None for x in v["labels"])}
+    n_classes = {d: int(max(v["labels"])) + 1 for d, v in labelled.items()}
     domain = train_classifier(
         np.concatenate([imgs["A"], imgs["B"]]),
         np.concatenate([np.zeros(len(imgs["A"]), np.int64), np.ones(len(imgs["B"]), np.int64)]),
@@ -91,10 +137,9 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
     # semantic classifier of label-aware training (train.semantic), so the two are never the same model
     # on the same samples. Twice the epochs on half the samples keeps the number of steps.
     labels = {}
-    for d, t in labelled.items():
-        keep = half_mask(t.column("sample_id").to_pylist(), "train", "judge")
-        labels[d] = train_classifier(imgs[d][keep], np.asarray(t.column("label").to_pylist())[keep], n_classes[d],
-                                     2 * epochs, seed)
+    for d, v in labelled.items():
+        keep = half_mask(v["ids"], "train", "judge")
+        labels[d] = train_classifier(imgs[d][keep], np.asarray(v["labels"])[keep], n_classes[d], 2 * epochs, seed)
     tensors = {f"domain.{k}": v for k, v in domain.state_dict().items()}
     for d, net in labels.items():
         tensors.update({f"label_{d}.{k}": v for k, v in net.state_dict().items()})
@@ -104,6 +149,20 @@ def load_or_train_judges(cfg: Config, manifest_a: str | Path, manifest_b: str | 
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp))
     return Judges(domain, labels), key
+
+
+def load_judges(folder: Path, channels: int) -> Judges:
+    """The judges stored in ``folder`` by :func:`load_or_train_judges`."""
+    info = json.loads((folder / "judges.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / "judges.safetensors"))
+    domain = SmallCNN(channels, 2, info.get("blur_sigma", 0.0))
+    domain.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("domain.")})
+    labels = {}
+    for d, classes in info["label_classes"].items():
+        net = SmallCNN(channels, classes)
+        net.load_state_dict({k[len(d) + 7:]: v for k, v in tensors.items() if k.startswith(f"label_{d}.")})
+        labels[d] = net.eval()
+    return Judges(domain.eval(), labels)
 
 
 def device_of(net: nn.Module) -> torch.device:
@@ -159,18 +218,19 @@ def inception_features(model, images: np.ndarray, batch: int = 64, device: torch
     return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
-def realism_calibration(folder: Path, real_logits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+def realism_calibration(folder: Path, real_margins: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The judge margins of held-out real samples that realism is ranked against, per domain.
 
     Fixed when first measured for a judge and kept beside its weights: samples added to the
     held-out split later do not move the realism of rows already scored, so a re-published row
-    keeps its bytes. A new judge (the training data changed) is calibrated anew.
+    keeps its bytes. A new judge (the training data changed) is calibrated anew. ``real_margins``:
+    the margins (own domain's logit minus the other's) of the current held-out calibration samples.
     """
     path = folder / "realism_calibration.json"
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
         return {d: np.asarray(stored[d], dtype=np.float64) for d in ("A", "B")}
-    cal = {d: margins(real_logits[d][0], 0 if d == "A" else 1).astype(np.float64) for d in ("A", "B")}
+    cal = {d: np.asarray(real_margins[d], dtype=np.float64) for d in ("A", "B")}
     if all(len(m) for m in cal.values()):  # only a complete calibration is worth keeping
         write_json_atomic(path, {d: [float(x) for x in m] for d, m in cal.items()})
     return cal

@@ -23,7 +23,7 @@ from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
-from .generate import GenerateResult, generate, now_stamp, read_generated
+from .generate import GenerateResult, generate, now_stamp
 from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -50,7 +50,17 @@ from .storage import (
 )
 from .train import LOSSES_FILE, Trainer, TrainResult
 from .utility import UtilityResult, measure_utility, utility_report
-from .validate import ValidateResult, nan_to_none, validate
+from .validate import (
+    Scorer,
+    ValidateResult,
+    generated_shards,
+    merge_shards,
+    nan_to_none,
+    prepare,
+    score_shard,
+    staging_dir,
+    validate,
+)
 
 Progress = Callable[..., None]
 log = logging.getLogger(__name__)
@@ -250,8 +260,9 @@ def generated_model_dir(cfg: Config) -> Path | None:
     """The stored model that made the current translations (None when it is not there any more)."""
     fps = set()
     for d in DIRECTIONS:
-        table = read_generated(cfg.paths.generated, d, ["model_fingerprint"])
-        fps.update(table.column("model_fingerprint").unique().to_pylist())
+        for shard in generated_shards(cfg.paths.generated, d):  # one shard's small column at a time
+            table = pq.read_table(Path(cfg.paths.generated) / shard, columns=["model_fingerprint"])
+            fps.update(table.column("model_fingerprint").unique().to_pylist())
     if len(fps) != 1:
         return None
     folder = Path(cfg.paths.models) / fps.pop()
@@ -259,9 +270,39 @@ def generated_model_dir(cfg: Config) -> Path | None:
 
 
 def step_validate(cfg: Config) -> ValidateResult:
-    """Score and gate; writes ``reports/validation.json``, ``report.md`` and the sample grids, even when failing."""
+    """Score and gate; writes ``reports/validation.json``, ``report.md`` and the sample grids, even when failing.
+
+    The shards are scored one after another in this process; the flow maps :func:`step_validate_shard`
+    over them on its task runner instead, between :func:`step_validate_prepare` and :func:`step_validate_merge`.
+    """
     result = validate(cfg, manifest_path(cfg, "A"), manifest_path(cfg, "B"), cfg.paths.generated,
                       cfg.paths.validated, model_dir=generated_model_dir(cfg))
+    return _validation_reports(cfg, result)
+
+
+def step_validate_prepare(cfg: Config) -> dict:
+    """The judges (trained here when new), the held-out reference and the model that made the translations."""
+    model_dir = generated_model_dir(cfg)
+    prepared = prepare(cfg, manifest_path(cfg, "A"), manifest_path(cfg, "B"))
+    # Absolute paths: a worker process may run in another folder.
+    return prepared | {k: str(Path(prepared[k]).resolve()) for k in ("judges", "reference")} | {
+        "model_dir": None if model_dir is None else str(Path(model_dir).resolve())}
+
+
+def step_validate_shard(cfg: Config, prepared: dict, shard: str) -> dict:
+    """Score one generated shard (``<direction>/part-XXXXX.parquet``) into validation's staging folder."""
+    scorer = Scorer(cfg, prepared, prepared["model_dir"])
+    staging = staging_dir(Path(cfg.paths.validated).resolve())
+    return score_shard(scorer, Path(cfg.paths.generated).resolve(), shard, staging)
+
+
+def step_validate_merge(cfg: Config, prepared: dict, shards: list[dict]) -> ValidateResult:
+    """Merge the scored shards into ``summary.json``, swap the validated folder in, and write the reports."""
+    result = merge_shards(cfg, prepared, shards, cfg.paths.validated, prepared["model_dir"] is not None)
+    return _validation_reports(cfg, result)
+
+
+def _validation_reports(cfg: Config, result: ValidateResult) -> ValidateResult:
     reports = Path(cfg.paths.reports)
     summary = nan_to_none(read_json(result.summary))
     write_json_atomic(reports / "validation.json", summary)

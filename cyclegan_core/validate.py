@@ -32,14 +32,23 @@ The pieces live beside this module: :mod:`cyclegan_core.metrics` (the pure metri
 :mod:`cyclegan_core.judges` (the classifiers, their cache and calibration, Inception) and
 :mod:`cyclegan_core.gate` (the bounds); this module runs them over the generated rows and writes
 the validated tables, the summary and the sample grids.
+
+Memory is set by the batch and shard sizes, not by the collection: :func:`score_shard` scores one
+generated shard (``generate.batch_size`` rows decoded at a time) into ``validated/<direction>/part-XXXXX.parquet``
+and a file of its sufficient statistics (counts, sums, feature moments, a seeded KID reservoir);
+:func:`merge_shards` folds those in shard order into the run-level figures and commits the folder.
+An orchestrator maps :func:`score_shard` over shards on its workers; :func:`validate` runs the same
+functions in a loop.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
+import os
+import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,65 +56,40 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 
+from . import inputs
 from .config import DIRECTIONS, Config
 from .devices import resolve_device
 from .figures import AUDIO_SUMMARIZED, SUMMARIZED
-from .gate import reason_key, run_failures, sample_failures, unapplied_bounds
-from .generate import read_generated
-from .images import decode_png, to_tensor, to_uint8
-from .ingest import manifest_images, read_manifest
+from .gate import run_failures, unapplied_bounds
 from .judges import (
     calibration_half,
     classify,
-    device_of,
     inception_features,
+    iter_manifest_images,
     load_inception,
     load_or_train_judges,
+    manifest_index,
     realism_calibration,
 )
-from .metrics import (
-    conformal_realism,
-    cycle_errors,
-    frechet_distance,
-    kernel_inception_distance,
-    leave_one_out_realism,
-    margins,
-    perturb,
-    softmax,
-    ssim,
+from .metrics import kernel_inception_distance, leave_one_out_realism, margins
+from .scoring import (
+    FEATURES,
+    INCEPTION_FEATURES,
+    VALIDATED_SCHEMA,
+    Scorer,
+    score_shard,
+    stats_name,
+    validated_schema,
 )
-from .storage import atomic_dir, write_json_atomic
+from .storage import atomic_dir, sha256_bytes, sha256_file, write_json_atomic
+from .streamstats import Moments, Reservoir, frechet_from_moments, load_stats, save_stats
 
-# The per-sample table: one float column per per-sample figure of figures.FIGURES (the audio ones on
-# audio collections only), the label the judge reads in G(x), and the gate's verdict.
-_VERDICT = [("pred_label", pa.int64()), ("label_ok", pa.bool_()), ("passed", pa.bool_()), ("fail_reason", pa.string())]
-VALIDATED_SCHEMA = pa.schema([("sample_id", pa.string()), ("split", pa.string()),
-                              *((name, pa.float64()) for name in SUMMARIZED), *_VERDICT])
-
-
-def validated_schema(audio: bool = False) -> pa.Schema:
-    """The per-sample table validate writes (with the audio figures for audio collections)."""
-    names = (*SUMMARIZED, *(AUDIO_SUMMARIZED if audio else ()))
-    return pa.schema([("sample_id", pa.string()), ("split", pa.string()),
-                      *((name, pa.float64()) for name in names), *_VERDICT])
-
+__all__ = ["VALIDATED_SCHEMA", "Scorer", "ValidateResult", "generated_shards", "iter_validated", "merge_shards",
+           "prepare", "read_validated", "score_shard", "staging_dir", "stats_name", "validate",
+           "validated_schema"]
 
 PERCENTILES = (10, 50, 90)
-
-
-def _mean(values: np.ndarray) -> float | None:
-    return float(np.mean(values)) if len(values) else None
-
-
-def _spread(name: str, values: np.ndarray) -> dict:
-    """mean_<name> and p10/p50/p90_<name> of the finite values (None when there are none)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    out = {f"mean_{name}": _mean(v)}
-    for q in PERCENTILES:
-        out[f"p{q}_{name}"] = float(np.percentile(v, q)) if len(v) else None
-    return out
 
 
 @dataclass(frozen=True)
@@ -120,219 +104,288 @@ class ValidateResult:
         return asdict(self)
 
 
-@torch.inference_mode()
-def _identity(gen: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Mean |x - gen(x)| per sample on [0, 1], on the uint8-rounded output like the stored images."""
-    out = []
-    device = device_of(gen)
-    for start in range(0, len(images), batch):
-        x = images[start:start + batch]
-        y = to_uint8(gen(to_tensor(x).to(device)))
-        out.append(np.abs(x.astype(np.float64) - y.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0)
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def _sample_seed(seed: int, sample_id: str) -> tuple[int, int]:
-    # Per sample, so a row's figure does not depend on which rows are validated with it.
-    return seed, int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
-
-
-@torch.inference_mode()
-def robust_cycle_psnr(back: nn.Module, sources: np.ndarray, translations: np.ndarray, sample_ids: Sequence[str],
-                      noise_std: float, jpeg_quality: int | None, seed: int, batch: int = 64) -> np.ndarray:
-    """PSNR(x, F(q(G(x)))) per sample (dB, capped like :func:`cycle_errors`).
-
-    ``translations`` are the stored G(x) (uint8); each is perturbed by :func:`perturb` with noise
-    drawn from ``seed`` and its sample id, brought back by ``back`` (F) and rounded to uint8 like
-    the stored reconstructions.
-    """
-    out = []
-    device = device_of(back)
-    for start in range(0, len(sources), batch):
-        ids = sample_ids[start:start + batch]
-        y = np.stack([perturb(translations[start + k][None], noise_std, jpeg_quality, _sample_seed(seed, sid))[0]
-                      for k, sid in enumerate(ids)])
-        rec = to_uint8(back(to_tensor(y).to(device)))
-        out.append(cycle_errors(sources[start:start + batch], rec)[1])
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def _pair(result: tuple[float, float, int] | None) -> tuple[float | None, float | None, int | None]:
     return (None, None, None) if result is None else result
 
 
-def _audio_figures(gen: pa.Table, src: np.ndarray, out: np.ndarray, rec: np.ndarray,
-                   audio) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-sample figures of audio rows, and the translations as heard.
+REFERENCE_FILE = "reference-{}.safetensors"  # in the judge's folder: the held-out real samples' statistics
 
-    ``cycle_lsd``: log-spectral distance (dB) between the source's and the cycle's pictures;
-    ``cycle_si_sdr``: SI-SDR (dB) of the cycle's waveform against the source clip;
-    ``inversion_lsd``: log-spectral distance between the translated picture and the spectrogram of
-    the translation's waveform, i.e. what the way back to sound (``data.audio.inversion``) loses.
-    The second value: uint8 pictures of the translations' waveforms, to score what a listener gets.
+
+
+def staging_dir(out_dir: str | Path) -> Path:
+    """Where shards are scored before :func:`merge_shards` swaps them in: beside ``out_dir``."""
+    out = Path(out_dir)
+    return out.parent / f".{out.name}.staging"
+
+
+def generated_shards(generated_dir: str | Path, direction: str) -> list[str]:
+    """The generated shards of ``direction``, as names relative to ``generated_dir``, in shard order."""
+    return [f"{direction}/{p.name}" for p in sorted((Path(generated_dir) / direction).glob("part-*.parquet"))]
+
+
+# ---- the held-out real samples: judge, calibration and reference statistics ----
+
+def prepare(cfg: Config, manifest_a: str | Path, manifest_b: str | Path) -> dict:
+    """Train or load the judges and measure the held-out real samples once, before any shard is scored.
+
+    Returns what :func:`score_shard` and :func:`merge_shards` need, as paths and figures: the judges'
+    folder and key, the reference statistics file (feature moments and KID reservoir of each
+    domain's held-out "calibration" half, realism calibration margins) and the judge's held-out
+    accuracy. The reference is streamed a batch at a time and kept beside the judges, under a key
+    of the held-out samples, the settings and the code, so a rerun reads it instead.
     """
-    from .audio import Spectrogram, decode_wav, log_spectral_distance, picture_to_uint8, si_sdr, uint8_to_picture
+    v = cfg.validate_
+    inception = load_inception(v.inception_weights)  # a configuration error before any work
+    device = resolve_device(v.device, "validate.device")
+    manifests = {"A": manifest_a, "B": manifest_b}
+    judges, key = load_or_train_judges(cfg, manifest_a, manifest_b)
+    folder = Path(cfg.paths.judges) / key
+    held = {d: calibration_half(manifest_index(m, ("test",))).column("sample_id").to_pylist()
+            for d, m in manifests.items()}
+    digest = sha256_bytes(json.dumps({"held_out": held, "inception": v.inception_weights, "seed": v.classifier_seed,
+                                      "batch": cfg.generate.batch_size,
+                                      "reservoir": v.kid_reservoir, "code": inputs.code_digest("validation")},
+                                     sort_keys=True).encode())[:16]
+    ref = folder / REFERENCE_FILE.format(digest)
+    if not ref.exists():
+        _measure_reference(cfg, judges, folder, manifests, held, ref, inception, device)
+    meta = load_stats(ref)[0]
+    total = sum(meta["held_out"].values())
+    judge = {"key": key, "blur_sigma": v.judge_blur_sigma,
+             "held_out_accuracy": sum(meta["correct"].values()) / total if total else None, "held_out_samples": total}
+    return {"judge_key": key, "judges": str(folder), "reference": str(ref), "judge": judge}
 
-    if not gen.num_rows:
-        return {name: np.zeros(0) for name in AUDIO_SUMMARIZED}, out
-    clips = {c: np.stack([decode_wav(b)[0] for b in gen.column(c).to_pylist()])
-             for c in ("source_audio", "audio", "reconstruction_audio")}
-    heard = Spectrogram(audio).picture(clips["audio"])
-    figures = {"cycle_lsd": log_spectral_distance(uint8_to_picture(src), uint8_to_picture(rec), audio),
-               "cycle_si_sdr": si_sdr(clips["source_audio"], clips["reconstruction_audio"]),
-               "inversion_lsd": log_spectral_distance(uint8_to_picture(out), heard, audio)}
-    return figures, picture_to_uint8(heard)
+
+@torch.inference_mode()
+def _measure_reference(cfg: Config, judges, folder: Path, manifests: dict, held: dict[str, list[str]], ref: Path,
+                       inception, device: torch.device) -> None:
+    v = cfg.validate_
+    judges.domain.to(device)
+    if inception is not None:
+        inception = inception.to(device)
+    moments: dict[str, Moments] = {}
+    reservoirs: dict[str, Reservoir] = {}
+    margin: dict[str, np.ndarray] = {}
+    counts, correct = {}, {}
+    for d, manifest in manifests.items():
+        t_idx = 0 if d == "A" else 1
+        mom, res = Moments.empty(FEATURES), Reservoir.empty(v.kid_reservoir, FEATURES)
+        inc_mom, inc_res = Moments.empty(INCEPTION_FEATURES), Reservoir.empty(v.kid_reservoir, INCEPTION_FEATURES)
+        parts, n, ok = [], 0, 0
+        for ids, _, images in iter_manifest_images(manifest, set(held[d]), cfg.generate.batch_size):
+            logits, feats = classify(judges.domain, images)
+            mom = mom.merge(Moments.of(feats))
+            res = res.merge(Reservoir.of(feats, ids, v.classifier_seed, v.kid_reservoir, 0, n))
+            if inception is not None:
+                f = inception_features(inception, images, device=device)
+                inc_mom = inc_mom.merge(Moments.of(f))
+                inc_res = inc_res.merge(Reservoir.of(f, ids, v.classifier_seed, v.kid_reservoir, 0, n))
+            parts.append(margins(logits, t_idx))
+            ok += int((logits.argmax(1) == t_idx).sum())
+            n += len(ids)
+        moments[d], reservoirs[d] = mom, res
+        if inception is not None:
+            moments[f"{d}.inception"], reservoirs[f"{d}.inception"] = inc_mom, inc_res
+        margin[d] = np.concatenate(parts) if parts else np.zeros(0)
+        counts[d], correct[d] = n, ok
+    calibration = realism_calibration(folder, margin)
+    for stale in folder.glob(REFERENCE_FILE.format("*")):
+        stale.unlink()
+    save_stats(ref, {"held_out": counts, "correct": correct}, moments, reservoirs,
+               {f"calibration.{d}": m for d, m in calibration.items()})
+
+
+# ---- the run: merge the shards' statistics, gate, commit ----
+
+def _located(out_dir: Path, result: dict) -> tuple[Path, Path]:
+    """The staged (or, for a shard an orchestrator's cache kept, the committed) files of a scored shard."""
+    for root in (staging_dir(out_dir), out_dir):
+        table, stats = root / result["file"], root / stats_name(result["file"])
+        if (table.exists() and stats.exists() and sha256_file(table) == result["sha256"]
+                and sha256_file(stats) == result["stats_sha256"]):
+            return table, stats
+    raise FileNotFoundError(f"{out_dir / result['file']}: validated shard missing or changed since it was scored; "
+                            "validate again")
+
+
+def _percentiles(name: str, tables: list[Path]) -> dict:
+    """p10/p50/p90 of a per-sample column over the held-out rows of every shard, read back one column at a
+    time (8 bytes a held-out row): exact, the same figures a pass over one whole table gives."""
+    parts = []
+    for path in tables:
+        t = pq.read_table(path, columns=[name, "split"])
+        v = t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        parts.append(v[np.asarray(t.column("split").to_pylist(), dtype=object) == "test"])
+    v = np.concatenate(parts) if parts else np.zeros(0)
+    v = v[np.isfinite(v)]
+    return {f"p{q}_{name}": float(np.percentile(v, q)) if len(v) else None for q in PERCENTILES}
+
+
+def _mean_of(sums: dict, name: str) -> float | None:
+    total, count = sums.get(name, (0.0, 0))
+    return total / count if count else None
+
+
+def _kid(x: Reservoir, y: Reservoir, v) -> tuple[float | None, float | None, int | None]:
+    return _pair(kernel_inception_distance(x.values, y.values, v.kid_subset_size, v.kid_subsets, v.classifier_seed))
+
+
+def merge_direction(cfg: Config, direction: str, shards: list[tuple[Path, Path]], reference: str | Path,
+                    audio: bool = False) -> dict:
+    """The run-level figures of ``direction`` from its scored shards (validated table, statistics), in order."""
+    v = cfg.validate_
+    target = direction[-1]
+    _, ref_moments, ref_res, arrays = load_stats(reference)
+    real_margin = arrays[f"calibration.{target}"]
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    sums: dict[str, list[float]] = {}
+    moments: dict[str, Moments] = {}
+    reservoirs: dict[str, Reservoir] = {}
+    for pos, (_, stats) in enumerate(shards):
+        meta, mom, res = load_stats(stats)[:3]
+        counts.update(meta["counts"])
+        reasons.update(meta["reasons"])
+        for name, (total, count) in meta["sums"].items():
+            acc = sums.setdefault(name, [0.0, 0])
+            acc[0] += total
+            acc[1] += count
+        for name, m in mom.items():
+            moments[name] = moments[name].merge(m) if name in moments else m
+        for name, r in res.items():
+            r = r.at_shard(pos)
+            reservoirs[name] = reservoirs[name].merge(r) if name in reservoirs else r
+    for name in ("gen", "src"):
+        moments.setdefault(name, Moments.empty(FEATURES))
+        reservoirs.setdefault(name, Reservoir.empty(v.kid_reservoir, FEATURES))
+    real_m, real_r = ref_moments[target], ref_res[target]
+    n, held = counts["generated"], counts["held_out"]
+    lab = counts["labelled"]
+    fig = {
+        "generated": n, "passed": counts["passed"], "dropped": n - counts["passed"],
+        "dropped_by": dict(sorted(reasons.items())),
+        "held_out": held, "labelled": lab,
+        "pass_rate": counts["passed_held_out"] / held if held else None,
+    }
+    tables = [t for t, _ in shards]
+    for name in (*SUMMARIZED, *(AUDIO_SUMMARIZED if audio else ())):
+        fig[f"mean_{name}"] = _mean_of(sums, name)
+        fig.update(_percentiles(name, tables))
+    kid, kid_std, kid_n = _kid(reservoirs["gen"], real_r, v)
+    fig.update({
+        "realism_untranslated": _mean_of(sums, "realism_untranslated") if held else None,
+        "realism_real_target": leave_one_out_realism(real_margin),
+        "mean_p_target": _mean_of(sums, "p_target"),
+        "label_accuracy": counts["label_ok"] / lab if lab else None,
+        "label_accuracy_untranslated": counts["label_ok_untranslated"] / lab if lab else None,
+        **({"label_accuracy_heard": counts["label_ok_heard"] / lab if lab else None} if audio else {}),
+        "fid_domain_features": frechet_from_moments(moments["gen"], real_m),
+        "fid_domain_untranslated": frechet_from_moments(moments["src"], real_m),
+        "kid_domain_features": kid, "kid_domain_std": kid_std, "kid_subset_size": kid_n,
+        "kid_domain_untranslated": _kid(reservoirs["src"], real_r, v)[0],
+        "real_target_held_out": real_m.n,
+    })
+    if v.inception_weights is not None:
+        gen_m = moments.get("inception", Moments.empty(INCEPTION_FEATURES))
+        gen_r = reservoirs.get("inception", Reservoir.empty(v.kid_reservoir, INCEPTION_FEATURES))
+        ref_m = ref_moments.get(f"{target}.inception", Moments.empty(INCEPTION_FEATURES))
+        ref_r = ref_res.get(f"{target}.inception", Reservoir.empty(v.kid_reservoir, INCEPTION_FEATURES))
+        fig["fid_inception"] = frechet_from_moments(gen_m, ref_m)
+        fig["kid_inception"] = _kid(gen_r, ref_r, v)[0]
+    return fig
+
+
+def merge_shards(cfg: Config, prepared: dict, results: list[dict], out_dir: str | Path,
+                 measured: bool) -> ValidateResult:
+    """Fold the scored shards' statistics into ``summary.json``, apply the run-level gate and swap the
+    folder in: ``out_dir/<direction>/part-XXXXX.parquet``, their statistics under ``out_dir/_stats/`` and
+    ``summary.json``.
+
+    ``results``: :func:`score_shard`'s results, every shard of both directions once; a shard is taken
+    from the staging folder, or from ``out_dir`` where an orchestrator's cache kept it. ``measured``:
+    whether the model ran (identity drift and robust cycle).
+    """
+    v = cfg.validate_
+    audio = cfg.data.audio_settings is not None
+    out = Path(out_dir)
+    by_direction = {d: sorted((r for r in results if r["direction"] == d), key=lambda r: r["file"])
+                    for d in DIRECTIONS}
+    located = {d: [_located(out, r) for r in rs] for d, rs in by_direction.items()}
+    figures: dict[str, dict] = {}
+    failures: list[str] = []
+    not_applied: list[str] = []
+    for direction in DIRECTIONS:
+        fig = merge_direction(cfg, direction, located[direction], prepared["reference"], audio)
+        figures[direction] = fig
+        failures += run_failures(direction, fig, v.run[direction])
+        not_applied += unapplied_bounds(direction, fig, v.run[direction])
+    robust_cycle = {"noise_std": v.robust_noise_std, "jpeg_quality": v.robust_jpeg_quality, "seed": v.robust_seed,
+                    "measured": measured}
+    summary = {"passed": not failures, "failures": failures, "not_applied": not_applied, "kind": cfg.data.kind,
+               "directions": figures,
+               "judges": prepared["judge_key"], "robust_cycle": robust_cycle,
+               "domain_judge": prepared["judge"],
+               "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
+                              "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}
+    with atomic_dir(out) as tmp:
+        for direction, rs in by_direction.items():
+            (tmp / direction).mkdir()
+            for r, files in zip(rs, located[direction], strict=True):
+                for src, name in zip(files, (r["file"], stats_name(r["file"])), strict=True):
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    _place(src, tmp / name, staged=src.is_relative_to(staging_dir(out)))
+        write_json_atomic(tmp / "summary.json", nan_to_none(summary))
+    shutil.rmtree(staging_dir(out), ignore_errors=True)
+    return ValidateResult(str(out), str(out / "summary.json"), not failures, failures, figures)
+
+
+def _place(src: Path, dst: Path, staged: bool) -> None:
+    """Move a staged file into the new folder; link (or copy) one kept from the current folder."""
+    if staged:
+        os.replace(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def validate(cfg: Config, manifest_a: str | Path, manifest_b: str | Path, generated_dir: str | Path,
              out_dir: str | Path, model_dir: str | Path | None = None) -> ValidateResult:
-    """Score every generated row; write ``<direction>.parquet`` and ``summary.json`` to ``out_dir``.
+    """Score every generated row, shard by shard; write ``out_dir/<direction>/part-*.parquet`` and
+    ``summary.json``: :func:`prepare`, :func:`score_shard` for each shard in turn, :func:`merge_shards`.
 
     ``model_dir`` (the model that made the translations) enables the identity-drift and robust-cycle figures.
     """
-    v = cfg.validate_
-    audio = cfg.data.audio_settings
-    inception = load_inception(v.inception_weights)  # a configuration error before any work
-    device = resolve_device(v.device, "validate.device")
-    judges, judge_key = load_or_train_judges(cfg, manifest_a, manifest_b)
-    for net in (judges.domain, *judges.label.values()):
-        net.to(device)
-    if inception is not None:
-        inception = inception.to(device)
-    held_out = {d: calibration_half(read_manifest(m, ("test",))) for d, m in (("A", manifest_a), ("B", manifest_b))}
-    real = {d: manifest_images(t) if t.num_rows else None for d, t in held_out.items()}
-    real_logits = {d: classify(judges.domain, x) if x is not None else (np.zeros((0, 2)), np.zeros((0, 128)))
-                   for d, x in real.items()}
-    # Held-out real samples (never seen in the judge's training) are the reference for realism.
-    cal_logits = np.concatenate([real_logits["A"][0], real_logits["B"][0]])
-    cal_labels = np.concatenate([np.zeros(len(real_logits["A"][0]), np.int64),
-                                 np.ones(len(real_logits["B"][0]), np.int64)])
-    judge_acc = float((cal_logits.argmax(1) == cal_labels).mean()) if len(cal_labels) else None
-    calibration = realism_calibration(Path(cfg.paths.judges) / judge_key, real_logits)
-    gens = None
-    if model_dir is not None:
-        from .models import load_generators
-
-        gens, _ = load_generators(model_dir, device)
-    real_incep = ({d: inception_features(inception, x, device=device) for d, x in real.items() if x is not None}
-                  if inception else {})
-
-    figures: dict[str, dict] = {}
-    failures: list[str] = []
-    not_applied: list[str] = []
-    with atomic_dir(out_dir) as tmp:
-        for direction in DIRECTIONS:
-            target = direction[-1]
-            t_idx = 0 if target == "A" else 1
-            gen = read_generated(generated_dir, direction,
-                                 ["sample_id", "split", "label", "source_image", "image", "reconstruction",
-                                  *(["source_audio", "audio", "reconstruction_audio"] if audio is not None else [])])
-            n = gen.num_rows
-            empty = np.zeros((0, *cfg.data.shape, cfg.data.channels), np.uint8)
-            src, out, rec = (
-                np.stack([decode_png(b) for b in gen.column(col).to_pylist()]) if n else empty
-                for col in ("source_image", "image", "reconstruction")
-            )
-            l1, psnr = cycle_errors(src, rec)
-            ssim_v = ssim(src, rec)
-            sound, heard = _audio_figures(gen, src, out, rec, audio) if audio is not None else ({}, None)
-            back = "G_BA" if direction == "AtoB" else "G_AB"
-            ident = _identity(gens[back], src) if gens is not None and n else None
-            sids = gen.column("sample_id").to_pylist()
-            robust = (robust_cycle_psnr(gens[back], src, out, sids, v.robust_noise_std, v.robust_jpeg_quality,
-                                        v.robust_seed) if gens is not None and n else None)
-            logits, feats = classify(judges.domain, out)
-            real_t_feats = real_logits[target][1]
-            real_margin = calibration[target]
-            realism = conformal_realism(margins(logits, t_idx), real_margin)
-            src_logits, src_feats = classify(judges.domain, src)
-            labels = gen.column("label").to_pylist()
-            pred: list[int | None] = [None] * n
-            pred_src: list[int | None] = [None] * n
-            pred_heard: list[int | None] = [None] * n
-            if target in judges.label and n:
-                pred = [int(x) for x in classify(judges.label[target], out)[0].argmax(1)]
-                pred_src = [int(x) for x in classify(judges.label[target], src)[0].argmax(1)]
-                if heard is not None:  # the word as said by the translation's waveform, not its picture
-                    pred_heard = [int(x) for x in classify(judges.label[target], heard)[0].argmax(1)]
-            ok = [None if lb is None or p is None else lb == p for lb, p in zip(labels, pred, strict=True)]
-
-            rows = []
-            thresholds = v.sample[direction]
-            reasons: Counter[str] = Counter()
-            splits = gen.column("split").to_pylist()
-            for i, sid in enumerate(sids):
-                m = {"cycle_l1": float(l1[i]), "cycle_psnr": float(psnr[i]),
-                     "cycle_psnr_robust": None if robust is None else float(robust[i]), "cycle_ssim": float(ssim_v[i]),
-                     "identity_l1": None if ident is None else float(ident[i]), "realism": float(realism[i]),
-                     **{k: float(v[i]) for k, v in sound.items()}}
-                why = sample_failures({**m, "label_ok": ok[i]}, thresholds)
-                reasons.update(reason_key(w) for w in why)
-                rows.append({"sample_id": sid, "split": splits[i], **m, "pred_label": pred[i], "label_ok": ok[i],
-                             "passed": not why, "fail_reason": "; ".join(why) or None})
-            table = pa.Table.from_pylist(rows, schema=validated_schema(audio is not None))
-            pq.write_table(table, tmp / f"{direction}.parquet")
-
-            test = np.asarray([s == "test" for s in splits], dtype=bool)
-            passed = np.asarray([r["passed"] for r in rows], dtype=bool)
-            lab = [i for i in range(n) if test[i] and ok[i] is not None]
-            fid = frechet_distance(feats[test], real_t_feats)
-            kid, kid_std, kid_n = _pair(kernel_inception_distance(feats[test], real_t_feats, v.kid_subset_size,
-                                                                  v.kid_subsets, v.classifier_seed))
-            kid_src = _pair(kernel_inception_distance(src_feats[test], real_t_feats, v.kid_subset_size,
-                                                      v.kid_subsets, v.classifier_seed))[0]
-            fig = {
-                "generated": n, "passed": int(passed.sum()), "dropped": int(n - passed.sum()),
-                "dropped_by": dict(sorted(reasons.items())),
-                "held_out": int(test.sum()), "labelled": len(lab),
-                "pass_rate": _mean(passed[test].astype(float)),
-            }
-            per_sample = {"cycle_l1": l1, "cycle_psnr": psnr,
-                          "cycle_psnr_robust": robust if robust is not None else np.zeros(0), "cycle_ssim": ssim_v,
-                          "identity_l1": ident if ident is not None else np.zeros(0), "realism": realism, **sound}
-            for name in (*SUMMARIZED, *sound):
-                vals = per_sample[name]
-                fig.update(_spread(name, vals[test] if len(vals) == n else vals))
-            fig.update({
-                "realism_untranslated": _mean(conformal_realism(margins(src_logits[test], t_idx), real_margin)),
-                "realism_real_target": leave_one_out_realism(real_margin),
-                "mean_p_target": _mean(softmax(logits[test])[:, t_idx]) if test.any() else None,
-                "label_accuracy": float(np.mean([ok[i] for i in lab])) if lab else None,
-                "label_accuracy_untranslated": (
-                    float(np.mean([pred_src[i] == labels[i] for i in lab])) if lab else None
-                ),
-                **({"label_accuracy_heard": float(np.mean([pred_heard[i] == labels[i] for i in lab])) if lab
-                    else None} if audio is not None else {}),
-                "fid_domain_features": fid,
-                "fid_domain_untranslated": frechet_distance(src_feats[test], real_t_feats),
-                "kid_domain_features": kid, "kid_domain_std": kid_std, "kid_subset_size": kid_n,
-                "kid_domain_untranslated": kid_src,
-                "real_target_held_out": len(real_t_feats),
-            })
-            if inception is not None:
-                gen_incep = inception_features(inception, out[test], device=device)
-                ref = real_incep.get(target, np.zeros((0, gen_incep.shape[1])))
-                fig["fid_inception"] = frechet_distance(gen_incep, ref)
-                fig["kid_inception"] = _pair(kernel_inception_distance(gen_incep, ref, v.kid_subset_size,
-                                                                       v.kid_subsets, v.classifier_seed))[0]
-            figures[direction] = fig
-            failures += run_failures(direction, fig, v.run[direction])
-            not_applied += unapplied_bounds(direction, fig, v.run[direction])
-        judge = {"key": judge_key, "blur_sigma": v.judge_blur_sigma, "held_out_accuracy": judge_acc,
-                 "held_out_samples": len(cal_labels)}
-        robust_cycle = {"noise_std": v.robust_noise_std, "jpeg_quality": v.robust_jpeg_quality, "seed": v.robust_seed,
-                        "measured": gens is not None}
-        summary = {"passed": not failures, "failures": failures, "not_applied": not_applied, "kind": cfg.data.kind,
-                   "directions": figures,
-                   "judges": judge_key, "robust_cycle": robust_cycle,
-                   "domain_judge": judge, "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
-                                                         "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}
-        write_json_atomic(tmp / "summary.json", nan_to_none(summary))
-    return ValidateResult(str(out_dir), str(Path(out_dir) / "summary.json"), not failures, failures, figures)
+    prepared = prepare(cfg, manifest_a, manifest_b)
+    scorer = Scorer(cfg, prepared, model_dir)
+    staging = staging_dir(out_dir)
+    results = [score_shard(scorer, generated_dir, shard, staging)
+               for d in DIRECTIONS for shard in generated_shards(generated_dir, d)]
+    return merge_shards(cfg, prepared, results, out_dir, model_dir is not None)
 
 
-def read_validated(out_dir: str | Path, direction: str) -> pa.Table:
-    return pq.read_table(Path(out_dir) / f"{direction}.parquet")
+# ---- readers ----
+
+def validated_files(out_dir: str | Path, direction: str) -> list[Path]:
+    """The validated shards of ``direction``, in shard order."""
+    return sorted((Path(out_dir) / direction).glob("part-*.parquet"))
+
+
+def iter_validated(out_dir: str | Path, direction: str, columns: list[str] | None = None,
+                   batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The validated rows of ``direction`` as record batches of at most ``batch_size`` rows, in shard order."""
+    for path in validated_files(out_dir, direction):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_validated(out_dir: str | Path, direction: str, columns: list[str] | None = None) -> pa.Table:
+    """Every validated row of ``direction`` as one table (small uses: no image bytes, tens of bytes a row)."""
+    files = validated_files(out_dir, direction)
+    if not files:
+        empty = VALIDATED_SCHEMA.empty_table()
+        return empty if columns is None else empty.select(columns)
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
 
 def nan_to_none(obj):

@@ -1,8 +1,9 @@
-"""The augmentation flow: ingest -> train or reuse -> generate (mapped over shards) -> validate (gate)
--> utility (train on it, test on real; its bounds gate too) -> publish -> report.
+"""The augmentation flow: ingest -> train or reuse -> generate (mapped over shards) -> validate (mapped
+over shards, then merged; the gate) -> utility (train on it, test on real; its bounds gate too) -> publish
+-> report.
 
-Generation runs as a subflow on the task runner ``orchestrate.task_runner`` names: threads in this
-process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
+Generation and validation run as subflows on the task runner ``orchestrate.task_runner`` names:
+threads in this process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
 validation and publishing are cached on the content hashes of their inputs, so a run with nothing
 new does none of them again and says why in its log. Results are persisted as JSON (never pickle),
 and a run holds its output folders for its whole run, so overlapping runs of one ``params.yaml``
@@ -30,7 +31,7 @@ def task_runner_for(cfg: Config) -> TaskRunner:
     """The task runner ``orchestrate`` names: local threads, or Dask (a scheduler, or a local cluster)."""
     o = cfg.orchestrate
     if o.task_runner == "local":
-        return ThreadPoolTaskRunner(max_workers=max(1, min(4, 2 * cfg.generate.shards)))
+        return ThreadPoolTaskRunner(max_workers=steps.local_workers(cfg))
     from prefect_dask import DaskTaskRunner
 
     if o.dask.address:
@@ -69,6 +70,32 @@ def generate_shards(params: str, overrides: list[str], model: dict, created_at: 
                  cached, model["fingerprint"][:12])
     committed = configured(steps.commit_generated, cfg)(cfg, results, time.perf_counter() - t0)
     return committed | {"cached_shards": cached}
+
+
+@flow(name="cycleaug-validate", persist_result=True, result_serializer="json")
+def validate_shards(params: str, overrides: list[str], generated: dict) -> dict:
+    """Judges and held-out reference here, then every generated shard scored as its own task run (mapped,
+    as generation is), then one merge that writes ``summary.json`` and applies the gate. Returns the
+    merge's result (``validated``) and whether it came from the cache (``cached``: nothing changed since a
+    previous run)."""
+    cfg = load_config(params, tuple(overrides))
+    prepared = configured(steps.validate_prepare, cfg)(cfg)
+    specs = steps.plan_validation(cfg, generated, prepared)
+    shard_task = configured(steps.validate_shard, cfg, timeout=False)  # as generate_shards: the subflow has one
+    futures = shard_task.map(cfg=unmapped(cfg), direction=[s["direction"] for s in specs],
+                             shard=[s["shard"] for s in specs], file=[s["file"] for s in specs],
+                             prepared=unmapped(prepared), content=[s["content"] for s in specs])
+    results = []
+    for spec, future in zip(specs, futures, strict=True):
+        args = {k: spec[k] for k in ("direction", "shard", "file", "content")}
+        result, _ = _cached_or_refreshed(
+            future.result(), future.state.name == "Cached",
+            lambda a=args: shard_task.with_options(refresh_cache=True)(cfg=cfg, prepared=prepared, **a),
+            lambda r: steps.validated_in_place(cfg, r), f"validate {spec['direction']} shard {spec['shard']}")
+        results.append(result)
+    validated, cached = _step(configured(steps.validate, cfg), cfg, "validate", prepared, results,
+                              steps.validate_content(cfg, generated))
+    return {"validated": validated, "cached": cached}
 
 
 def _cached_or_refreshed(result: dict, cached: bool, rerun, in_place, what: str) -> tuple[dict, bool]:
@@ -135,8 +162,9 @@ def _pipeline(params: str, overrides: list[str] | None, retrain: bool) -> dict:
                                              timeout_seconds=cfg.orchestrate.step_timeout_s)(
         params, overrides, model, now_stamp())
     t = lap("generate", t)
-    validated, val_cached = _step(configured(steps.validate, cfg), cfg, "validate",
-                                  steps.validate_content(cfg, generated))
+    scored = validate_shards.with_options(task_runner=task_runner_for(cfg),
+                                          timeout_seconds=cfg.orchestrate.step_timeout_s)(params, overrides, generated)
+    validated, val_cached = scored["validated"], scored["cached"]
     if val_cached:
         log.info("validation reused: generated shards, manifests, validate settings and code unchanged")
     t = lap("validate", t)

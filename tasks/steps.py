@@ -1,9 +1,10 @@
 """The pipeline steps as Prefect tasks. Each calls ``cyclegan_core`` and returns what it wrote (paths,
 hashes, counts), never tensors or images.
 
-Generation is one task per shard (``generate_shard``), so a task runner can spread shards over
-workers; generation, validation and publishing are cached on the content hashes of their inputs
-(see :mod:`tasks.policies`), so a rerun with nothing changed does none of them again. Every
+Generation and validation's scoring are one task per shard (``generate_shard``, ``validate_shard``),
+so a task runner can spread shards over workers, each running torch on its share of the host's
+cores; generation, validation and publishing are cached on the content hashes of their inputs (see
+:mod:`tasks.policies`), so a rerun with nothing changed does none of them again. Every
 cached result names the files it stands for with their sha256; :func:`outputs_in_place` checks
 them, and the flow recomputes (``refresh_cache``) when they were deleted or changed since.
 """
@@ -18,6 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from cyclegan_core import generate as gen
 from cyclegan_core import inputs, overview, pipeline
 from cyclegan_core.config import DIRECTIONS, Config
+from cyclegan_core.devices import torch_threads
 from cyclegan_core.figures import summary_line
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.report import utility_line
@@ -80,6 +82,36 @@ def train_or_reuse(cfg: Config, ingested: dict, retrain: bool = False, params: s
     return result | {"reason": choice.reason}
 
 
+def local_workers(cfg: Config) -> int:
+    """Threads of the local task runner: the mapped shards it runs at once in the flow's process."""
+    return max(1, min(4, 2 * cfg.generate.shards))
+
+
+def torch_sharers(cfg: Config) -> int:
+    """How many mapped torch tasks run at once on this host, for :func:`cyclegan_core.devices.torch_threads`.
+
+    In a Dask worker: the threads of every worker process on its host (asked of the scheduler, or, for
+    the local cluster, ``orchestrate.dask``); in the flow's process: the local task runner's threads.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return local_workers(cfg)
+    d = cfg.orchestrate.dask
+    if not d.address:
+        return d.workers * d.threads_per_worker
+    try:
+        from distributed import get_client
+
+        host = worker.address.rsplit(":", 1)[0]
+        infos = get_client().scheduler_info()["workers"]
+        return max(1, sum(w["nthreads"] for a, w in infos.items() if a.rsplit(":", 1)[0] == host))
+    except Exception:  # the scheduler did not answer: this worker's threads at least
+        return max(1, worker.state.nthreads)
+
+
 def plan_shards(cfg: Config, model: dict) -> list[dict]:
     """One spec per (direction, shard) with the content hashes its output depends on."""
     model_dir = str(Path(model["model_dir"]).resolve())
@@ -104,9 +136,10 @@ def generate_shard(cfg: Config, direction: str, shard: int, manifest: str, model
     """Translate the sources of one shard that were not translated before by this model."""
     del content  # the cache key: what this shard is made from
     progress = StepProgress("generate")
-    result = gen.generate_shard(manifest, direction, shard, model_dir, Path(cfg.paths.generated).resolve(),
-                                cfg.generate, created_at,
-                                lambda i, n: progress(f"{direction} {shard}", i, n), audio=cfg.data.audio_settings)
+    with torch_threads(torch_sharers(cfg)):
+        result = gen.generate_shard(manifest, direction, shard, model_dir, Path(cfg.paths.generated).resolve(),
+                                    cfg.generate, created_at,
+                                    lambda i, n: progress(f"{direction} {shard}", i, n), audio=cfg.data.audio_settings)
     get_run_logger().info("%s shard %d: %d rows, %d translated, %d reused from the last run", direction, shard,
                           result.rows, result.translated, result.reused)
     return result.to_dict()
@@ -150,7 +183,48 @@ def _files(*paths: Path) -> dict[str, str]:
 
 def validate_outputs(cfg: Config) -> dict[str, str]:
     val, rep = Path(cfg.paths.validated), Path(cfg.paths.reports)
-    return _files(val / "summary.json", *(val / f"{d}.parquet" for d in DIRECTIONS), rep / "validation.json")
+    shards = [p for d in DIRECTIONS for p in (*sorted((val / d).glob("part-*.parquet")),
+                                              *sorted((val / "_stats" / d).glob("part-*")))]
+    return _files(val / "summary.json", *shards, rep / "validation.json")
+
+
+@task(name="validate-prepare")
+def validate_prepare(cfg: Config) -> dict:
+    """The judges (trained in this process when the training samples are new) and the held-out reference."""
+    prepared = pipeline.step_validate_prepare(cfg)
+    get_run_logger().info("judges %s; held-out reference %s", prepared["judge_key"], Path(prepared["reference"]).name)
+    return prepared
+
+
+def plan_validation(cfg: Config, generated: dict, prepared: dict) -> list[dict]:
+    """One spec per generated shard with the content hashes its validated shard depends on."""
+    content = {"judges": prepared["judge_key"], "reference": sha256_file(prepared["reference"]),
+               "model": prepared["model_dir"], "settings": inputs.settings_digest(cfg, "validation"),
+               "code": inputs.code_digest("validation"), "out_dir": str(Path(cfg.paths.validated).resolve())}
+    return [{"direction": d, "shard": k, "file": s["file"], "content": content | {"generated": s["sha256"],
+                                                                                  "file": s["file"]}}
+            for d in DIRECTIONS for k, s in enumerate(generated["shards"][d])]
+
+
+@task(name="validate-shard", cache_policy=CONTENT, task_run_name="validate-{direction}-{shard}")
+def validate_shard(cfg: Config, direction: str, shard: int, file: str, prepared: dict, content: dict) -> dict:
+    """Score one generated shard: its validated rows and sufficient statistics, staged for the merge."""
+    del content  # the cache key: what this validated shard is made from
+    with torch_threads(torch_sharers(cfg)):
+        result = pipeline.step_validate_shard(cfg, prepared, file)
+    get_run_logger().info("%s shard %d: %d rows scored", direction, shard, result["rows"])
+    return result
+
+
+def validated_in_place(cfg: Config, result: dict) -> bool:
+    """Whether a (possibly cached) validated shard's table and statistics are staged or in place with their sha256."""
+    from cyclegan_core.validate import staging_dir, stats_name
+
+    for root in (staging_dir(cfg.paths.validated), Path(cfg.paths.validated)):
+        files = ((root / result["file"], result["sha256"]), (root / stats_name(result["file"]), result["stats_sha256"]))
+        if all(p.exists() and sha256_file(p) == h for p, h in files):
+            return True
+    return False
 
 
 def _post_report(cfg: Config, description: str) -> None:
@@ -161,9 +235,10 @@ def _post_report(cfg: Config, description: str) -> None:
 
 
 @task(name="validate", cache_policy=CONTENT)
-def validate(cfg: Config, content: dict) -> dict:
+def validate(cfg: Config, prepared: dict, shards: list[dict], content: dict) -> dict:
+    """Merge the scored shards into the run-level figures, apply the gate and write the reports."""
     del content
-    result = pipeline.step_validate(cfg)
+    result = pipeline.step_validate_merge(cfg, prepared, shards)
     log = get_run_logger()
     for d in DIRECTIONS:
         f = result.figures[d]

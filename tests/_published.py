@@ -94,5 +94,6 @@ def synthetic_inputs(root: Path, n: int, size: int = 64, seed: int = 0) -> tuple
                         "fail_reason": None if i % 7 else "cycle_psnr too low"})
         (gen_dir / d).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(gen, schema=GENERATED_SCHEMA), gen_dir / d / "part-00000.parquet")
-        pq.write_table(pa.Table.from_pylist(val, schema=VALIDATED_SCHEMA), val_dir / f"{d}.parquet")
+        (val_dir / d).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(val, schema=VALIDATED_SCHEMA), val_dir / d / "part-00000.parquet")
     return gen_dir, val_dir

@@ -95,7 +95,7 @@ def test_audio_pipeline_end_to_end(audio_cfg, tmp_path: Path):
     fig = val.figures["AtoB"]
     assert fig["mean_cycle_si_sdr"] is not None and fig["mean_cycle_lsd"] > 0
     assert fig["label_accuracy_untranslated"] is not None  # the raw-source figure beside the translated one
-    vrow = pq.read_table(Path(cfg.paths.validated) / "AtoB.parquet").to_pylist()[0]
+    vrow = pq.read_table(Path(cfg.paths.validated) / "AtoB").to_pylist()[0]
     assert {"cycle_lsd", "cycle_si_sdr"} <= set(vrow)
     page = Path(cfg.paths.reports) / "listen" / "index.html"
     html = page.read_text()

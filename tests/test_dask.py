@@ -1,5 +1,6 @@
-"""The flow on Prefect's test server: a no-change rerun is all cache hits, and generation mapped on a
-2-worker local Dask cluster writes byte-identical shards to the local (threaded) run."""
+"""The flow on Prefect's test server: a no-change rerun is all cache hits, and generation and validation
+mapped on a 2-worker local Dask cluster write byte-identical shards (and summary.json) to the local
+(threaded) run."""
 
 from pathlib import Path
 
@@ -53,3 +54,7 @@ def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_
     assert on_dask["train"]["reused"] and on_dask["generate"]["translated"] == {"AtoB": 24, "BtoA": 24}
     assert shards(tmp_path / "dask" / "generated") == shards(tmp_path / "local" / "generated")
     assert len(shards(tmp_path / "dask" / "generated")) == 4
+    # Validation scored shard by shard on the workers, merged in the flow: the same tables and figures.
+    local_val, dask_val = tmp_path / "local" / "validated", tmp_path / "dask" / "validated"
+    assert shards(dask_val) == shards(local_val) and len(shards(dask_val)) == 4
+    assert (dask_val / "summary.json").read_bytes() == (local_val / "summary.json").read_bytes()

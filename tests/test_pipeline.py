@@ -76,7 +76,7 @@ def test_gate_drops_samples_and_can_refuse_the_run(tmp_path, collections):
     pipeline.run_all(cfg)
 
     # A per-sample bound drops rows and counts them; the run still publishes.
-    psnr = sorted(pd.read_parquet(tmp_path / "work" / "validated" / "AtoB.parquet")["cycle_psnr"])
+    psnr = sorted(pd.read_parquet(tmp_path / "work" / "validated" / "AtoB")["cycle_psnr"])
     median = psnr[len(psnr) // 2]
     raw["validate"] = {"classifier_epochs": 1, "sample": {
         "AtoB": {"min_cycle_psnr": median}, "BtoA": {}}}

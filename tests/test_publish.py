@@ -29,7 +29,7 @@ from cyclegan_core.publish import (
 )
 from cyclegan_core.reader import open_dataset
 from cyclegan_core.storage import sha256_file
-from cyclegan_core.validate import VALIDATED_SCHEMA
+from cyclegan_core.validate import VALIDATED_SCHEMA, read_validated
 from tests._published import grown_versions
 
 pytestmark = pytest.mark.slow  # the shared fixture runs the tiny pipeline twice (~20-60 s)
@@ -212,25 +212,29 @@ def test_new_metric_columns_flow_through(versions, tmp_path):
     validated = tmp_path / "validated"
     shutil.copytree(cfg.paths.validated, validated)
     for d in ("AtoB", "BtoA"):
-        t = pq.read_table(validated / f"{d}.parquet")
-        sharp = pa.array(np.linspace(0, 1, t.num_rows), pa.float32())
-        t = t.add_column(t.schema.get_field_index("passed"), "sharpness", sharp)
-        pq.write_table(t, validated / f"{d}.parquet")
+        for shard in sorted((validated / d).glob("part-*.parquet")):  # one table per generated shard
+            t = pq.read_table(shard)
+            sharp = pa.array(np.linspace(0, 1, t.num_rows), pa.float32())
+            pq.write_table(t.add_column(t.schema.get_field_index("passed"), "sharpness", sharp), shard)
     table, dropped = build_rows(cfg.paths.generated, validated, "AtoB", mode="L", size=16,
                                 provenance={"code_version": "c", "params_hash": "p", "seed": 0, "flow_run_id": None})
     assert table.schema.field("sharpness").type == pa.float32() and dropped == 0
-    src = pq.read_table(validated / "AtoB.parquet")
+    src = read_validated(validated, "AtoB")
     assert dict(zip(table["sample_id"].to_pylist(), table["sharpness"].to_pylist(), strict=True)) == dict(
         zip(src["sample_id"].to_pylist(), src["sharpness"].to_pylist(), strict=True))
     feats = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
     assert feats["sharpness"] == {"dtype": "float32", "_type": "Value"}
     # Failing rows are dropped and counted.
-    t = pq.read_table(validated / "AtoB.parquet")
-    passed = pa.array([i % 3 != 0 for i in range(t.num_rows)])
-    pq.write_table(t.set_column(t.schema.get_field_index("passed"), "passed", passed), validated / "AtoB.parquet")
+    dropped_here = 0
+    for shard in sorted((validated / "AtoB").glob("part-*.parquet")):
+        t = pq.read_table(shard)
+        passed = pa.array([i % 3 != 0 for i in range(t.num_rows)])
+        dropped_here += pc.sum(pc.invert(passed)).as_py()
+        pq.write_table(t.set_column(t.schema.get_field_index("passed"), "passed", passed), shard)
+    t = read_validated(validated, "AtoB")
     table, dropped = build_rows(cfg.paths.generated, validated, "AtoB", mode="L", size=16,
                                 provenance={"code_version": "c", "params_hash": "p", "seed": 0, "flow_run_id": None})
-    assert dropped == pc.sum(pc.invert(passed)).as_py() and table.num_rows == t.num_rows - dropped
+    assert dropped == dropped_here and table.num_rows == t.num_rows - dropped
     assert pc.all(table["passed"]).as_py()
 
 

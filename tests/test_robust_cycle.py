@@ -19,8 +19,9 @@ from cyclegan_core.generate import GENERATED_SCHEMA
 from cyclegan_core.images import encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import manifest_images, read_manifest
 from cyclegan_core.metrics import cycle_errors, perturb
+from cyclegan_core.scoring import robust_cycle_psnr
 from cyclegan_core.storage import sha256_bytes
-from cyclegan_core.validate import read_validated, robust_cycle_psnr, validate
+from cyclegan_core.validate import read_validated, validate
 from tests.conftest import tiny_settings
 
 NOISE, JPEG = 8 / 255, 75
