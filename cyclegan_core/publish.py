@@ -735,9 +735,13 @@ def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: 
     staging = staging_dir(out_dir).resolve()  # specs name absolute paths: a worker may run elsewhere
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
     (staging / PLAN_DIR).mkdir(parents=True)
-    plans = [plan_direction(Path(generated_dir).resolve(), validated_dir, d, staging / PLAN_DIR / f"{d}.parquet",
-                            provenance=provenance, mode=mode, size=size, max_shard_bytes=max_shard_bytes,
-                            sample_rate=sample_rate, out_dir=out_dir.resolve()) for d in DIRECTIONS]
+    try:
+        plans = [plan_direction(Path(generated_dir).resolve(), validated_dir, d, staging / PLAN_DIR / f"{d}.parquet",
+                                provenance=provenance, mode=mode, size=size, max_shard_bytes=max_shard_bytes,
+                                sample_rate=sample_rate, out_dir=out_dir.resolve()) for d in DIRECTIONS]
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays beside the version
+        raise
     return {"out_dir": str(out_dir), "staging": str(staging), "provenance": provenance,
             "max_shard_bytes": max_shard_bytes, "rows": {p["direction"]: p["rows"] for p in plans},
             "dropped": {p["direction"]: p["dropped"] for p in plans},
