@@ -611,6 +611,17 @@ class UtilityConfig(_Strict):
         description="module:function returning a torch.nn.Module for (channels, classes, height, width) "
                     "inputs in [-1, 1]; null: the small fixed CNN of cyclegan_core.utility.small_cnn.",
     )
+    max_train_samples: int = Field(
+        5000, ge=1,
+        description="Largest training set of an arm's classifier: real training targets, published rows, all "
+                    "translations, each drawn by sample id when larger (the draw is the same every run), so the "
+                    "step's memory does not grow with the collection. The demo's sets (under 2,000) are whole.",
+    )
+    max_eval_samples: int = Field(
+        5000, ge=1,
+        description="Largest evaluation set (real held-out targets of the evaluation half), drawn by sample id "
+                    "when larger.",
+    )
     run: dict[Literal["AtoB", "BtoA"], UtilityBounds] = Field(
         default_factory=lambda: {d: UtilityBounds() for d in DIRECTIONS})
 

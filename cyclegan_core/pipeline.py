@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import inputs
@@ -28,7 +29,7 @@ from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_coll
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
 from .overview import LISTEN_DIR
-from .publish import PublishResult, publish
+from .publish import PublishResult, commit_publish, plan_publish, write_planned_shards
 from .report import (
     epoch_curves,
     listening_rows,
@@ -369,9 +370,15 @@ def gated(cfg: Config, check: Callable[[dict], None], doc: dict) -> None:
         raise
 
 
-def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
-    """Publish the passing rows, unless the run-level gate or a utility bound failed (then raise, touching
-    nothing published)."""
+def _train_count(cfg: Config, domain: str) -> int:
+    """Training samples of a manifest, from its split column alone (no image is read)."""
+    split = pq.read_table(manifest_path(cfg, domain), columns=["split"]).column("split")
+    return int(pc.sum(pc.equal(split, "train")).as_py() or 0)
+
+
+def _publication(cfg: Config, flow_run_id: str | None) -> tuple[dict, dict, Path, dict, dict]:
+    """The gate's summary, the utility report, the stored model and its record, and this run's provenance; raises
+    GateFailed (touching nothing published) when the run-level gate or a utility bound failed."""
     summary = read_json(Path(cfg.paths.validated) / "summary.json")
     gated(cfg, check_gate, summary)
     utility = read_utility(cfg)
@@ -384,10 +391,28 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     model_dir = current_model_dir(cfg)
     model = read_json(model_dir / MODEL_JSON)
     provenance = {
-        "model_fingerprint": model["fingerprint"], "code_version": inputs.pipeline_code_digest(),
-        "params_hash": inputs.settings_digest(cfg, "publication"),
+        "code_version": inputs.pipeline_code_digest(), "params_hash": inputs.settings_digest(cfg, "publication"),
         "seed": cfg.train.seed, "flow_run_id": flow_run_id,
     }
+    return summary, utility, model_dir, model, provenance
+
+
+def step_publish_plan(cfg: Config, flow_run_id: str | None = None) -> dict:
+    """Check the gates and plan the version (see :func:`cyclegan_core.publish.plan_publish`): a small dict
+    whose ``shards`` go to :func:`cyclegan_core.publish.write_planned_shard`, one call each, then the whole
+    to :func:`step_publish_commit`."""
+    provenance = _publication(cfg, flow_run_id)[-1]
+    audio = cfg.data.audio_settings
+    return plan_publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, provenance=provenance,
+                        mode=cfg.data.picture_mode, size=cfg.data.shape,
+                        max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20),
+                        sample_rate=audio.sample_rate if audio is not None else None)
+
+
+def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishResult:
+    """Swap in the planned version with its written ``shards`` (their manifest entries) and the card, upload
+    it where ``paths.publish_url`` says, and write ``reports/metrics.json`` and the loss curves."""
+    summary, utility, model_dir, model, _ = _publication(cfg, plan["provenance"]["flow_run_id"])
     reports = Path(cfg.paths.reports)
     card_info = {
         "figures": summary["directions"],
@@ -403,11 +428,7 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
             "sample_rate": audio.sample_rate, "duration_s": round(audio.clip_samples / audio.sample_rate, 3),
             "bins": audio.bins, "frames": audio.frames, "representation": audio.representation,
             "inversion": audio.inversion.replace("_", "-")})
-    result = publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published,
-                     provenance={k: v for k, v in provenance.items() if k != "model_fingerprint"},
-                     mode=cfg.data.picture_mode, size=cfg.data.shape,
-                     max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20), card_info=card_info,
-                     sample_rate=audio.sample_rate if audio is not None else None)
+    result = commit_publish(plan, shards, card_info=card_info)
     if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
         upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
                    backoff_s=cfg.data.retry_backoff_s)
@@ -415,7 +436,7 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     if (model_dir / "losses.png").exists():
         shutil.copyfile(model_dir / "losses.png", reports / "losses.png")
     # An epoch is one pass over the larger training collection at train.batch_size.
-    n_train = max(read_manifest(manifest_path(cfg, d), ("train",)).num_rows for d in ("A", "B"))
+    n_train = max(_train_count(cfg, d) for d in ("A", "B"))
     epoch_curves(model_dir / LOSSES_FILE, reports / EPOCH_LOSSES_FILE, n_train, cfg.train.batch_size)
     metrics = {
         "gate_passed": True,
@@ -430,6 +451,16 @@ def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))
     return result
+
+
+def step_publish(cfg: Config, flow_run_id: str | None = None) -> PublishResult:
+    """Publish the passing rows, unless the run-level gate or a utility bound failed (then raise, touching
+    nothing published): plan, each shard, commit, as the flow maps them on its task runner."""
+    plan = step_publish_plan(cfg, flow_run_id)
+    try:
+        return step_publish_commit(cfg, plan, write_planned_shards(plan))
+    finally:
+        shutil.rmtree(plan["staging"], ignore_errors=True)
 
 
 def run_all(cfg: Config, progress: Progress | None = None, retrain: bool = False) -> dict:

@@ -14,9 +14,18 @@ only what changed. Nothing time-varying is written into shards: the publication 
 ``manifest.json``, which lists every shard with its sha256, size and row count. The version is
 built under a temporary name and swapped in whole.
 
-Over 500 lines on purpose: the schema, the shard layout, the provenance carried over from the last
-version and the dataset card describe one published version, and the card must name the same
-columns and provenance the shards hold; split apart, each piece would import the others.
+Shard by shard, in bounded memory: :func:`plan_publish` assigns rows to shards from their small
+columns, :func:`write_planned_shard` writes one shard from only its rows (gathered from the generated
+parts one part at a time, in record batches, and encoded 100 at a time), :func:`commit_publish` writes
+the manifest and card and swaps the version in. A task runner maps the middle step over workers;
+:func:`publish` runs all three here.
+:func:`build_rows` and :func:`write_shards` are the same layout for a direction held as one table (the
+reference the shard-by-shard writer is tested against, byte for byte).
+
+Over 500 lines on purpose: the schema, the shard layout, the plan and writer that make it in bounded
+memory, the provenance carried over from the last version and the dataset card describe one published
+version, and the card must name the same columns and provenance the shards hold; split apart, each
+piece would import the others.
 """
 
 from __future__ import annotations
@@ -25,21 +34,23 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import DIRECTIONS
 from .figures import BY_NAME
-from .generate import read_generated
-from .storage import atomic_dir, write_json_atomic
+from .generate import GENERATED_SCHEMA, read_generated
+from .storage import atomic_dir, atomic_path, parquet_batches, sha256_file, write_json_atomic
 from .validate import read_validated
 
 FORMAT = "cycleaug-dataset-2"
@@ -229,31 +240,32 @@ class _FollowingHash:
         return self._sha.hexdigest()
 
 
-def write_shard(table: pa.Table, path: str | Path) -> tuple[int, str]:
-    """One shard: row groups of ~100 rows, PNG bytes stored as they are, zstd on free-text strings.
-
-    A second thread hashes the file as it grows (see ``_FollowingHash``). Returns (bytes, sha256).
-    """
-    names = _leaf_paths(table.schema)
-    raw = {f"{c}.bytes" for c in BYTES_COLUMNS if c in table.column_names}
-    dictionary = [f.name for f in table.schema if f.name in DICTIONARY_COLUMNS or pa.types.is_integer(f.type)]
+def _writer_options(schema: pa.Schema) -> dict:
+    """Parquet writer options of a shard: PNG bytes stored as they are, zstd on free-text strings."""
+    names = _leaf_paths(schema)
+    raw = {f"{c}.bytes" for c in BYTES_COLUMNS if c in schema.names}
+    dictionary = [f.name for f in schema if f.name in DICTIONARY_COLUMNS or pa.types.is_integer(f.type)]
     # zstd only where it pays: free-text strings (hex ids, URIs, image paths). PNG is already
     # deflated (zstd saves ~1% and costs a decompression on every read); dictionary columns and
     # floats gain next to nothing, and with 100-row row groups every compressed column chunk costs
     # a codec call: compressing all of them made the writer ~25% slower for <0.1% smaller files.
     zstd = {n for n in names if n not in raw and n.split(".")[0] not in dictionary
-            and pa.types.is_string(_leaf_type(table.schema, n))}
+            and pa.types.is_string(_leaf_type(schema, n))}
+    return {"compression": {n: ("zstd" if n in zstd else "none") for n in names}, "use_dictionary": dictionary,
+            # Min/max of image bytes help no filter and bloat the footer.
+            "write_statistics": [n for n in names if n not in raw]}
+
+
+def write_shard(table: pa.Table, path: str | Path) -> tuple[int, str]:
+    """One shard: row groups of ~100 rows, PNG bytes stored as they are, zstd on free-text strings.
+
+    A second thread hashes the file as it grows (see ``_FollowingHash``). Returns (bytes, sha256).
+    """
     path = Path(path)
     path.write_bytes(b"")  # exists before the hashing thread opens it
     follower = _FollowingHash(path)
     try:
-        pq.write_table(
-            table, path, row_group_size=ROW_GROUP_ROWS,
-            compression={n: ("zstd" if n in zstd else "none") for n in names},
-            use_dictionary=dictionary,
-            # Min/max of image bytes help no filter and bloat the footer.
-            write_statistics=[n for n in names if n not in raw],
-        )
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **_writer_options(table.schema))
     finally:
         digest = follower.hexdigest()
     return follower.size, digest
@@ -365,54 +377,53 @@ def _content_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name not in PROVENANCE_COLUMNS and f.name not in BYTES_COLUMNS]
 
 
+class _Provenance:
+    """The provenance of a previous version's rows by their content: rows equal to a previous row in every
+    non-provenance column take that row's provenance values (see :func:`keep_provenance`)."""
+
+    def __init__(self, previous: pa.Table | None, schema: pa.Schema):
+        self.content = _content_columns(schema)
+        self.old: dict[tuple, tuple] = {}
+        if previous is None or not previous.num_rows:
+            return
+        if any(c not in previous.column_names for c in (*self.content, *PROVENANCE_COLUMNS)):
+            return  # an older layout: nothing is the same row
+        old_rows = zip(*(previous.column(c).to_pylist() for c in self.content), strict=True)
+        old_prov = zip(*(previous.column(c).to_pylist() for c in PROVENANCE_COLUMNS), strict=True)
+        for row, prov in zip(old_rows, old_prov, strict=True):
+            self.old[_freeze(row)] = prov
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        if not self.old or not table.num_rows:
+            return table
+        prov_new = {c: table.column(c).to_pylist() for c in PROVENANCE_COLUMNS}
+        changed = False
+        for i, row in enumerate(zip(*(table.column(c).to_pylist() for c in self.content), strict=True)):
+            prov = self.old.get(_freeze(row))
+            if prov is not None:
+                for c, v in zip(PROVENANCE_COLUMNS, prov, strict=True):
+                    if prov_new[c][i] != v:
+                        prov_new[c][i], changed = v, True
+        if not changed:
+            return table
+        for c in PROVENANCE_COLUMNS:
+            idx = table.schema.get_field_index(c)
+            field = table.schema.field(idx)
+            table = table.set_column(idx, field, pa.array(prov_new[c], field.type))
+        return table
+
+
 def keep_provenance(table: pa.Table, previous: pa.Table | None) -> pa.Table:
     """Rows equal to a previous row in every non-provenance column take that row's provenance values.
 
     A nightly run then rewrites no shard whose rows did not change (the flow run id and the code
     and params hashes describe the run that first published a row; ``manifest.json`` has this run's).
     """
-    if previous is None or not previous.num_rows or not table.num_rows:
-        return table
-    content = _content_columns(table.schema)
-    if any(c not in previous.column_names for c in (*content, *PROVENANCE_COLUMNS)):
-        return table  # an older layout: nothing is the same row
-    old = {}
-    old_rows = zip(*(previous.column(c).to_pylist() for c in content), strict=True)
-    old_prov = zip(*(previous.column(c).to_pylist() for c in PROVENANCE_COLUMNS), strict=True)
-    for row, prov in zip(old_rows, old_prov, strict=True):
-        old[_freeze(row)] = prov
-    prov_new = {c: table.column(c).to_pylist() for c in PROVENANCE_COLUMNS}
-    changed = False
-    for i, row in enumerate(zip(*(table.column(c).to_pylist() for c in content), strict=True)):
-        prov = old.get(_freeze(row))
-        if prov is not None:
-            for c, v in zip(PROVENANCE_COLUMNS, prov, strict=True):
-                if prov_new[c][i] != v:
-                    prov_new[c][i], changed = v, True
-    if not changed:
-        return table
-    for c in PROVENANCE_COLUMNS:
-        idx = table.schema.get_field_index(c)
-        table = table.set_column(idx, table.schema.field(idx), pa.array(prov_new[c], table.schema.field(idx).type))
-    return table
+    return _Provenance(previous, table.schema).apply(table)
 
 
 def _freeze(row: Iterable) -> tuple:
     return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in row)
-
-
-def _previous_rows(out_dir: Path, direction: str, columns: list[str]) -> pa.Table | None:
-    """``columns`` of the rows of ``direction`` in the version now at ``out_dir`` (None if none or unusable)."""
-    manifest = out_dir / "manifest.json"
-    if not manifest.exists():
-        return None
-    try:
-        shards = json.loads(manifest.read_text(encoding="utf-8"))["shards"]
-        files = [out_dir / s["file"] for s in shards if s["direction"] == direction]
-        tables = [pq.read_table(f, columns=columns) for f in files if f.exists()]
-        return pa.concat_tables(tables, promote_options="permissive") if tables else None
-    except (OSError, ValueError, KeyError, pa.ArrowException):
-        return None  # another layout or a damaged version: rows just take this run's provenance
 
 
 def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shard_bytes: int) -> list[dict]:
@@ -451,6 +462,346 @@ def write_shards(table: pa.Table, out_root: str | Path, direction: str, max_shar
         return list(pool.map(one, plan.keys(), plan.values()))
 
 
+# ------------------------------------------------------------------------------- shard by shard
+# A version is made in three steps that an orchestrator can spread over workers: ``plan_publish``
+# reads the small columns (ids, split, labels, the validated figures, byte sizes), assigns rows to
+# shards and writes that plan beside the version; ``write_planned_shard`` writes one shard from only
+# its rows; ``commit_publish`` writes manifest.json and the card and swaps the version in. Memory is
+# set by the shard's size (``max_shard_bytes``) and one generated part (the Parquet reader holds a
+# column chunk of a row group whole: measured, batches of a one-row-group part cost the part), plus
+# the plan's small columns; never by the image bytes of a direction. The bytes are those the
+# whole-table path (build_rows, keep_provenance, write_shards) writes for the same rows.
+PLAN_DIR = "plan"
+PLAN_ROWS = 1024  # row groups of a plan file: a shard reads only those holding its rows
+PART_BATCH_ROWS = ROW_GROUP_ROWS  # generated rows decoded at a time from one generated part
+SCHEMA_META = b"cycleaug.published_schema"
+_GENERATED_SMALL = ("sample_id", "source_id", "split", "label", "source_uri", "model_fingerprint", "created_at")
+
+
+def staging_dir(out_dir: str | Path) -> Path:
+    """Where the shards of the version being made wait for the commit (beside ``out_dir``)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.staging"
+
+
+def _generated_parts(generated_dir: str | Path, direction: str) -> list[Path]:
+    return sorted((Path(generated_dir) / direction).glob("part-*.parquet"))
+
+
+def _light_rows(files: list[Path], bytes_cols: tuple[str, ...]) -> pa.Table:
+    """The small generated columns of every row in file order, its published size in bytes, whether each
+    bytes column is null, and where its bytes are (``_part``, ``_row``). Read in record batches; of the
+    bytes columns only their lengths are kept."""
+    out = []
+    for p, path in enumerate(files):
+        offset = 0
+        for batch in parquet_batches(path, [*_GENERATED_SMALL, *bytes_cols]):
+            n = batch.num_rows
+            size = np.full(n, ROW_OVERHEAD_BYTES, np.int64)
+            cols = {c: batch.column(c) for c in _GENERATED_SMALL}
+            for c in bytes_cols:
+                size += pc.fill_null(pc.binary_length(batch.column(c)), 0).to_numpy(zero_copy_only=False)
+                cols[f"_null_{c}"] = pc.is_null(batch.column(c))
+            cols |= {"_size": pa.array(size), "_part": pa.array(np.full(n, p, np.int32)),
+                     "_row": pa.array(np.arange(offset, offset + n, dtype=np.int64))}
+            out.append(pa.table(cols))
+            offset += n
+    if out:
+        return pa.concat_tables(out)
+    cols = {c: GENERATED_SCHEMA.field(c).type for c in _GENERATED_SMALL}
+    cols |= {f"_null_{c}": pa.bool_() for c in bytes_cols}
+    cols |= {"_size": pa.int64(), "_part": pa.int32(), "_row": pa.int64()}
+    return pa.schema(list(cols.items())).empty_table()
+
+
+def _validated_index(light: pa.Table, val: pa.Table, direction: str) -> pa.Array:
+    """Row of ``val`` for each generated row (as ``_aligned``: in order, else matched by id)."""
+    gen_ids, val_ids = light.column("sample_id"), val.column("sample_id")
+    if gen_ids.equals(val_ids):
+        return pa.array(np.arange(light.num_rows, dtype=np.int64))
+    if val.num_rows != light.num_rows or pc.count_distinct(val_ids).as_py() != val.num_rows:
+        raise ValueError(f"validated rows of {direction} do not match the generated rows "
+                         f"({val.num_rows} against {light.num_rows}); run validate again")
+    where = pc.index_in(gen_ids, value_set=val_ids.combine_chunks())
+    if where.null_count:
+        missing = gen_ids.filter(pc.is_null(where))[0].as_py()
+        raise ValueError(f"generated sample {missing!r} of {direction} was not validated; run validate again")
+    return where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
+
+
+def _shard_keys(source_ids: pa.ChunkedArray) -> pa.Array:
+    if pc.all(pc.match_substring_regex(source_ids, r"^[0-9a-f]{64}$")).as_py() is not False:
+        return source_ids.combine_chunks()
+    return pa.array([shard_key(s) for s in source_ids.to_pylist()], pa.string())
+
+
+def _previous_shards(out_dir: Path, direction: str) -> list[dict] | None:
+    """The previous version's shard entries of ``direction`` (None when there is none or it is unreadable)."""
+    try:
+        shards = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))["shards"]
+        return [{"file": str(out_dir / s["file"]), "key_prefix": s["key_prefix"]} for s in shards
+                if s["direction"] == direction]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def plan_direction(generated_dir: str | Path, validated_dir: str | Path, direction: str, plan_file: str | Path, *,
+                   provenance: dict, mode: str, size: int | tuple[int, int], max_shard_bytes: int,
+                   sample_rate: int | None = None, out_dir: str | Path | None = None) -> dict:
+    """Plan one direction: its passing rows in shard order, written without their bytes to ``plan_file``,
+    and one spec per output shard (:func:`write_planned_shard`). Reads the generated parts by small
+    columns in record batches and the validated table whole (its scalar columns)."""
+    audio = sample_rate is not None
+    bytes_cols = IMAGE_COLUMNS + (AUDIO_COLUMNS if audio else ())
+    files = _generated_parts(generated_dir, direction)
+    light = _light_rows(files, bytes_cols)
+    # The one read of the validated output: whole, but its columns are small per-sample scalars.
+    val = read_validated(validated_dir, direction)
+    schema = published_schema(val.schema, audio)
+    where = _validated_index(light, val, direction)
+    total = light.num_rows
+    passed = pc.fill_null(val.column("passed").take(where), False)
+    light = light.append_column("_val", where).filter(passed)
+    light = light.append_column("_key", _shard_keys(light.column("source_id")))
+    light = light.sort_by([("_key", "ascending"), ("sample_id", "ascending")])  # stable, as build_rows sorts
+    n = light.num_rows
+    height, width = (size, size) if isinstance(size, int) else size
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {c: light.column(c) for c in _GENERATED_SMALL}
+    cols |= {"direction": pa.repeat(pa.scalar(direction), n), "width": pa.repeat(pa.scalar(width, pa.int32()), n),
+             "height": pa.repeat(pa.scalar(height, pa.int32()), n), "mode": pa.repeat(pa.scalar(mode), n)}
+    if audio:
+        for c in AUDIO_COLUMNS:
+            if pc.any(light.column(f"_null_{c}")).as_py():
+                raise ValueError(f"generated rows of {direction} have no {c}: generate them again as audio")
+        first = _row_bytes(files[light.column("_part")[0].as_py()], light.column("_row")[0].as_py(), "audio") \
+            if n else None
+        cols["sample_rate"] = pa.repeat(pa.scalar(sample_rate, pa.int32()), n)
+        cols["duration_s"] = pa.repeat(pa.scalar(_wav_frames(first) / sample_rate if n else 0.0, pa.float64()), n)
+    for k, v in provenance.items():
+        cols[k] = pa.repeat(pa.scalar(v, schema.field(k).type), n)
+    taken = val.take(light.column("_val"))
+    small = [f for f in schema if f.name not in BYTES_COLUMNS]
+    for f in small:
+        if f.name not in cols:
+            cols[f.name] = taken.column(f.name)
+    table = pa.table({f.name: pc.cast(cols[f.name], f.type) for f in small}
+                     | {"_part": light.column("_part"), "_row": light.column("_row")})
+    meta = {SCHEMA_META: schema.serialize().to_pybytes()}
+    plan_file = Path(plan_file)
+    with atomic_path(plan_file) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp, row_group_size=PLAN_ROWS)
+    keys = light.column("_key").to_pylist()
+    plan = assign_shards(keys, light.column("_size").to_pylist(), max_shard_bytes) if n else {"": []}
+    previous = _previous_shards(Path(out_dir), direction) if out_dir is not None else None
+    specs = []
+    for prefix, idx in plan.items():
+        # Rows come sorted, so each shard is a run of the plan; its previous rows are in the previous
+        # version's shards on the same branch of the trie (an ancestor, itself, or descendants).
+        assert not idx or idx[-1] - idx[0] + 1 == len(idx), prefix
+        prev = None if previous is None else [s["file"] for s in previous
+                                              if prefix.startswith(s["key_prefix"]) or
+                                              s["key_prefix"].startswith(prefix)]
+        specs.append({"direction": direction, "prefix": prefix, "file": shard_name(direction, prefix),
+                      "start": idx[0] if idx else 0, "stop": idx[-1] + 1 if idx else 0, "plan": str(plan_file),
+                      "parts": [str(f) for f in files], "previous": prev})
+    splits = {k: int(v) for k, v in sorted(_value_counts(light.column("split")).items())} if n else {}
+    return {"direction": direction, "rows": n, "dropped": total - n, "splits": splits, "shards": specs,
+            "plan": str(plan_file)}
+
+
+def _row_bytes(path: Path, row: int, column: str) -> bytes:
+    """The value of ``column`` in row ``row`` of a generated part, read in record batches."""
+    offset = 0
+    for batch in parquet_batches(path, [column]):
+        if row < offset + batch.num_rows:
+            return batch.column(0)[row - offset].as_py()
+        offset += batch.num_rows
+    raise IndexError(f"{path}: no row {row}")
+
+
+def _shard_bytes(spec: dict, parts: np.ndarray, where: np.ndarray, columns: list[str]) -> dict[int, pa.Table]:
+    """The bytes columns of a shard's rows, per generated part, in row order. Parts are read one after
+    the other in record batches and only this shard's rows are kept, so memory is the shard's rows plus
+    what the Parquet reader holds of one part (it reads a column chunk of a row group whole)."""
+    out = {}
+    for p in np.unique(parts):
+        needed = np.unique(where[parts == p])
+        pieces, offset = [], 0
+        for batch in parquet_batches(spec["parts"][p], columns, PART_BATCH_ROWS):
+            here = np.arange(offset, offset + batch.num_rows)
+            pos = np.minimum(np.searchsorted(needed, here), len(needed) - 1)
+            keep = needed[pos] == here
+            if keep.any():
+                pieces.append(pa.Table.from_batches([batch]).replace_schema_metadata(None).filter(pa.array(keep)))
+            offset += batch.num_rows
+            if offset > needed[-1]:
+                break
+        out[int(p)] = pa.concat_tables(pieces).combine_chunks()
+    return out
+
+
+def _planned_rows(spec: dict) -> tuple[pa.Schema, pa.Table]:
+    """The published schema and the shard's rows of the plan (small columns and locators)."""
+    plan = pq.ParquetFile(spec["plan"])
+    schema = pa.ipc.read_schema(pa.py_buffer(plan.schema_arrow.metadata[SCHEMA_META]))
+    start, stop = spec["start"], spec["stop"]
+    if stop <= start:
+        return schema, plan.schema_arrow.empty_table()
+    groups = list(range(start // PLAN_ROWS, (stop - 1) // PLAN_ROWS + 1))
+    return schema, plan.read_row_groups(groups).slice(start - groups[0] * PLAN_ROWS, stop - start)
+
+
+def planned_chunks(spec: dict, provenance: _Provenance | None = None) -> Iterator[pa.Table]:
+    """The rows of one planned shard as published tables of at most ROW_GROUP_ROWS rows, in order, their
+    bytes gathered by :func:`_shard_bytes`."""
+    schema, rows = _planned_rows(spec)
+    bytes_cols = [f.name for f in schema if f.name in BYTES_COLUMNS]
+    parts = rows.column("_part").to_numpy()
+    where = rows.column("_row").to_numpy()
+    held = _shard_bytes(spec, parts, where, bytes_cols)
+    needed = {p: np.unique(where[parts == p]) for p in held}
+    if not rows.num_rows:
+        yield schema.empty_table()
+    for s in range(0, rows.num_rows, ROW_GROUP_ROWS):
+        chunk = rows.slice(s, ROW_GROUP_ROWS)
+        cp, cw = parts[s:s + ROW_GROUP_ROWS], where[s:s + ROW_GROUP_ROWS]
+        pieces, order, offset = [], np.zeros(len(cp), np.int64), 0
+        for p in np.unique(cp):
+            sel = np.flatnonzero(cp == p)
+            pieces.append(held[int(p)].take(pa.array(np.searchsorted(needed[int(p)], cw[sel]))))
+            order[sel] = offset + np.arange(len(sel))
+            offset += len(sel)
+        gen = pa.concat_tables(pieces).take(pa.array(order))
+        sid, src = chunk.column("sample_id"), chunk.column("source_id")
+        paths = {"image": (sid, ".png"), "source_image": (src, ".png"), "reconstruction": (sid, ".rec.png"),
+                 "audio": (sid, ".wav"), "source_audio": (src, ".wav"), "reconstruction_audio": (sid, ".rec.wav")}
+        cols = {c: _image(gen.column(c), pc.binary_join_element_wise(paths[c][0], paths[c][1], ""))
+                for c in bytes_cols}
+        table = pa.table({f.name: pc.cast(cols[f.name] if f.name in cols else chunk.column(f.name), f.type)
+                          for f in schema}, schema=schema)
+        yield table if provenance is None else provenance.apply(table)
+
+
+def _previous_for(spec: dict, schema: pa.Schema) -> pa.Table | None:
+    """The previous version's rows under this shard's prefix, content and provenance columns only,
+    read shard by shard in record batches (None if there is none or it is unusable)."""
+    if spec.get("previous") is None:
+        return None
+    columns = [*_content_columns(schema), *PROVENANCE_COLUMNS]
+    prefix = spec["prefix"]
+    try:
+        tables = []
+        for f in spec["previous"]:
+            if not Path(f).exists():
+                continue
+            for batch in parquet_batches(f, columns, PLAN_ROWS):
+                keep = [shard_key(s).startswith(prefix) for s in batch.column("source_id").to_pylist()]
+                tables.append(pa.Table.from_batches([batch]).filter(pa.array(keep, pa.bool_())))
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None  # another layout or a damaged version: rows just take this run's provenance
+
+
+def write_planned_shard(spec: dict, staging: str | Path) -> dict:
+    """Write one planned shard to ``staging/<file>`` from only its rows; its manifest entry.
+
+    Rows are encoded ROW_GROUP_ROWS at a time into one Parquet writer (a row group each, as
+    ``write_shard`` makes them) and the file is hashed as it grows.
+    """
+    schema = _planned_rows(spec)[0]
+    provenance = _Provenance(_previous_for(spec, schema), schema)
+    target = Path(staging) / spec["file"]
+    rows = 0
+    with atomic_path(target) as tmp:
+        follower = _FollowingHash(tmp)
+        try:
+            with pq.ParquetWriter(tmp, schema, **_writer_options(schema)) as writer:
+                for table in planned_chunks(spec, provenance):
+                    writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                    rows += table.num_rows
+        finally:
+            digest = follower.hexdigest()
+    return {"file": spec["file"], "direction": spec["direction"], "key_prefix": spec["prefix"], "rows": rows,
+            "bytes": follower.size, "sha256": digest}
+
+
+def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
+                 mode: str, size: int | tuple[int, int], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 sample_rate: int | None = None) -> dict:
+    """Plan a version of both directions under a fresh :func:`staging_dir`; a small JSON-able dict whose
+    ``shards`` are the specs to hand to :func:`write_planned_shard` (in any order, on any worker that
+    sees these folders) before :func:`commit_publish`."""
+    out_dir = Path(out_dir)
+    staging = staging_dir(out_dir).resolve()  # specs name absolute paths: a worker may run elsewhere
+    shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
+    (staging / PLAN_DIR).mkdir(parents=True)
+    try:
+        plans = [plan_direction(Path(generated_dir).resolve(), validated_dir, d, staging / PLAN_DIR / f"{d}.parquet",
+                                provenance=provenance, mode=mode, size=size, max_shard_bytes=max_shard_bytes,
+                                sample_rate=sample_rate, out_dir=out_dir.resolve()) for d in DIRECTIONS]
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays beside the version
+        raise
+    return {"out_dir": str(out_dir), "staging": str(staging), "provenance": provenance,
+            "max_shard_bytes": max_shard_bytes, "rows": {p["direction"]: p["rows"] for p in plans},
+            "dropped": {p["direction"]: p["dropped"] for p in plans},
+            "splits": {p["direction"]: p["splits"] for p in plans},
+            "shards": [s for p in plans for s in p["shards"]], "schema_from": plans[-1]["plan"]}
+
+
+def staged_shard_in_place(plan: dict, entry: dict) -> bool:
+    """Whether a shard's manifest entry (perhaps from a cache) is staged, or in the current version, with its sha256."""
+    for root in (Path(plan["staging"]), Path(plan["out_dir"])):
+        path = root / entry["file"]
+        if path.exists() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]:
+            return True
+    return False
+
+
+def commit_publish(plan: dict, entries: list[dict], *, card_info: dict | None = None,
+                   published_at: str | None = None) -> PublishResult:
+    """Swap in the planned version: its shards (staged, or unchanged in the current version), manifest.json
+    listing them in plan order and the card. The previous version stays whole until then."""
+    out_dir, staging = Path(plan["out_dir"]), Path(plan["staging"])
+    by_file = {e["file"]: e for e in entries}
+    if sorted(by_file) != sorted(s["file"] for s in plan["shards"]):
+        raise ValueError(f"commit needs every planned shard once; got {sorted(by_file)}")
+    listing = [by_file[s["file"]] for s in plan["shards"]]
+    schema = pa.ipc.read_schema(pa.py_buffer(pq.read_schema(plan["schema_from"]).metadata[SCHEMA_META]))
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "data").mkdir()
+        for e in listing:
+            staged, current = staging / e["file"], out_dir / e["file"]
+            if staged.exists() and staged.stat().st_size == e["bytes"]:  # written by this run: hashed then
+                os.replace(staged, tmp / e["file"])
+            elif current.exists() and sha256_file(current) == e["sha256"]:  # a cached shard, unchanged
+                shutil.copyfile(current, tmp / e["file"])
+            else:
+                raise FileNotFoundError(f"{e['file']}: shard missing or changed since it was written; publish again")
+        manifest = {
+            "format": FORMAT,
+            "published_at": published_at or datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "rows": plan["rows"], "dropped": plan["dropped"], "splits": plan["splits"], "shards": listing,
+            "provenance": plan["provenance"], "max_shard_bytes": plan["max_shard_bytes"],
+            "columns": {f.name: str(f.type) for f in schema},
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+        (tmp / "README.md").write_text(dataset_card(manifest, schema, **(card_info or {})), encoding="utf-8")
+    shutil.rmtree(staging, ignore_errors=True)
+    return PublishResult(str(out_dir), str(out_dir / "manifest.json"), plan["rows"], plan["dropped"], len(listing))
+
+
+def write_planned_shards(plan: dict, workers: int | None = None) -> list[dict]:
+    """Every planned shard, on up to ``workers`` threads (pyarrow and hashlib release the GIL); memory
+    is a few row groups a thread."""
+    specs = plan["shards"]
+    n = workers or max(1, min(len(specs), os.cpu_count() or 1, MAX_WRITER_THREADS))
+    if n == 1:
+        return [write_planned_shard(s, plan["staging"]) for s in specs]
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(write_planned_shard, specs, [plan["staging"]] * len(specs)))
+
+
 def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
             mode: str, size: int | tuple[int, int], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
             card_info: dict | None = None, published_at: str | None = None,
@@ -459,34 +810,14 @@ def publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str |
 
     ``provenance`` holds the run's ``code_version``, ``params_hash``, ``seed`` and ``flow_run_id``;
     ``card_info`` optional extras for the card (``figures`` per direction, ``model``, ``sources``).
+    Plan, every shard, commit: what a task runner maps over shards, here in one process.
     """
-    out_dir = Path(out_dir)
-    rows_out: dict[str, int] = {}
-    dropped: dict[str, int] = {}
-    listing: list[dict] = []
-    splits: dict[str, dict[str, int]] = {}
-    schema = None
-    with atomic_dir(out_dir) as tmp:
-        for direction in DIRECTIONS:
-            table, dropped[direction] = build_rows(generated_dir, validated_dir, direction, provenance=provenance,
-                                                   mode=mode, size=size, sample_rate=sample_rate)
-            table = keep_provenance(table, _previous_rows(out_dir, direction,
-                                                          [*_content_columns(table.schema), *PROVENANCE_COLUMNS]))
-            schema = table.schema
-            rows_out[direction] = table.num_rows
-            splits[direction] = {k: int(v) for k, v in sorted(_value_counts(table.column("split")).items())}
-            listing += write_shards(table, tmp, direction, max_shard_bytes)
-        assert schema is not None
-        manifest = {
-            "format": FORMAT,
-            "published_at": published_at or datetime.now(UTC).replace(microsecond=0).isoformat(),
-            "rows": rows_out, "dropped": dropped, "splits": splits, "shards": listing,
-            "provenance": provenance, "max_shard_bytes": max_shard_bytes,
-            "columns": {f.name: str(f.type) for f in schema},
-        }
-        write_json_atomic(tmp / "manifest.json", manifest)
-        (tmp / "README.md").write_text(dataset_card(manifest, schema, **(card_info or {})), encoding="utf-8")
-    return PublishResult(str(out_dir), str(out_dir / "manifest.json"), rows_out, dropped, len(listing))
+    plan = plan_publish(generated_dir, validated_dir, out_dir, provenance=provenance, mode=mode, size=size,
+                        max_shard_bytes=max_shard_bytes, sample_rate=sample_rate)
+    try:
+        return commit_publish(plan, write_planned_shards(plan), card_info=card_info, published_at=published_at)
+    finally:
+        shutil.rmtree(plan["staging"], ignore_errors=True)
 
 
 def _value_counts(arr: pa.ChunkedArray) -> dict[str, int]:

@@ -12,12 +12,31 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .figures import BY_NAME
-from .generate import read_generated
 from .images import decode_png
-from .storage import atomic_path
+from .storage import atomic_path, parquet_batches
 from .validate import read_validated
+
+GRID_COLUMNS = ["sample_id", "split", "cycle_l1", "cycle_psnr", "cycle_ssim", "pred_label", "label_ok"]
+
+
+def generated_rows(generated_dir: str | Path, direction: str, ids: set[str], columns: list[str]) -> list[dict]:
+    """The generated rows of ``direction`` whose sample id is in ``ids``, in file order, with ``columns``:
+    the parts are read in record batches and only those rows are kept, so a picture of a few rows reads a
+    few rows' images whatever the collection's size."""
+    out: list[dict] = []
+    if not ids:
+        return out
+    wanted = pa.array(sorted(ids), pa.string())
+    for f in sorted((Path(generated_dir) / direction).glob("part-*.parquet")):
+        for batch in parquet_batches(f, ["sample_id", *columns], 256):
+            mask = pc.is_in(batch.column("sample_id"), value_set=wanted)
+            if pc.any(mask).as_py():
+                out += batch.filter(mask).to_pylist()
+    return out
 
 
 def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction: str, out_png: str | Path,
@@ -25,17 +44,18 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
     """input | translation | reconstruction for the best and worst held-out rows by cycle L1.
 
     ``spectrogram``: the pictures are spectrograms (low frequencies drawn at the bottom, in colour).
+    The rows are chosen on the validated output's scalar columns; only their images are read.
     """
-    gen = read_generated(generated_dir, direction, ["sample_id", "split", "label", "source_image", "image",
-                                                    "reconstruction"])
-    val = read_validated(validated_dir, direction).to_pylist()
+    val = read_validated(validated_dir, direction).select(GRID_COLUMNS).to_pylist()
     if not val:
         return None
-    by_id = {r["sample_id"]: r for r in gen.to_pylist()}
     pool = [v for v in val if v["split"] == "test"] or val
     pool.sort(key=lambda v: v["cycle_l1"])
     k = min(rows, (len(pool) + 1) // 2)
     panels = [("best", pool[:k]), ("worst", pool[::-1][:k])]
+    chosen = {v["sample_id"] for _, items in panels for v in items}
+    by_id = {r["sample_id"]: r for r in generated_rows(generated_dir, direction, chosen,
+                                                       ["label", "source_image", "image", "reconstruction"])}
     src, dst = direction[0], direction[-1]
     fig, axes = plt.subplots(k, 6, figsize=(7.2, 1.25 * k + 0.6), squeeze=False)
     for col0, (title, items) in zip((0, 3), panels, strict=True):
@@ -250,19 +270,19 @@ def listening_rows(generated_dir: str | Path, validated_dir: str | Path, directi
     """The best and worst held-out audio rows by cycle L1, as :func:`cyclegan_core.audio.listening_page` rows."""
     from .audio import uint8_to_picture
 
-    val = read_validated(validated_dir, direction).to_pylist()
+    table = read_validated(validated_dir, direction)
+    val = table.select([c for c in ("sample_id", "split", "cycle_l1", "pred_label", "cycle_si_sdr", "cycle_lsd",
+                                    "inversion_lsd", "realism") if c in table.column_names]).to_pylist()
     if not val:
         return []
     pool = sorted([v for v in val if v["split"] == "test"] or val, key=lambda v: v["cycle_l1"])
     k = min(rows // 2 or 1, (len(pool) + 1) // 2)
     chosen = {v["sample_id"]: v for v in pool[:k] + pool[::-1][:k]}
-    gen = read_generated(generated_dir, direction, ["sample_id", "label", "source_image", "image", "reconstruction",
-                                                    "source_audio", "audio", "reconstruction_audio"])
+    gen = generated_rows(generated_dir, direction, set(chosen), ["label", "source_image", "image", "reconstruction",
+                                                                 "source_audio", "audio", "reconstruction_audio"])
     out = []
-    for g in gen.to_pylist():
-        v = chosen.get(g["sample_id"])
-        if v is None:
-            continue
+    for g in gen:
+        v = chosen[g["sample_id"]]
         pics = {kind: uint8_to_picture(decode_png(g[col])[None])[0]
                 for kind, col in (("source", "source_image"), ("translation", "image"), ("cycle", "reconstruction"))}
         out.append({

@@ -358,3 +358,18 @@ def download_dir(url: str, local: str | Path, *, commit_file: str, retries: int 
                                           backoff_s=backoff_s, sleep=sleep))
     return True
 
+
+
+# --- Parquet in bounded pieces ----------------------------------------------------------------
+
+PARQUET_READ_BUFFER = 1 << 20
+
+
+def parquet_batches(path: str | Path, columns: list[str], rows: int = 100) -> Iterator[Any]:
+    """Record batches of ``rows`` rows of a local Parquet file, with memory set by ``rows`` and the page
+    size rather than the row group's: pages are streamed through a read buffer and decoded on this thread
+    (with threads, pyarrow reads whole column chunks ahead)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, buffer_size=PARQUET_READ_BUFFER).iter_batches(rows, columns=columns,
+                                                                                use_threads=False)

@@ -20,6 +20,7 @@ two variances: between seeds, and of the test set (over its samples, of the seed
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import time
@@ -29,14 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config, ConfigError, UtilityBounds
-from .generate import SOURCE_DOMAIN, read_generated
+from .generate import SOURCE_DOMAIN
 from .images import decode_png, to_tensor
-from .ingest import manifest_images, read_manifest
+from .storage import parquet_batches
 from .validate import read_validated
 
 ARMS = ("few_real", "few_real_plus_published", "published_only", "source_only", "few_real_plus_all", "all_real")
@@ -173,33 +175,93 @@ def _labelled(table: pa.Table) -> bool:
     return bool(values) and None not in values
 
 
+DECODE_ROWS = 256  # PNGs read at a time from a Parquet file
+
+
+def bounded_sample(ids: list[str], limit: int, salt: str) -> np.ndarray:
+    """Positions (ascending) of at most ``limit`` of ``ids``: all of them when they fit, else those whose
+    sha256 of ``salt`` and the id is smallest, so the same samples are drawn whatever the order or the run."""
+    if len(ids) <= limit:
+        return np.arange(len(ids))
+    keys = np.array([hashlib.sha256(f"{salt}\0{s}".encode()).digest() for s in ids])
+    return np.sort(np.argsort(keys, kind="stable")[:limit])
+
+
+def decode_at(files: list[Path], column: str, positions: np.ndarray) -> np.ndarray:
+    """The PNGs of ``column`` at ``positions`` (ascending, counted over ``files`` in order) as one uint8
+    (N, H, W, C) array, read DECODE_ROWS rows at a time: only the chosen rows are ever decoded."""
+    out: list[np.ndarray] = []
+    offset, j = 0, 0
+    if not len(positions):  # an empty set still has the pictures' shape, to stack with the others
+        first = next((b for f in files for b in parquet_batches(f, [column], 1) if b.num_rows), None)
+        return np.zeros((0, *decode_png(first.column(0)[0].as_py()).shape) if first else (0, 0, 0, 0), np.uint8)
+    for f in files:
+        for batch in parquet_batches(f, [column], DECODE_ROWS):
+            hi = int(np.searchsorted(positions, offset + batch.num_rows))
+            col = batch.column(0)
+            out += [decode_png(col[int(p) - offset].as_py()) for p in positions[j:hi]]
+            j, offset = hi, offset + batch.num_rows
+            if j == len(positions):
+                return np.stack(out)
+    if j < len(positions):
+        raise IndexError(f"{column}: {len(positions) - j} rows beyond the {offset} rows of {[str(f) for f in files]}")
+    return np.stack(out)
+
+
+def _small(path: str | Path, columns: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=columns)
+
+
 def _direction_sets(cfg: Config, direction: str, generated_dir: str | Path, validated_dir: str | Path,
                     manifests: dict[str, str | Path]) -> dict | str:
-    """The training and evaluation sets of one direction, or why the direction cannot be measured."""
+    """The training and evaluation sets of one direction, or why the direction cannot be measured.
+
+    Each set is at most ``utility.max_train_samples`` (the evaluation set ``max_eval_samples``) samples,
+    drawn by sample id (:func:`bounded_sample`); the ids, labels and pass flags are read as small columns
+    and only the drawn rows' PNGs are decoded, in batches."""
+    u = cfg.utility
     target = direction[-1]
     source = SOURCE_DOMAIN[direction]
-    real_train = read_manifest(manifests[target], ("train",))
-    held_out = read_manifest(manifests[target], ("test",))
+    manifest = _small(manifests[target], ["sample_id", "split", "label"])
+    split = manifest.column("split").to_pylist()
+    real_pos = np.array([i for i, s in enumerate(split) if s == "train"], np.int64)
+    held_pos = np.array([i for i, s in enumerate(split) if s == "test"], np.int64)
+    real_train, held_out = manifest.take(real_pos), manifest.take(held_pos)
     if not (_labelled(real_train) and _labelled(held_out)):
         return f"the target collection {target} has no labels (labels.csv) for every sample"
-    gen = read_generated(generated_dir, direction, ["sample_id", "label", "source_image", "image"])
-    if not gen.num_rows or None in gen.column("label").to_pylist():
+    files = sorted((Path(generated_dir) / direction).glob("part-*.parquet"))
+    gen = pa.concat_tables([_small(f, ["sample_id", "label"]) for f in files]) if files else None
+    if gen is None or not gen.num_rows or None in gen.column("label").to_pylist():
         return f"the sources ({source}) have no labels (labels.csv) for every sample"
-    passed = dict(zip(*(read_validated(validated_dir, direction).column(c).to_pylist()
-                        for c in ("sample_id", "passed")), strict=True))
-    keep = np.asarray([bool(passed.get(s)) for s in gen.column("sample_id").to_pylist()], dtype=bool)
-    evaluation = held_out.filter(pa.array(half_mask(held_out.column("sample_id").to_pylist(), "test", "evaluation")))
-    if not evaluation.num_rows:
+    # The validated output, read whole for two of its small columns.
+    val = read_validated(validated_dir, direction).select(["sample_id", "passed"])
+    passed = dict(zip(*(val.column(c).to_pylist() for c in ("sample_id", "passed")), strict=True))
+    ids = gen.column("sample_id").to_pylist()
+    keep = np.flatnonzero([bool(passed.get(s)) for s in ids])
+    in_eval = half_mask(held_out.column("sample_id").to_pylist(), "test", "evaluation")
+    eval_pos = held_pos[np.flatnonzero(in_eval)]
+    if not len(eval_pos):
         return f"no held-out {target} samples in the evaluation half"
-    decode = lambda col: np.stack([decode_png(b) for b in gen.column(col).to_pylist()])  # noqa: E731
-    translated, sources = decode("image"), decode("source_image")
+    target_ids = manifest.column("sample_id").to_pylist()
+
+    def drawn(pos: np.ndarray, limit: int, name: str, pool: list[str]) -> np.ndarray:
+        return pos[bounded_sample([pool[i] for i in pos], limit, f"utility:{direction}:{name}")]
+
+    real_pos = drawn(real_pos, u.max_train_samples, "real", target_ids)
+    eval_pos = drawn(eval_pos, u.max_eval_samples, "evaluation", target_ids)
+    pub_pos = drawn(keep, u.max_train_samples, "published", ids)
+    all_pos = drawn(np.arange(len(ids)), u.max_train_samples, "all", ids)
+    union = np.union1d(pub_pos, all_pos)
+    translated = decode_at(files, "image", union)
     labels = np.asarray(gen.column("label").to_pylist(), dtype=np.int64)
+    target_labels = np.asarray(manifest.column("label").to_pylist(), dtype=np.int64)
+    target_file = [Path(manifests[target])]
     return {
-        "real": (manifest_images(real_train), np.asarray(real_train.column("label").to_pylist(), dtype=np.int64)),
-        "published": (translated[keep], labels[keep]),
-        "all": (translated, labels),
-        "source": (sources[keep], labels[keep]),
-        "test": (manifest_images(evaluation), np.asarray(evaluation.column("label").to_pylist(), dtype=np.int64)),
+        "real": (decode_at(target_file, "image", real_pos), target_labels[real_pos]),
+        "published": (translated[np.searchsorted(union, pub_pos)], labels[pub_pos]),
+        "all": (translated[np.searchsorted(union, all_pos)], labels[all_pos]),
+        "source": (decode_at(files, "source_image", pub_pos), labels[pub_pos]),
+        "test": (decode_at(target_file, "image", eval_pos), target_labels[eval_pos]),
     }
 
 
@@ -293,6 +355,7 @@ def settings(cfg: Config) -> dict:
     u = cfg.utility
     return {"labels_per_class": u.labels_per_class, "seeds": u.seeds, "steps": u.steps, "batch_size": u.batch_size,
             "lr": u.lr, "model": u.model or "cyclegan_core.utility:small_cnn",
+            "max_train_samples": u.max_train_samples, "max_eval_samples": u.max_eval_samples,
             "evaluation": "held-out target samples of the 'evaluation' half (by content hash), unseen by "
                           "judges, realism calibration and FID/KID", "interval": "95% normal, seeds + test set"}
 

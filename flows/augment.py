@@ -1,8 +1,8 @@
 """The augmentation flow: ingest -> train or reuse -> generate (mapped over shards) -> validate (mapped
 over shards, then merged; the gate) -> utility (train on it, test on real; its bounds gate too) -> publish
--> report.
+(mapped over shards, then committed) -> report.
 
-Generation and validation run as subflows on the task runner ``orchestrate.task_runner`` names:
+Generation, validation and publishing run as subflows on the task runner ``orchestrate.task_runner`` names:
 threads in this process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
 validation and publishing are cached on the content hashes of their inputs, so a run with nothing
 new does none of them again and says why in its log. Results are persisted as JSON (never pickle),
@@ -12,14 +12,17 @@ take turns (:mod:`tasks.policies`).
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cyclegan_core import overview, pipeline
+from cyclegan_core import publish as pub
 from cyclegan_core.config import Config, load_config
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.generate import now_stamp
@@ -98,6 +101,37 @@ def validate_shards(params: str, overrides: list[str], generated: dict) -> dict:
     return {"validated": validated, "cached": cached}
 
 
+@flow(name="cycleaug-publish", persist_result=True, result_serializer="json")
+def publish_shards(params: str, overrides: list[str], flow_run_id: str | None, content: dict) -> dict:
+    """Plan the version here, write every shard as its own task run (mapped), then one commit that writes
+    manifest.json and the card and swaps the version in. A rerun with the same inputs is all cache hits."""
+    cfg = load_config(params, tuple(overrides))
+    # The whole of it holds the orchestrate.concurrency_limit slot: two runs never publish at once.
+    with concurrency(cfg.orchestrate.concurrency_limit, occupy=1, strict=False):
+        return _publish_version(cfg, flow_run_id, content)
+
+
+def _publish_version(cfg: Config, flow_run_id: str | None, content: dict) -> dict:
+    plan = configured(steps.plan_publish, cfg)(cfg, flow_run_id)
+    try:
+        shard_task = configured(steps.publish_shard, cfg, timeout=False)
+        specs = plan["shards"]
+        futures = shard_task.map(spec=specs, staging=unmapped(plan["staging"]),
+                                 content=[steps.shard_content(content, s) for s in specs])
+        entries = []
+        for spec, future in zip(specs, futures, strict=True):
+            entry, _ = _cached_or_refreshed(
+                future.result(), future.state.name == "Cached",
+                lambda s=spec: shard_task.with_options(refresh_cache=True)(
+                    spec=s, staging=plan["staging"], content=steps.shard_content(content, s)),
+                lambda r: pub.staged_shard_in_place(plan, r), f"published shard {spec['file']}")
+            entries.append(entry)
+        committed, cached = _step(configured(steps.commit_publish, cfg), cfg, "publish", plan, entries, content)
+    finally:
+        shutil.rmtree(plan["staging"], ignore_errors=True)
+    return committed | {"cached": cached}
+
+
 def _cached_or_refreshed(result: dict, cached: bool, rerun, in_place, what: str) -> tuple[dict, bool]:
     """The one way a content-cached task's result is used: a fresh result as it is; a cached one if
     ``in_place(result)`` finds its files unchanged, else ``rerun()`` (the task with ``refresh_cache``).
@@ -174,8 +208,11 @@ def _pipeline(params: str, overrides: list[str] | None, retrain: bool) -> dict:
         log.info("utility reused: validation, manifests, utility settings and code unchanged")
     t = lap("utility", t)
     pipeline.gated(cfg, check_utility, utility)
-    published, pub_cached = _step(configured(steps.publish, cfg), cfg, "publish", str(flow_run.id) if flow_run.id
-                                  else None, steps.publish_content(cfg, generated, validated, model, utility))
+    published = publish_shards.with_options(task_runner=task_runner_for(cfg),
+                                            timeout_seconds=cfg.orchestrate.step_timeout_s)(
+        params, overrides, str(flow_run.id) if flow_run.id else None,
+        steps.publish_content(cfg, generated, validated, model, utility))
+    pub_cached = published.pop("cached")
     if pub_cached:
         log.info("nothing new to publish: the published version at %s already holds these rows",
                  cfg.paths.published)

@@ -1,12 +1,13 @@
 """The pipeline steps as Prefect tasks. Each calls ``cyclegan_core`` and returns what it wrote (paths,
 hashes, counts), never tensors or images.
 
-Generation and validation's scoring are one task per shard (``generate_shard``, ``validate_shard``),
-so a task runner can spread shards over workers, each running torch on its share of the host's
-cores; generation, validation and publishing are cached on the content hashes of their inputs (see
-:mod:`tasks.policies`), so a rerun with nothing changed does none of them again. Every
-cached result names the files it stands for with their sha256; :func:`outputs_in_place` checks
-them, and the flow recomputes (``refresh_cache``) when they were deleted or changed since.
+Generation, validation's scoring and publishing's shard writing are one task per shard
+(``generate_shard``, ``validate_shard``, ``publish_shard``), so a task runner can spread shards over
+workers, each running torch on its share of the host's cores; generation, validation and publishing
+are cached on the content hashes of their inputs (see :mod:`tasks.policies`), so a rerun with nothing
+changed does none of them again. Every cached result names the files it stands for with their sha256;
+:func:`outputs_in_place` checks them, and the flow recomputes (``refresh_cache``) when they were
+deleted or changed since.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from cyclegan_core import generate as gen
 from cyclegan_core import inputs, overview, pipeline
+from cyclegan_core import publish as pub
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.devices import torch_threads
 from cyclegan_core.figures import summary_line
@@ -303,14 +305,32 @@ def publish_outputs(cfg: Config) -> dict[str, str]:
     return _files(*files)
 
 
-@task(name="publish", cache_policy=CONTENT)
-def publish(cfg: Config, flow_run_id: str | None, content: dict) -> dict:
-    """Publish a new version, holding the ``orchestrate.concurrency_limit`` slot while writing."""
-    del content
-    from prefect.concurrency.sync import concurrency
+@task(name="plan-publish")
+def plan_publish(cfg: Config, flow_run_id: str | None) -> dict:
+    """Check the gates and plan the version: which rows go to which shard, from the small columns alone."""
+    plan = pipeline.step_publish_plan(cfg, flow_run_id)
+    get_run_logger().info("planned %s rows in %d shards (%s dropped by the gate)", plan["rows"], len(plan["shards"]),
+                          plan["dropped"])
+    return plan
 
-    with concurrency(cfg.orchestrate.concurrency_limit, occupy=1, strict=False):
-        result = pipeline.step_publish(cfg, flow_run_id)
+
+@task(name="publish-shard", cache_policy=CONTENT, task_run_name="publish-{spec[direction]}-{spec[prefix]}")
+def publish_shard(spec: dict, staging: str, content: dict) -> dict:
+    """Encode and hash one shard of the version from only its rows; its manifest entry."""
+    del content  # the cache key: the version's inputs and this shard's place in it
+    return pub.write_planned_shard(spec, staging)
+
+
+def shard_content(content: dict, spec: dict) -> dict:
+    """What one published shard depends on: the version's inputs, and which rows of the plan it holds."""
+    return content | {"shard": spec["file"], "rows": spec["stop"] - spec["start"]}
+
+
+@task(name="publish", cache_policy=CONTENT)
+def commit_publish(cfg: Config, plan: dict, shards: list[dict], content: dict) -> dict:
+    """Swap in the version (manifest.json, card), upload it and write the reports."""
+    del content
+    result = pipeline.step_publish_commit(cfg, plan, shards)
     manifest = read_json(result.manifest)
     create_markdown_artifact(
         (Path(cfg.paths.published) / "README.md").read_text(encoding="utf-8").split("---", 2)[-1],

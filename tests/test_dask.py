@@ -58,3 +58,16 @@ def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_
     local_val, dask_val = tmp_path / "local" / "validated", tmp_path / "dask" / "validated"
     assert shards(dask_val) == shards(local_val) and len(shards(dask_val)) == 4
     assert (dask_val / "summary.json").read_bytes() == (local_val / "summary.json").read_bytes()
+
+    # Publishing mapped on Dask (a task a shard): the bytes the local loop writes for the same rows and run id.
+    import json
+
+    from cyclegan_core.config import load_config
+    from cyclegan_core.publish import publish
+    cfg, out = load_config(dask), tmp_path / "dask" / "published"
+    m = json.loads((out / "manifest.json").read_text())
+    publish(cfg.paths.generated, cfg.paths.validated, tmp_path / "loop", provenance=m["provenance"],
+            mode=cfg.data.picture_mode, size=cfg.data.shape, max_shard_bytes=m["max_shard_bytes"])
+    files = {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+    assert files == {p.name: p.read_bytes() for p in sorted((tmp_path / "loop" / "data").glob("*.parquet"))}
+    assert len(files) == len(m["shards"]) == 2 and on_dask["publish"]["rows"] == first["publish"]["rows"]

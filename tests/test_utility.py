@@ -145,3 +145,52 @@ def test_untrained_translations_fail_min_utility_gain_and_publish_nothing(tmp_pa
     assert set(ARMS) <= set(doc["AtoB"]) and doc["passed"] is False
     assert (reports / "utility.png").exists()
     assert "Failed utility bounds" in (reports / "report.md").read_text(encoding="utf-8")
+
+
+def test_training_sets_are_bounded_draws_by_sample_id(tmp_path, collections):
+    """Sets larger than ``utility.max_train_samples`` (``max_eval_samples``) are drawn by sample id, the same
+    whatever the order; within the bounds a set is whole and decodes to the arrays of the whole tables."""
+    from cyclegan_core.generate import read_generated
+    from cyclegan_core.images import decode_png
+    from cyclegan_core.ingest import manifest_images, read_manifest
+    from cyclegan_core.utility import _direction_sets, bounded_sample
+
+    ids = [f"{i:064x}" for i in range(100)]
+    drawn = bounded_sample(ids, 10, "s")
+    assert len(drawn) == 10 and list(drawn) == sorted(drawn)
+    again = bounded_sample(ids[::-1], 10, "s")
+    assert sorted(ids[::-1][i] for i in again) == sorted(ids[i] for i in drawn)
+    assert not np.array_equal(drawn, bounded_sample(ids, 10, "t"))
+    assert np.array_equal(bounded_sample(ids, 100, "s"), np.arange(100))
+
+    raw = tiny_settings(tmp_path / "work", *collections)
+    cfg = config_from_dict(raw)
+    for step in (pipeline.step_ingest, pipeline.step_train, pipeline.step_generate, pipeline.step_validate):
+        step(cfg)
+    manifests = {d: pipeline.manifest_path(cfg, d) for d in ("A", "B")}
+    whole = _direction_sets(cfg, "AtoB", cfg.paths.generated, cfg.paths.validated, manifests)
+    gen = read_generated(cfg.paths.generated, "AtoB")
+    assert np.array_equal(whole["all"][0], np.stack([decode_png(b) for b in gen.column("image").to_pylist()]))
+    assert np.array_equal(whole["real"][0], manifest_images(read_manifest(manifests["B"], ("train",))))
+    assert len(whole["published"][0]) == len(whole["source"][0]) > 5 and len(whole["test"][0]) >= 1
+    capped = config_from_dict({**raw, "utility": {**raw["utility"], "max_train_samples": 5, "max_eval_samples": 2}})
+    sets = _direction_sets(capped, "AtoB", cfg.paths.generated, cfg.paths.validated, manifests)
+    assert {k: len(sets[k][0]) for k in sets} == {"real": 5, "published": 5, "all": 5, "source": 5,
+                                                  "test": min(2, len(whole["test"][0]))}
+    for k in ("all", "published", "real"):  # each drawn sample is one of the whole set's, with its label
+        label_of = {x.tobytes(): y for x, y in zip(*whole[k], strict=True)}
+        assert all(label_of[x.tobytes()] == y for x, y in zip(*sets[k], strict=True))
+
+
+def test_report_pictures_read_only_the_rows_they_show(tmp_path):
+    from cyclegan_core.generate import read_generated
+    from cyclegan_core.report import generated_rows
+    from tests._published import synthetic_inputs
+
+    gen, _ = synthetic_inputs(tmp_path, 300, size=8)
+    table = read_generated(gen, "AtoB")
+    wanted = set(table.column("sample_id").to_pylist()[::37])
+    rows = generated_rows(gen, "AtoB", wanted, ["image"])
+    assert {r["sample_id"] for r in rows} == wanted and len(rows) == len(wanted)
+    by_id = dict(zip(table.column("sample_id").to_pylist(), table.column("image").to_pylist(), strict=True))
+    assert all(r["image"] == by_id[r["sample_id"]] for r in rows)
