@@ -73,8 +73,9 @@ KEYS: dict[str, Inputs] = {
                          why="the validated figures, per-sample scores, the gate and its report"),
     "utility": Inputs(("utility",), ("utility", "classifiers", "report"), why="the downstream-utility report"),
     "publication": Inputs(("data", "model", "train", "generate", "validate", "utility", "publish"),
-                          ("publish", "report", "pipeline"),
-                          why="a published version (its rows record this settings digest as params_hash)"),
+                          ("publish", "report", "pipeline", "flags", "history"),
+                          why="a published version (its rows record this settings digest as params_hash); the "
+                              "analysts' flags file is one of its data inputs"),
 }
 
 
@@ -118,8 +119,10 @@ STAGES: dict[str, Stage] = {
                       deps=("data/ingest", "data/models", "data/generated")),
     "utility": Stage("cycleaug utility --strict", ("utility",),
                      deps=("data/ingest", "data/generated", "data/validated")),
-    "publish": Stage("cycleaug publish", ("publication",), reads=("paths.published", "paths.publish_url"),
-                     deps=("data/ingest", "data/models", "data/generated", "data/validated", "reports/utility.json")),
+    "publish": Stage("cycleaug publish", ("publication",),
+                     reads=("paths.published", "paths.publish_url", "paths.flags"),
+                     deps=("data/ingest", "data/models", "data/generated", "data/validated", "reports/utility.json",
+                           "data/flags.parquet")),
 }
 
 

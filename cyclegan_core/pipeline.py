@@ -18,13 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import inputs
+from . import flags, inputs
 from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp
+from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
 from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -403,10 +404,13 @@ def step_publish_plan(cfg: Config, flow_run_id: str | None = None) -> dict:
     to :func:`step_publish_commit`."""
     provenance = _publication(cfg, flow_run_id)[-1]
     audio = cfg.data.audio_settings
+    by_direction: dict[str, set[str]] = {}
+    for direction, source_id in flags.flagged(cfg.paths.flags):
+        by_direction.setdefault(direction, set()).add(source_id)
     return plan_publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, provenance=provenance,
                         mode=cfg.data.picture_mode, size=cfg.data.shape,
                         max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20),
-                        sample_rate=audio.sample_rate if audio is not None else None)
+                        sample_rate=audio.sample_rate if audio is not None else None, flagged=by_direction)
 
 
 def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishResult:
@@ -442,7 +446,8 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
         "gate_passed": True,
         "model": {"fingerprint": model["fingerprint"], "steps": model["steps"],
                   "train_seconds": model["train_seconds"]},
-        "published": {"rows": result.rows, "dropped": result.dropped, "shards": result.shards,
+        "published": {"rows": result.rows, "dropped": result.dropped, "flagged": plan.get("flagged", {}),
+                      "shards": result.shards,
                       "url": redact_url(cfg.paths.publish_url) if cfg.paths.publish_url else None},
         "domain_judge": summary.get("domain_judge"),
         **{d: summary["directions"][d] for d in DIRECTIONS},
@@ -450,6 +455,11 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
                     or utility[d] for d in DIRECTIONS},
     }
     write_json_atomic(reports / "metrics.json", nan_to_none(metrics))
+    manifest = read_json(Path(result.manifest))
+    append_history(reports / HISTORY_FILE, run_id=plan["provenance"].get("flow_run_id"),
+                   published_at=manifest["published_at"], model=model["fingerprint"], rows=result.rows,
+                   dropped=result.dropped, figures=summary["directions"], utility=utility)
+    history_chart(reports / HISTORY_FILE, reports / HISTORY_PNG)
     return result
 
 

@@ -547,10 +547,12 @@ def _previous_shards(out_dir: Path, direction: str) -> list[dict] | None:
 
 def plan_direction(generated_dir: str | Path, validated_dir: str | Path, direction: str, plan_file: str | Path, *,
                    provenance: dict, mode: str, size: int | tuple[int, int], max_shard_bytes: int,
-                   sample_rate: int | None = None, out_dir: str | Path | None = None) -> dict:
+                   sample_rate: int | None = None, out_dir: str | Path | None = None,
+                   flagged: set[str] | None = None) -> dict:
     """Plan one direction: its passing rows in shard order, written without their bytes to ``plan_file``,
     and one spec per output shard (:func:`write_planned_shard`). Reads the generated parts by small
-    columns in record batches and the validated table whole (its scalar columns)."""
+    columns in record batches and the validated table whole (its scalar columns). Rows whose source id
+    is in ``flagged`` (flagged by an analyst, :mod:`cyclegan_core.flags`) are left out and counted."""
     audio = sample_rate is not None
     bytes_cols = IMAGE_COLUMNS + (AUDIO_COLUMNS if audio else ())
     files = _generated_parts(generated_dir, direction)
@@ -562,6 +564,11 @@ def plan_direction(generated_dir: str | Path, validated_dir: str | Path, directi
     total = light.num_rows
     passed = pc.fill_null(val.column("passed").take(where), False)
     light = light.append_column("_val", where).filter(passed)
+    n_flagged = 0
+    if flagged:
+        keep = pa.array([sid not in flagged for sid in light.column("source_id").to_pylist()], pa.bool_())
+        n_flagged = light.num_rows - pc.sum(keep.cast(pa.int64())).as_py() if light.num_rows else 0
+        light = light.filter(keep)
     light = light.append_column("_key", _shard_keys(light.column("source_id")))
     light = light.sort_by([("_key", "ascending"), ("sample_id", "ascending")])  # stable, as build_rows sorts
     n = light.num_rows
@@ -605,8 +612,8 @@ def plan_direction(generated_dir: str | Path, validated_dir: str | Path, directi
                       "start": idx[0] if idx else 0, "stop": idx[-1] + 1 if idx else 0, "plan": str(plan_file),
                       "parts": [str(f) for f in files], "previous": prev})
     splits = {k: int(v) for k, v in sorted(_value_counts(light.column("split")).items())} if n else {}
-    return {"direction": direction, "rows": n, "dropped": total - n, "splits": splits, "shards": specs,
-            "plan": str(plan_file)}
+    return {"direction": direction, "rows": n, "dropped": total - n - n_flagged, "flagged": n_flagged,
+            "splits": splits, "shards": specs, "plan": str(plan_file)}
 
 
 def _row_bytes(path: Path, row: int, column: str) -> bytes:
@@ -727,10 +734,11 @@ def write_planned_shard(spec: dict, staging: str | Path) -> dict:
 
 def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
                  mode: str, size: int | tuple[int, int], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 sample_rate: int | None = None) -> dict:
+                 sample_rate: int | None = None, flagged: dict[str, set[str]] | None = None) -> dict:
     """Plan a version of both directions under a fresh :func:`staging_dir`; a small JSON-able dict whose
     ``shards`` are the specs to hand to :func:`write_planned_shard` (in any order, on any worker that
-    sees these folders) before :func:`commit_publish`."""
+    sees these folders) before :func:`commit_publish`. ``flagged``: per direction, the source ids an
+    analyst flagged; their rows are left out and counted as ``flagged``."""
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir).resolve()  # specs name absolute paths: a worker may run elsewhere
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
@@ -738,13 +746,15 @@ def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: 
     try:
         plans = [plan_direction(Path(generated_dir).resolve(), validated_dir, d, staging / PLAN_DIR / f"{d}.parquet",
                                 provenance=provenance, mode=mode, size=size, max_shard_bytes=max_shard_bytes,
-                                sample_rate=sample_rate, out_dir=out_dir.resolve()) for d in DIRECTIONS]
+                                sample_rate=sample_rate, out_dir=out_dir.resolve(),
+                                flagged=(flagged or {}).get(d)) for d in DIRECTIONS]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays beside the version
         raise
     return {"out_dir": str(out_dir), "staging": str(staging), "provenance": provenance,
             "max_shard_bytes": max_shard_bytes, "rows": {p["direction"]: p["rows"] for p in plans},
             "dropped": {p["direction"]: p["dropped"] for p in plans},
+            "flagged": {p["direction"]: p["flagged"] for p in plans},
             "splits": {p["direction"]: p["splits"] for p in plans},
             "shards": [s for p in plans for s in p["shards"]], "schema_from": plans[-1]["plan"]}
 
@@ -781,7 +791,8 @@ def commit_publish(plan: dict, entries: list[dict], *, card_info: dict | None = 
         manifest = {
             "format": FORMAT,
             "published_at": published_at or datetime.now(UTC).replace(microsecond=0).isoformat(),
-            "rows": plan["rows"], "dropped": plan["dropped"], "splits": plan["splits"], "shards": listing,
+            "rows": plan["rows"], "dropped": plan["dropped"],
+            "flagged": plan.get("flagged", {d: 0 for d in DIRECTIONS}), "splits": plan["splits"], "shards": listing,
             "provenance": plan["provenance"], "max_shard_bytes": plan["max_shard_bytes"],
             "columns": {f.name: str(f.type) for f in schema},
         }
@@ -877,10 +888,10 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
               "the run-level bounds in force (listed below). Hugging Face splits are the directions (`AtoB`, "
               "`BtoA`); the `split` column says whether the source was a training or held-out sample.", ""]
     names = sorted({s for v in splits.values() for s in v})
-    lines += ["| direction | rows | dropped by the gate | " + " | ".join(names) + " |"]
-    lines += ["|---|---|---|" + "---|" * len(names)]
+    lines += ["| direction | rows | dropped by the gate | flagged by analysts | " + " | ".join(names) + " |"]
+    lines += ["|---|---|---|---|" + "---|" * len(names)]
     for d, n in rows.items():
-        lines.append(f"| {d} | {n} | {manifest['dropped'].get(d, 0)} | "
+        lines.append(f"| {d} | {n} | {manifest['dropped'].get(d, 0)} | {manifest.get('flagged', {}).get(d, 0)} | "
                      + " | ".join(str(splits[d].get(s, 0)) for s in names) + " |")
     if figures:
         keys = sorted({k for f in figures.values() for k, v in f.items() if isinstance(v, int | float | None)})

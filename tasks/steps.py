@@ -293,6 +293,7 @@ def publish_content(cfg: Config, generated: dict, validated: dict, model: dict, 
         "validated": validated["outputs"], "utility": (utility or {}).get("outputs"), "model": model["fingerprint"],
         "settings": inputs.settings_digest(cfg, "publication"), "code": inputs.code_digest("publication"),
         "out_dir": str(Path(cfg.paths.published).resolve()),
+        "flags": sha256_file(cfg.paths.flags) if Path(cfg.paths.flags).exists() else None,
     }
 
 

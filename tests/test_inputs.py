@@ -76,9 +76,11 @@ def test_every_declared_setting_and_module_exists():
     for key, spec in inputs.KEYS.items():
         for dotted in spec.speed:
             assert any(dotted.startswith(p + ".") for p in spec.params), f"{key}: speed key {dotted} outside params"
-    # Data deps are the outputs of earlier stages or the collections (the paths params.yaml sets).
+    # Data deps are the outputs of earlier stages, the collections (the paths params.yaml sets) or the
+    # analysts' flags file, tracked in git beside params.yaml (it ships empty).
     outs = {"data/raw/A", "data/raw/B", "data/ingest", "data/models", "data/generated", "data/validated",
-            "reports/utility.json"}
+            "reports/utility.json", "data/flags.parquet"}
+    assert (ROOT / "data" / "flags.parquet").is_file() and raw["paths"]["flags"] == "data/flags.parquet"
     assert {d for s in inputs.STAGES.values() for d in s.deps} <= outs
 
 

@@ -74,7 +74,7 @@ def test_the_index_filters_sorts_and_reads_one_row(v2):
     assert index.full_record(row)["source_id"] == page.rows[0]["source_id"]
 
 
-def test_review_page_filters_sorts_and_flags_in_a_browser(v2, browser, tmp_path):  # noqa: F811
+def test_review_page_filters_sorts_and_flags_in_a_browser(versions, v2, browser, tmp_path):  # noqa: F811
     flags = tmp_path / "flags.parquet"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"paths": {"flags": str(flags)}}))
@@ -126,6 +126,30 @@ def test_review_page_filters_sorts_and_flags_in_a_browser(v2, browser, tmp_path)
     expected = {("BtoA", index.record(int(r))["source_id"]) for r in picked}
     now = flagged(flags)
     assert set(now) == expected and {f.reason for f in now.values()} == {"not a digit"}
+
+    # The next publish leaves the flagged sources out, counts them in the manifest, the card and metrics.json,
+    # and adds this publish to reports/history.tsv.
+    import json
+
+    from cyclegan_core import pipeline
+    from cyclegan_core.config import config_from_dict
+
+    raw = versions["cfg"].to_dict()
+    raw["paths"] |= {"published": str(tmp_path / "published"), "reports": str(tmp_path / "reports"),
+                     "flags": str(flags)}
+    cfg = config_from_dict(raw)
+    result = pipeline.step_publish(cfg)
+    manifest = json.loads(Path(result.manifest).read_text())
+    assert manifest["flagged"] == {"AtoB": 0, "BtoA": 2}
+    before = open_dataset(str(v2)).rows
+    assert result.rows == {"AtoB": before["AtoB"], "BtoA": before["BtoA"] - 2}
+    sources = set(open_dataset(str(tmp_path / "published")).to_pandas(["source_id"], direction="BtoA").source_id)
+    assert not sources & {s for _, s in expected}
+    assert "| BtoA | 25 | 0 | 2 |" in (tmp_path / "published" / "README.md").read_text()
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["published"]["flagged"] == {"AtoB": 0, "BtoA": 2}
+    assert (tmp_path / "reports" / "history.png").is_file()
+    assert len((tmp_path / "reports" / "history.tsv").read_text().splitlines()) == 3  # a header, two directions
 
 
 def test_flag_and_unflag_on_the_command_line(tmp_path):
