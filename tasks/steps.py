@@ -38,7 +38,9 @@ def default_data(cfg: Config) -> dict:
     made = pipeline.step_default_data(cfg)
     log = get_run_logger()
     if made["made"]:
-        log.info("made the bundled default collections: %s", made["made"])
+        what = made["made"]
+        log.info("made the bundled default collections: %s",
+                 ", ".join(f"{d} {n} samples" for d, n in what.items()) if isinstance(what, dict) else what)
     else:
         log.info("bundled default collections already in place (%s, %s)", made["A"], made["B"])
     return made
@@ -310,8 +312,9 @@ def publish_outputs(cfg: Config) -> dict[str, str]:
 def plan_publish(cfg: Config, flow_run_id: str | None) -> dict:
     """Check the gates and plan the version: which rows go to which shard, from the small columns alone."""
     plan = pipeline.step_publish_plan(cfg, flow_run_id)
-    get_run_logger().info("planned %s rows in %d shards (%s dropped by the gate)", plan["rows"], len(plan["shards"]),
-                          plan["dropped"])
+    get_run_logger().info("planned rows: %s, in %d shards (dropped by the gate: %s; flagged by analysts: %s)",
+                          overview.per_direction(plan["rows"]), len(plan["shards"]),
+                          overview.per_direction(plan["dropped"]), overview.per_direction(plan["flagged"]))
     return plan
 
 

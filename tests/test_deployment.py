@@ -119,7 +119,10 @@ def test_served_deployment_runs_and_reports(prefect_api, tmp_path, collections):
         state = wait_for("the triggered flow run", finished, 400, [log])
         assert state["type"] == "COMPLETED", state
 
-        arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+        # Validation and publishing run as subflows (mapped over shards): their artifacts are theirs.
+        subflows = api.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
+        ids = [run["id"], *(f["id"] for f in subflows.json())]
+        arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": ids}}}).json()
         by_key = {a["key"]: a for a in arts if a["key"]}
         assert {"cycleaug-report", "cycleaug-metrics", "validation", "dataset-card"} <= set(by_key)
         report = by_key["cycleaug-report"]

@@ -211,6 +211,10 @@ def served(postgres, webhook, tmp_path_factory):
         stop(server)
 
 
+def _is_publish(served, flow_run: dict) -> bool:
+    return served.api.get(f"/flows/{flow_run['flow_id']}").json()["name"] == "cycleaug-publish"
+
+
 def _time(value: str) -> float:
     return pd.Timestamp(value).timestamp()
 
@@ -254,17 +258,26 @@ def test_overlapping_deployment_and_adhoc_runs_on_postgres(served, webhook):
     assert s1 < e2 and s2 < e1
     assert _rows_in_database(served.pg_socket, list(by_id)) == 2  # the server's records are in PostgreSQL
 
-    # Training and publishing ran one at a time: no two of these task runs overlap.
-    tasks = served.api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": list(by_id)}}}).json()
-    guarded = sorted(((_time(t["start_time"]), _time(t["end_time"]), t["name"], t["flow_run_id"]) for t in tasks
-                      if t["name"].startswith(("train-or-reuse", "publish")) and t["start_time"]), key=lambda t: t[0])
+    # Training and publishing ran one at a time: no two of these overlap (training is a task; publishing a
+    # subflow mapped over shards, which holds the slot from its start to its end).
+    subflows = {rid: served.api.post("/flow_runs/filter", json={
+        "flow_runs": {"parent_flow_run_id": {"any_": [rid]}}}).json() for rid in by_id}
+    owner = {sub["id"]: rid for rid, subs in subflows.items() for sub in subs}
+    tasks = served.api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [*by_id, *owner]}}}).json()
+    guarded = sorted([(_time(t["start_time"]), _time(t["end_time"]), t["name"], t["flow_run_id"]) for t in tasks
+                      if t["name"].startswith("train-or-reuse") and t["start_time"]]
+                     + [(_time(f["start_time"]), _time(f["end_time"]), "publish subflow", rid)
+                        for rid, subs in subflows.items() for f in subs
+                        if f["name"] and f["start_time"] and f.get("flow_id") and _is_publish(served, f)],
+                     key=lambda t: t[0])
     assert {t[3] for t in guarded if t[2].startswith("train-or-reuse")} == set(by_id)
-    assert any(t[2].startswith("publish") for t in guarded)
+    assert sum(t[2] == "publish subflow" for t in guarded) == 2
     for before, after in itertools.pairwise(guarded):
         assert before[1] <= after[0], (before, after)
     # The later run found the earlier one's results (written by another process) and reused them.
     later = max(runs, key=lambda r: _time(r["end_time"]))
-    later_tasks = {t["name"].rsplit("-", 1)[0]: t["state_name"] for t in tasks if t["flow_run_id"] == later["id"]}
+    later_tasks = {t["name"].rsplit("-", 1)[0]: t["state_name"] for t in tasks
+                   if owner.get(t["flow_run_id"]) == later["id"]}
     assert later_tasks.get("validate") == "Cached" and later_tasks.get("publish") == "Cached", later_tasks
 
     # The published version holds every source once per direction, and no sample twice.

@@ -112,8 +112,10 @@ def test_the_ui_shows_pictures_tables_progress_and_a_failed_gate(prefect_api, br
     runs = post("/flow_runs/filter", {"sort": "START_TIME_ASC",
                                       "flow_runs": {"parent_task_run_id": {"is_null_": True}}})
     assert [r["state_type"] for r in runs] == ["COMPLETED", "FAILED"]
-    tasks = {t["name"].rsplit("-", 1)[0]: t["state_type"]
-             for t in post("/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[1]["id"]]}}})}
+    subflows = post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [runs[1]["id"]]}}})
+    ids = [runs[1]["id"], *(f["id"] for f in subflows)]
+    tasks = {t["name"].rsplit("-", 1)[0]: t["state_type"] for t in post("/task_runs/filter",
+                                                                          {"flow_runs": {"id": {"any_": ids}}})}
     assert tasks["validate"] == "FAILED", tasks  # red in the UI when the gate fails, not green
 
     artifacts = post("/artifacts/filter", {"sort": "CREATED_DESC"})[::-1]  # oldest first

@@ -93,7 +93,7 @@ def test_shards_layout_schema_and_card(versions):
     assert {s["name"]: s["num_examples"] for s in front["dataset_info"]["splits"]} == manifest["rows"]
     assert front["configs"][0]["data_files"][0] == {"split": "AtoB", "path": "data/AtoB-*.parquet"}
     row = next(iter(_rows(v2).values()))
-    assert row["model_fingerprint"] in card and "mean_cycle_psnr" in card and "| AtoB | 28 | 0 | 10 | 18 |" in card
+    assert row["model_fingerprint"] in card and "mean_cycle_psnr" in card and "| AtoB | 28 | 0 | 0 | 10 | 18 |" in card
     # The data dictionary says what the columns mean, and the bounds in force are recorded.
     assert "| `realism` | float64 | conformal p-value" in card and "not a Hugging Face split" in card
     assert "| `passed` | bool | passed every per-sample bound: always true here" in card
