@@ -379,11 +379,26 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
     )
 
 
+def stored_uri(fs, full: str) -> str:
+    """Where a sample was read, as the manifest (and a published row's ``source_uri``) keeps it: a URL for
+    remote storage (credentials redacted); for a local file inside the project folder, its path from
+    there (``data/raw/A/train/x.png``), so published rows name no folder of the machine that ran it; a
+    local file elsewhere keeps its absolute path, as it was configured."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if not {"file", "local"} & set(protocols):
+        return redact_url(fs.unstrip_protocol(full))
+    path = Path(full)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _ingest_one(fs, root: str, rel: str, size: int, cfg: DataConfig, audio: _AudioDecoder | None,
                 previous: _Previous, seen: dict[str, str], quarantine: list[tuple[str, str]]) -> dict | None:
     """One file -> its manifest row (without domain, split and label), or None with a quarantine entry."""
     full = posixpath.join(root, rel) if root else rel
-    uri = redact_url(fs.unstrip_protocol(full))
+    uri = stored_uri(fs, full)
     if size > cfg.max_file_bytes:
         quarantine.append((rel, f"file too large: {size} bytes > data.max_file_bytes={cfg.max_file_bytes}, "
                                 "not read"))

@@ -80,10 +80,12 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
         for c, head in enumerate(heads):
             axes[0][col0 + c].text(0.5, 1.35, head, transform=axes[0][col0 + c].transAxes, ha="center",
                                    fontsize=6, weight="bold")
+    labelled = any(v["pred_label"] is not None for _, items in panels for v in items)
     fig.suptitle(f"{direction}: input | translation | reconstruction; the best and worst held-out rows by cycle L1\n"
-                 "captions: cycle PSNR and SSIM (input against reconstruction); label: the source's -> the one a "
-                 "judge reads in the translation, (x) where they differ", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+                 "captions: cycle PSNR and SSIM (input against reconstruction)"
+                 + ("\nlabel: the source's -> the one a judge reads in the translation, (x) where they differ"
+                    if labelled else ""), fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if labelled else 0.95))
     return _save(fig, out_png)
 
 

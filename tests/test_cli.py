@@ -108,3 +108,5 @@ def test_relative_paths_are_from_the_params_files_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (project / "work" / "elsewhere-ingest" / "A" / "manifest.parquet").is_file()
     assert not any(elsewhere.iterdir())  # nothing written where the command was typed
+    uris = pd.read_parquet(project / "work" / "elsewhere-ingest" / "A" / "manifest.parquet", columns=["uri"]).uri
+    assert all(u.startswith("raw/A/") for u in uris), uris[:3]  # no folder of this machine in the rows
