@@ -11,6 +11,9 @@ reason) and the run goes on; a collection with nothing usable is a
 :class:`CollectionError` before any later step starts. Storage calls are retried on transient
 errors. On a re-run, samples already in the previous manifest (same bytes, same processing) are
 not decoded again.
+
+Over 500 lines on purpose: listing, the per-file checks with their quarantine reasons, the streamed
+manifest and the reuse of the last one are one path that no bad file may leave half-way.
 """
 
 from __future__ import annotations
