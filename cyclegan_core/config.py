@@ -253,17 +253,38 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Images per domain per step (per process under torchrun).")
     lr: float = Field(2e-4, gt=0.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    lr_policy: Literal["linear", "step", "cosine", "half_cosine"] = Field(
+    lr_policy: Literal["linear", "step", "cosine", "plateau", "half_cosine"] = Field(
         "linear", description="The reference's schedulers, one step for one of its epochs: linear (held for "
         "decay_start of the steps, then linear decay), step (x0.1 every lr_step_size), cosine "
-        "(CosineAnnealingLR with T_max = the held steps: 0 there, rising again after); half_cosine (not the "
-        "reference's): 1 to 0 over all steps.",
+        "(CosineAnnealingLR with T_max = the held steps: 0 there, rising again after), plateau "
+        "(ReduceLROnPlateau(mode='min', factor=0.2, threshold=0.01, patience=5) on every optimizer, stepped "
+        "once per 'epoch' of lr_step_size steps, or one pass over the larger domain when 0, with that epoch's "
+        "mean generator loss G; the reference steps it with a constant 0, so there it just drops x0.2 every 6 "
+        "epochs); half_cosine (not the reference's): 1 to 0 over all steps.",
     )
     decay_start: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of steps at full LR before the linear decay (the reference's "
         "n_epochs / (n_epochs + n_epochs_decay)); cosine: its T_max.",
     )
-    lr_step_size: int = Field(0, ge=0, description="step policy: steps between x0.1 drops; 0 = steps // 3.")
+    lr_step_size: int = Field(0, ge=0, description="step policy: steps between x0.1 drops, 0 = steps // 3; "
+                              "plateau: steps per metric, 0 = one pass over the larger domain "
+                              "(ceil(max(n_A, n_B) / (batch_size * processes))).")
+    sampling: Literal["random", "epoch"] = Field(
+        "random", description="Which samples a step trains on: random (uniform with replacement, each step's "
+        "draw independent of the others); epoch (each domain's samples in a seeded permutation, consumed in order "
+        "and reshuffled each pass, so every sample comes once per pass; the reference shuffles A like this but "
+        "draws B at random). Both resume exactly.",
+    )
+    augment: Literal["none", "flip", "crop", "crop_flip"] = Field(
+        "none", description="Training-batch augmentation, drawn from the trainer's RNG (so resumes are exact): "
+        "crop = the reference's resize_and_crop (resize to load_ratio x the size, bicubic on tensors where the "
+        "reference uses PIL's BICUBIC on uint8, then a random crop back to the size), flip = random horizontal "
+        "flip with p = 0.5. none by default: a flip changes a digit's meaning, and a crop moves it.",
+    )
+    load_ratio: float = Field(
+        286 / 256, ge=1.0, le=4.0, description="crop: resize to this multiple of the image size before the random "
+        "crop (the reference's load_size / crop_size = 286 / 256).",
+    )
     gan_mode: Literal["lsgan", "vanilla", "wgangp"] = "lsgan"
     lambda_gp: float = Field(10.0, ge=0.0, description="wgangp: weight of the gradient penalty (not in the "
                              "reference's CycleGAN, which defines but never applies it: 0 reproduces it exactly).")

@@ -5,6 +5,15 @@ generator seeded by ``(train.seed, r, d, s)`` alone, so a batch does not depend 
 before it: DataLoader workers can decode steps ahead, and a run resumed at any step draws what an
 unbroken run draws.
 
+With ``train.sampling: epoch`` a step's indices are instead its slice of a stream of permutations: pass
+``p`` over a domain is the permutation seeded by ``(train.seed, domain, p)``, shared by all ranks, and
+global step ``s`` takes positions ``[(s * world + rank) * batch, ... + batch)`` of the passes laid end to
+end, so each sample comes once per pass (over all ranks together) and the position in the pass is a
+function of the step: a checkpoint's step counter is the position, and a resume mid-pass is exact.
+
+Then :func:`crop_and_flip` applies ``train.augment`` to the batch (the reference's resize_and_crop and
+horizontal flip), with draws from the trainer's generator.
+
 Where: a training set whose decoded pixels fit ``train.cache_mb`` is decoded once into memory and
 batches are gathered from there; a larger one is streamed: :class:`ManifestImages` is a map-style
 dataset over a manifest's train split that keeps only an index of (row group, row) per sample and
@@ -17,12 +26,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .images import decode_png
@@ -43,6 +54,59 @@ def step_indices(n: int, batch_size: int, seed: int, rank: int, domain: str, ste
     """The ``batch_size`` sample indices (with replacement, in [0, n)) that step ``step`` trains on."""
     gen = torch.Generator().manual_seed(step_seed(seed, rank, domain, step))
     return torch.randint(0, n, (batch_size,), generator=gen)
+
+
+def pass_seed(seed: int, domain: str, epoch: int) -> int:
+    """A 63-bit seed of the permutation that pass ``epoch`` over ``domain`` takes (the same on every rank)."""
+    key = f"cycleaug-epoch/{seed}/{DOMAINS[domain]}/{epoch}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+@lru_cache(maxsize=8)
+def pass_permutation(n: int, seed: int, domain: str, epoch: int) -> torch.Tensor:
+    """The order in which pass ``epoch`` visits the ``n`` samples of ``domain`` (read-only: it is cached)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(pass_seed(seed, domain, epoch)))
+
+
+def epoch_indices(n: int, batch_size: int, seed: int, rank: int, world: int, domain: str, step: int) -> torch.Tensor:
+    """Step ``step``'s ``batch_size`` indices of rank ``rank`` (of ``world``) with ``train.sampling: epoch``:
+    its slice of the seeded permutations of ``[0, n)`` laid end to end (a batch may straddle two passes)."""
+    start = (step * world + rank) * batch_size
+    parts, pos = [], start
+    while pos < start + batch_size:
+        epoch, offset = divmod(pos, n)
+        take = min(n - offset, start + batch_size - pos)
+        parts.append(pass_permutation(n, seed, domain, epoch)[offset:offset + take])
+        pos += take
+    return torch.cat(parts)
+
+
+def batch_indices(sampling: str, n: int, batch_size: int, seed: int, rank: int, world: int, domain: str,
+                  step: int) -> torch.Tensor:
+    """Step ``step``'s indices under ``train.sampling`` (random: :func:`step_indices`; epoch: :func:`epoch_indices`)."""
+    if sampling == "epoch":
+        return epoch_indices(n, batch_size, seed, rank, world, domain, step)
+    return step_indices(n, batch_size, seed, rank, domain, step)
+
+
+def crop_and_flip(x: torch.Tensor, augment: str, load_ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """``train.augment`` on a float (N, C, H, W) batch: the reference's resize_and_crop (bicubic resize to
+    ``round(load_ratio * side)``, then a random crop back to (H, W), per sample) and/or a random horizontal
+    flip with p = 0.5 per sample. The crop offsets, then the flip coins, come from ``gen`` (on the CPU)."""
+    n, _, h, w = x.shape
+    if augment in ("crop", "crop_flip"):
+        lh, lw = round(h * load_ratio), round(w * load_ratio)
+        big = F.interpolate(x, size=(lh, lw), mode="bicubic", align_corners=False)
+        top = torch.randint(0, lh - h + 1, (n,), generator=gen)
+        left = torch.randint(0, lw - w + 1, (n,), generator=gen)
+        rows = (top[:, None] + torch.arange(h)).to(x.device)
+        cols = (left[:, None] + torch.arange(w)).to(x.device)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        x = big.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    if augment in ("flip", "crop_flip"):
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 class ArrayImages(Dataset):
@@ -148,18 +212,20 @@ def decoded_bytes(source: ImageSource) -> int:
 
 
 class StepSampler(Sampler[list[int]]):
-    """Batch sampler: the indices of steps ``start`` .. ``stop - 1`` (see :func:`step_indices`)."""
+    """Batch sampler: the indices of steps ``start`` .. ``stop - 1`` (see :func:`batch_indices`)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, domain: str, start: int, stop: int):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, domain: str, start: int, stop: int,
+                 sampling: str = "random", world: int = 1):
         self.n, self.batch_size, self.seed, self.rank, self.domain = n, batch_size, seed, rank, domain
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.sampling, self.world = start, stop, sampling, world
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.stop):
-            yield step_indices(self.n, self.batch_size, self.seed, self.rank, self.domain, step).tolist()
+            yield batch_indices(self.sampling, self.n, self.batch_size, self.seed, self.rank, self.world, self.domain,
+                                step).tolist()
 
 
 def _collated(batch: torch.Tensor) -> torch.Tensor:

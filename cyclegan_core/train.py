@@ -7,8 +7,10 @@ fakes) and :meth:`Trainer._step_translator` (the single-translator variant of
 :mod:`cyclegan_core.translator`: autoencoder step, translator step, encoding-discriminator step).
 
 Checkpoints are safetensors plus JSON, nothing pickled: weights, optimizer moments, the LR-schedule
-position (a function of the step, and the param groups), the grad-scaler state, image pools, the
-step counter and RNG states (every rank's under torchrun), so a resumed run continues as if never
+position (a function of the step, and the param groups; for ``plateau`` the schedulers' state and the
+running loss sum of the epoch under way), the grad-scaler state, image pools, the step counter (which is
+also the position in ``train.sampling: epoch``'s permutations) and RNG states (every rank's under
+torchrun; they also draw ``train.augment``'s crops and flips), so a resumed run continues as if never
 stopped. The previous checkpoint is kept until the new one is written and verified by its sha256;
 a corrupt or truncated newest checkpoint is reported and training resumes from the one before.
 
@@ -36,12 +38,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from . import ddp
 from .classifiers import SmallCNN, train_classifier
 from .config import Config, TrainConfig
 from .devices import autocast, resolve_device
-from .loader import ArrayImages, ImageSource, StepSampler, decoded_bytes, step_indices, stream_batches
+from .loader import ArrayImages, ImageSource, StepSampler, batch_indices, crop_and_flip, decoded_bytes, stream_batches
 from .models import CheckpointError, CycleGAN, build_model, code_version, export_model, training_settings
 from .networks import GANLoss, ImagePool, gradient_penalty
 from .storage import atomic_path, read_json, sha256_bytes, sha256_file, write_json_atomic
@@ -67,8 +70,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     linear: full LR for ``hold`` steps, then ``1 - (step + 1 - hold) / (decay + 1)``, ending at
     ``1 / (decay + 1)``; step: x0.1 every ``lr_step_size`` steps; cosine: ``CosineAnnealingLR(T_max=hold)``,
     which reaches 0 at ``hold`` and rises again over the decay steps (the reference's behaviour);
-    half_cosine (not the reference's): half a cosine from 1 to 0 over all steps.
+    half_cosine (not the reference's): half a cosine from 1 to 0 over all steps. plateau depends on the
+    losses, not the step alone: the Trainer's ReduceLROnPlateau schedulers set it (1.0 here).
     """
+    if cfg.lr_policy == "plateau":
+        return 1.0
     hold = int(cfg.steps * cfg.decay_start)
     if cfg.lr_policy == "step":
         size = cfg.lr_step_size or max(1, cfg.steps // 3)
@@ -79,6 +85,28 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
     decay = cfg.steps - hold
     return 1.0 - max(0, step + 1 - hold) / float(decay + 1)
+
+
+def plateau_scheduler(opt: torch.optim.Optimizer) -> ReduceLROnPlateau:
+    """The reference's ``plateau`` (``get_scheduler`` in models/networks.py)."""
+    return ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01, patience=5)
+
+
+def _json_floats(obj):
+    """Infinities as strings (``best`` of a fresh ReduceLROnPlateau), so the checkpoint JSON stays standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_floats(v) for k, v in obj.items()}
+    return [_json_floats(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def _from_json_floats(obj):
+    if obj in ("inf", "-inf", "nan"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _from_json_floats(v) for k, v in obj.items()}
+    return [_from_json_floats(v) for v in obj] if isinstance(obj, list) else obj
 
 
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -179,6 +207,13 @@ class Trainer:
         self.pools = {d: ImagePool(t.pool_size, self.rng) for d in ("A", "B")}
         self.gan_loss, self.l1 = GANLoss(t.gan_mode), nn.L1Loss()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        # plateau: one ReduceLROnPlateau per optimizer (as the reference), stepped every plateau_epoch steps with
+        # that epoch's mean generator loss (summed on the device: one sync per epoch).
+        self.plateau = {name: plateau_scheduler(opt) for name, opt in self.opts.items()} \
+            if t.lr_policy == "plateau" else {}
+        per_step = t.batch_size * self.dist.world_size
+        self.plateau_epoch = t.lr_step_size or -(-max(len(s) for s in self.sources.values()) // per_step)
+        self._plateau_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         # Training forwards go through DDP (gradients averaged) and torch.compile when asked; a
         # frozen discriminator in the generator step is called bare (no DDP hooks to satisfy).
         self._train_fn: dict[str, Callable] = {}
@@ -296,12 +331,16 @@ class Trainer:
         """
         t = self.tcfg
         if not self.cached:
-            self._idx[domain] = step_indices(len(self.sources[domain]), t.batch_size, t.seed, self.dist.rank, domain,
-                                             self.step)
+            self._idx[domain] = batch_indices(t.sampling, len(self.sources[domain]), t.batch_size, t.seed,
+                                              self.dist.rank, self.dist.world_size, domain, self.step)
             x = next(self._streams[domain]).to(self.device, non_blocking=True)
-            return self._scaled(x)
+            return self._augmented(self._scaled(x))
         images = self.images[domain]
-        idx = torch.randint(0, len(images), (t.batch_size,), generator=self.rng)
+        if t.sampling == "epoch":  # the same batches as streamed: a function of the step
+            idx = batch_indices(t.sampling, len(images), t.batch_size, t.seed, self.dist.rank, self.dist.world_size,
+                                domain, self.step)
+        else:
+            idx = torch.randint(0, len(images), (t.batch_size,), generator=self.rng)
         self._idx[domain] = idx
         if images.device == self.device:
             x = images[idx.to(self.device)]
@@ -309,7 +348,14 @@ class Trainer:
             x = self._pinned_copy(domain, images, idx)
         else:
             x = images[idx].to(self.device)
-        return self._scaled(x)
+        return self._augmented(self._scaled(x))
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.tcfg
+        if t.augment == "none":
+            return x
+        x = crop_and_flip(x, t.augment, t.load_ratio, self.rng)
+        return x.contiguous(memory_format=torch.channels_last) if t.channels_last else x
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(127.5).sub_(1.0)
@@ -343,16 +389,34 @@ class Trainer:
         return self._check(losses)
 
     def _step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
-        for opt in self.opts.values():
-            for group in opt.param_groups:
-                group["lr"] = self.tcfg.lr * lr_factor(self.step, self.tcfg)
+        if not self.plateau:
+            for opt in self.opts.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.tcfg.lr * lr_factor(self.step, self.tcfg)
         if self.arch == "translator":
             losses = self._step_translator(real_A, real_B)
         else:
             losses = self._step_cyclegan(real_A, real_B)
         self.scaler.update()
         self.step += 1
-        return torch.stack([v.detach().float() for v in losses])
+        stacked = torch.stack([v.detach().float() for v in losses])
+        if self.plateau:
+            self._plateau_step(stacked[0])
+        return stacked
+
+    def _plateau_step(self, loss_g: torch.Tensor) -> None:
+        """Add this step's generator loss; at the end of an epoch step every scheduler with its mean
+        (the mean over all ranks under torchrun, so their LRs agree)."""
+        self._plateau_sum += loss_g.double()
+        if self.step % self.plateau_epoch:
+            return
+        total = self._plateau_sum
+        if self.dist.enabled:
+            total = torch.stack(ddp.all_gather(total, self.device)).mean()
+        metric = float(total) / self.plateau_epoch
+        for sched in self.plateau.values():
+            sched.step(metric)
+        self._plateau_sum.zero_()
 
     def _step_cyclegan(self, real_A: torch.Tensor, real_B: torch.Tensor) -> list[torch.Tensor]:
         t, m, fn = self.tcfg, self.model, self._train_fn
@@ -484,7 +548,8 @@ class Trainer:
             if not self.cached:  # from this step on: a resumed run streams what an unbroken one does
                 pin = self.device.type == "cuda" and t.pin_memory
                 self._streams = {d: stream_batches(src, StepSampler(len(src), t.batch_size, t.seed, self.dist.rank, d,
-                                                                    self.step, t.steps), t.loader_workers, pin)
+                                                                    self.step, t.steps, t.sampling,
+                                                                    self.dist.world_size), t.loader_workers, pin)
                                  for d, src in self.sources.items()}
             try:
                 self._loop(writer, log_file, progress)
@@ -527,6 +592,8 @@ class Trainer:
         # Per-rank state (pools, RNG): every rank's copy, gathered to rank 0.
         local = {f"pool.{d}": p.state_tensor() for d, p in self.pools.items()}
         local["rng"] = self.rng.get_state()
+        if self.plateau:
+            local["plateau_sum"] = self._plateau_sum.detach().cpu().clone()
         for key, val in local.items():
             copies = ddp.all_gather(val, self.device) if self.dist.enabled else [val]
             for r, c in enumerate(copies):
@@ -556,11 +623,13 @@ class Trainer:
             with contextlib.suppress(Exception):
                 old = read_json(meta_path)
                 if old["file"] != name and (self.workdir / old["file"]).exists():
-                    previous = {k: old[k] for k in ("step", "file", "sha256", "param_groups", "scaler")}
+                    previous = {k: old[k] for k in ("step", "file", "sha256", "param_groups", "scaler", "plateau")
+                                if k in old}
         write_json_atomic(meta_path, {
             "step": self.step, "file": name, "sha256": digest, "world_size": self.dist.world_size,
             "settings": training_settings(self.cfg), "param_groups": groups,
             "scaler": self.scaler.state_dict(), "previous": previous,
+            "plateau": {name: _json_floats(sched.state_dict()) for name, sched in self.plateau.items()},
         })
         keep = {name} | ({previous["file"]} if previous else set())
         for stale in self.workdir.glob("ckpt-*.safetensors"):
@@ -631,6 +700,10 @@ class Trainer:
         for d, pool in self.pools.items():
             pool.load_state_tensor(tensors[f"rank{r}.pool.{d}"], self.device)
         self.rng.set_state(tensors[f"rank{r}.rng"])
+        if self.plateau:
+            for name, sched in self.plateau.items():
+                sched.load_state_dict(_from_json_floats(meta["plateau"][name]))
+            self._plateau_sum = tensors[f"rank{r}.plateau_sum"].to(self.device)
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])

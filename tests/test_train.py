@@ -51,7 +51,8 @@ class Killed(Exception):
     ({"arch": "translator"}, {"lr_policy": "cosine"}),
     ({"norm": "batch", "init_type": "orthogonal", "upsample": "resize_conv"},
      {"lr_policy": "step", "lr_step_size": 3, "gan_mode": "wgangp", "precision": "bf16"}),
-], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16"])
+    ({}, {"sampling": "epoch", "augment": "crop_flip"}),
+], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16", "epoch-sampling-crop-flip"])
 def test_resume_is_exact(tmp_path, model, train):
     cfg = _cfg(tmp_path, model, steps=8, checkpoint_every=4, **train)
     a, b = _images(10, 1), _images(12, 2)
@@ -263,6 +264,8 @@ def test_half_cosine_is_ours_and_named_so():
     ({"train": {"gan_mode": "hinge"}}, r"train.gan_mode: .*got 'hinge'"),
     ({"train": {"precision": "fp16", "gan_mode": "wgangp"}}, "use bf16 or fp32"),
     ({"train": {"fused_adam": True}}, "train.fused_adam: unknown key"),
+    ({"train": {"augment": "rotate"}}, r"train.augment: .*got 'rotate'"),
+    ({"train": {"sampling": "serial"}}, r"train.sampling: .*got 'serial'"),
 ])
 def test_model_and_train_settings_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -377,3 +380,156 @@ def test_streamed_training_is_the_same_with_workers_and_resumes_exactly(tmp_path
     assert resumed.try_resume() == 3
     resumed.fit()
     _same_state(in_process, resumed)
+
+
+# --- plateau, augmentation, epoch sampling (issue 21, section 3) ---------------------------------------
+
+
+def _plateau_run(tmp_path, name, **extra):
+    # A tiny LR: the loss barely moves, so the plateau scheduler has plateaus to find within 20 steps.
+    settings = {"steps": 20, "lr_policy": "plateau", "lr_step_size": 2, "lr": 1e-6, "log_every": 1}
+    cfg = _cfg(tmp_path, **(settings | extra))
+    return Trainer(cfg, _images(10, 1), _images(12, 2), tmp_path / name)
+
+
+def test_plateau_steps_torchs_reduce_on_plateau_with_each_epochs_mean_generator_loss(tmp_path):
+    t = _plateau_run(tmp_path, "run")
+    seen = []  # (G loss of the step, LR of every optimizer after it)
+    t.fit(lambda step, total, v: seen.append((v["G"], [o.param_groups[0]["lr"] for o in t.opts.values()])))
+    ref_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-6)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, mode="min", factor=0.2, threshold=0.01, patience=5)
+    expected = []
+    for k in range(len(seen)):
+        if (k + 1) % 2 == 0:
+            ref.step((seen[k - 1][0] + seen[k][0]) / 2)
+        expected.append(ref_opt.param_groups[0]["lr"])
+    assert [lrs for _, lrs in seen] == [[e, e] for e in expected]
+    assert min(expected) < 1e-6  # it did reduce (x0.2), so the comparison covers a drop
+    # lr_step_size 0: one epoch is a pass over the larger domain, ceil(12 / batch_size 4) steps.
+    assert _plateau_run(tmp_path, "default", lr_step_size=0, batch_size=4).plateau_epoch == 3
+
+
+def test_plateau_resumes_exactly_mid_epoch(tmp_path):
+    straight = _plateau_run(tmp_path, "straight", checkpoint_every=7)  # 7: inside the 4th epoch of 2 steps
+    straight.fit()
+    assert straight.opts["G"].param_groups[0]["lr"] < 1e-6
+
+    def kill_at_9(step, *_):
+        if step == 9:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _plateau_run(tmp_path, "resumed", checkpoint_every=7).fit(kill_at_9)
+    meta = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert meta["plateau"]["G"]["mode_worse"] == "inf"  # standard JSON, no Infinity
+    resumed = _plateau_run(tmp_path, "resumed", checkpoint_every=7)
+    assert resumed.try_resume() == 7
+    resumed.fit()
+    _same_state(straight, resumed)
+    assert all(straight.plateau[n].state_dict() == resumed.plateau[n].state_dict() for n in straight.plateau)
+
+
+def test_crop_is_the_reference_resize_and_crop_computed_on_tensors():
+    from PIL import Image
+
+    from cyclegan_core.loader import crop_and_flip
+
+    rng = np.random.default_rng(0)
+    # Smooth photo-like content (upscaled noise), uint8 as the reference reads it.
+    small = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    imgs = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BICUBIC)) for im in small])
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    out = crop_and_flip(x, "crop", 286 / 256, torch.Generator().manual_seed(5))
+    assert out.shape == x.shape
+    # The same draws, computed directly: resize to round(32 * 286 / 256) = 36, crop at (top, left).
+    gen = torch.Generator().manual_seed(5)
+    top, left = torch.randint(0, 5, (4,), generator=gen), torch.randint(0, 5, (4,), generator=gen)
+    big = torch.nn.functional.interpolate(x, size=(36, 36), mode="bicubic", align_corners=False)
+    direct = torch.stack([big[i, :, top[i]:top[i] + 32, left[i]:left[i] + 32] for i in range(4)])
+    assert torch.equal(out, direct)
+    # Against the reference's PIL BICUBIC on uint8 (a = -0.5 there, -0.75 in torch, and rounding): close.
+    for i in range(4):
+        ref = np.asarray(Image.fromarray(imgs[i]).resize((36, 36), Image.BICUBIC), dtype=np.float64)
+        ref = ref[top[i]:top[i] + 32, left[i]:left[i] + 32]
+        ours = (out[i].permute(1, 2, 0).double().numpy() + 1) * 127.5
+        assert np.abs(ours - ref).mean() < 2.5  # grey levels of 255
+    assert len({(int(a), int(b)) for a, b in zip(top, left, strict=True)}) > 1  # offsets vary per sample
+
+
+def test_flip_has_probability_one_half_and_augmentation_follows_the_seed():
+    from cyclegan_core.loader import crop_and_flip
+
+    x = torch.zeros(20000, 1, 2, 2)
+    x[:, :, :, 0] = 1.0  # left column 1: a flipped sample has it on the right
+    out = crop_and_flip(x, "flip", 1.0, torch.Generator().manual_seed(0))
+    flipped = out[:, 0, 0, 1] == 1.0
+    assert torch.equal(out[flipped], x[flipped].flip(-1)) and torch.equal(out[~flipped], x[~flipped])
+    assert abs(flipped.float().mean().item() - 0.5) < 0.015  # 4 sigma at n = 20000
+    y = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    draw = [crop_and_flip(y, "crop_flip", 1.25, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
+    assert torch.equal(crop_and_flip(y, "none", 1.25, torch.Generator()), y)
+
+
+def test_epoch_sampling_takes_every_sample_once_per_pass():
+    from cyclegan_core.loader import StepSampler, epoch_indices
+
+    for world in (1, 2):
+        # 10 samples, batches of 3: batches straddle passes; ranks together take each sample once per pass.
+        steps = [epoch_indices(10, 3, 0, r, world, "A", s) for s in range(10) for r in range(world)]
+        flat = torch.cat(steps)
+        passes = flat[:len(flat) // 10 * 10].view(-1, 10)
+        assert all(sorted(p.tolist()) == list(range(10)) for p in passes)
+        assert len({tuple(p.tolist()) for p in passes}) == len(passes)  # reshuffled each pass
+    full = list(StepSampler(10, 3, 0, 0, "A", 0, 12, "epoch"))
+    assert list(StepSampler(10, 3, 0, 0, "A", 5, 12, "epoch")) == full[5:]  # resumed mid-pass: the same batches
+    assert full != list(StepSampler(10, 3, 0, 0, "B", 0, 12, "epoch"))
+
+
+def test_epoch_sampling_is_the_same_cached_and_streamed_and_resumes_exactly(tmp_path):
+    """Under sampling: epoch a step's batch is a function of the step, so the cache and the DataLoader train
+    on the same batches (also with augmentation, drawn from the trainer's RNG), and a streamed run killed
+    mid-pass resumes exactly."""
+    from cyclegan_core.loader import ManifestImages
+
+    a, b = _images(7, 1), _images(5, 2)
+    _manifest(tmp_path / "a.parquet", a)
+    _manifest(tmp_path / "b.parquet", b)
+    common = {"steps": 6, "checkpoint_every": 3, "batch_size": 2, "sampling": "epoch", "augment": "crop_flip",
+              "semantic": "off"}
+
+    def trainer(name, **extra):
+        src = [ManifestImages(tmp_path / f"{d}.parquet") for d in "ab"]
+        return Trainer(_cfg(tmp_path, **(common | extra)), *src, tmp_path / name)
+
+    cached = trainer("cached")
+    seen = {"A": [], "B": []}
+    original = cached._batch
+
+    def recording(domain):
+        x = original(domain)
+        seen[domain] += cached._idx[domain].tolist()
+        return x
+
+    cached._batch = recording
+    cached.fit()
+    assert cached.cached and sorted(seen["A"][:7]) == list(range(7)) and sorted(seen["B"][:5]) == list(range(5))
+    streamed = trainer("streamed", cache_mb=0)
+    assert not streamed.cached
+    streamed.fit()
+    _same_state(cached, streamed)
+
+    def kill_at_4(step, *_):
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        trainer("resumed", cache_mb=0).fit(kill_at_4)
+    resumed = trainer("resumed", cache_mb=0)
+    assert resumed.try_resume() == 3
+    resumed.fit()
+    _same_state(cached, resumed)
+    plain = trainer("plain", augment="none")
+    plain.fit()
+    assert not torch.equal(next(iter(plain.model.state_dict().values())),
+                           next(iter(cached.model.state_dict().values())))
