@@ -343,7 +343,8 @@ class TrainConfig(_Strict):
     cache_mb: float = Field(
         1024.0, ge=0.0, description="Decoded training images (both domains, uint8) up to this many MiB are held in "
         "memory (or on the GPU) and batches gathered from there; larger sets, or 0, stream from the manifests through "
-        "a DataLoader (a few row groups in memory). Both draw the same batches.",
+        "a DataLoader (a few row groups in memory). Under sampling=epoch both train on the same batches; under "
+        "sampling=random the cache draws from the trainer's generator and the stream per step (same distribution).",
     )
     loader_workers: int = Field(
         0, ge=0, le=64, description="DataLoader worker processes decoding streamed batches ahead (one torch thread "
