@@ -18,7 +18,8 @@ Where: a training set whose decoded pixels fit ``train.cache_mb`` is decoded onc
 batches are gathered from there; a larger one is streamed: :class:`ManifestImages` is a map-style
 dataset over a manifest's train split that keeps only an index of (row group, row) per sample and
 decodes rows on demand from a small LRU of row groups, and :func:`stream_batches` feeds it
-:class:`StepSampler`'s indices through a torch ``DataLoader``. Both paths draw the same batches.
+:class:`StepSampler`'s indices through a torch ``DataLoader``. Under ``sampling=epoch`` both paths
+train on the same batches; under ``random`` they share the distribution, not the draws.
 """
 
 from __future__ import annotations
