@@ -135,8 +135,8 @@ class DataConfig(_Strict):
     )
     read_timeout_s: float = Field(
         60.0, gt=0.0, le=3600.0,
-        description="Time limit of one storage read (a folder listing, a file): a stalled one counts as a transient "
-                    "error, is retried, then the file is quarantined.",
+        description="Time limit of one remote storage read (a folder listing, a file): a stalled one counts as a "
+                    "transient error, is retried, then the file is quarantined.",
     )
     default: DefaultDataConfig = DefaultDataConfig()
     audio: AudioConfig = AudioConfig()
