@@ -227,10 +227,9 @@ def _timed_read(fs, full: str, cfg: DataConfig, what: str) -> bytes:
 def _read_labels(fs, root: str, cfg: DataConfig) -> dict[str, int]:
     """``labels.csv`` as ``{relative path: label}``; names not valid UTF-8 match file names byte for byte."""
     path = posixpath.join(root, "labels.csv")
-    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
-    if not with_retries(lambda: fs.exists(path), what=path, **retry):
-        return {}
     shown_path = shown(redact_url(path))
+    if not _timed(fs, lambda: fs.exists(path), cfg, shown_path):
+        return {}
     try:
         text = _timed_read(fs, path, cfg, shown_path).decode("utf-8", errors="surrogateescape")
     except OSError as err:
@@ -276,12 +275,14 @@ def _open_collection(url: str, cfg: DataConfig) -> tuple[object, str]:
         fs, root = open_fs(url)
     except StorageError as err:
         raise CollectionError(f"{redact_url(url)}: {err}") from None
-    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
-    shown = redact_url(url)
-    if not with_retries(lambda: fs.exists(root), what=url, **retry):
-        raise CollectionError(f"{shown}: collection not found")
-    if not with_retries(lambda: fs.isdir(root), what=url, **retry):
-        raise CollectionError(f"{shown}: not a folder")
+    where = redact_url(url)
+    try:
+        if not _timed(fs, lambda: fs.exists(root), cfg, where):
+            raise CollectionError(f"{where}: collection not found")
+        if not _timed(fs, lambda: fs.isdir(root), cfg, where):
+            raise CollectionError(f"{where}: not a folder")
+    except OSError as err:
+        raise CollectionError(f"{where}: cannot reach the collection: {_why(err)}") from None
     return fs, root
 
 
@@ -331,7 +332,7 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {shown(str(err))}"
 
 
-def _entry_problem(fs, full: str, root: str, info: dict, local: bool) -> tuple[str | None, int | None]:
+def _entry_problem(full: str, info: dict, local: bool) -> tuple[str | None, int | None]:
     """Why a listed entry cannot be read (a link that loops or leaves, a pipe, socket or device, gone), or
     None; and its size in bytes (None where the store does not say). Nothing is opened."""
     if not local:
@@ -377,7 +378,7 @@ def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str,
                 continue
         if not name.lower().endswith(exts):
             continue
-        problem, size = _entry_problem(fs, full, root, info, local)
+        problem, size = _entry_problem(full, info, local)
         if problem:
             refused.append((rel, problem))
         else:
@@ -418,8 +419,8 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, bool]:
         except CollectionError as err:  # say which collection (and which setting names it)
             key = {"A": "data.domain_a", "B": "data.domain_b"}.get(domain, domain)
             raise CollectionError(f"collection {domain} ({key}): {err}") from None
-        try:
-            found[domain] = _first_image(fs, root, exts)
+        try:  # within the time limit on remote storage: a listing that stalls is named by ingest's own
+            found[domain] = _timed(fs, lambda f=fs, r=root: _first_image(f, r, exts), cfg, redact_url(url))
         except (RecursionError, OSError):
             found[domain] = True  # ingest's own listing names the problem
         if not found[domain]:
@@ -603,8 +604,9 @@ def _ingest_one(fs, root: str, rel: str, size: int | None, cfg: DataConfig, audi
         plain = isinstance(err, (ReadTimeout, FileNotFoundError)) or isinstance(err.__cause__, ReadTimeout)
         quarantine.append((rel, _why(err) if plain else f"unreadable: {_why(err)}"))
         return None
-    if size is not None and len(data) != size:
-        # Written to (or replaced) between the listing and the read: its bytes may be half old, half new.
+    if size is not None and len(data) != size and _is_local(fs):
+        # Written to (or replaced) between the listing and the read: its bytes may be half old, half new. (An
+        # object store replaces an object whole, and some list another size than they serve: not checked there.)
         quarantine.append((rel, f"changed while being ingested (listed at {size} bytes, read {len(data)}), not "
                                 "used; run ingest again once it is complete"))
         return None
