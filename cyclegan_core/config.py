@@ -133,6 +133,11 @@ class DataConfig(_Strict):
     retry_backoff_s: float = Field(
         0.5, ge=0.0, le=60.0, description="First wait before a retry; it doubles each time (with jitter)."
     )
+    read_timeout_s: float = Field(
+        60.0, gt=0.0, le=3600.0,
+        description="Time limit of one remote storage read (a folder listing, a file): a stalled one counts as a "
+                    "transient error, is retried, then the file is quarantined.",
+    )
     default: DefaultDataConfig = DefaultDataConfig()
     audio: AudioConfig = AudioConfig()
 

@@ -8,9 +8,19 @@ clip as WAV (``audio``) beside its spectrogram picture (``image``), and the clip
 
 Files that cannot be used go to a quarantine list with the reason (``quarantine.csv``: path,
 reason) and the run goes on; a collection with nothing usable is a
-:class:`CollectionError` before any later step starts. Storage calls are retried on transient
-errors. On a re-run, samples already in the previous manifest (same bytes, same processing) are
+:class:`CollectionError` before any later step starts. Only regular files are opened: a named pipe,
+socket or device file (or a link to one) is quarantined with its kind, from its listing and a stat,
+never opened; a folder that cannot be listed is quarantined and the rest listed. Storage calls are
+retried on transient errors, and on remote storage each listing call or file read has a time limit
+(``data.read_timeout_s``): a stalled one is retried like a transient error, then quarantined.
+On a re-run, samples already in the previous manifest (same bytes, same processing) are
 not decoded again.
+
+File names that are not valid UTF-8 (Linux allows any bytes; Python holds them as surrogate
+escapes) are ingested: the manifest, quarantine list and logs show them with ``\\xNN`` escapes for
+the bytes that are not UTF-8 (:func:`shown`), and the manifest keeps the exact name bytes in
+``relpath_bytes`` (null for a UTF-8 name), so nothing is lost. Two names that differ only in their
+Unicode normalization (NFC/NFD) are two files here and both are kept; a warning names them.
 
 Over 500 lines on purpose: listing, the per-file checks with their quarantine reasons, the streamed
 manifest and the reuse of the last one are one path that no bad file may leave half-way.
@@ -22,11 +32,15 @@ import csv
 import errno
 import io
 import json
+import logging
 import os
 import posixpath
+import stat
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +49,22 @@ import pyarrow.parquet as pq
 from . import inputs
 from .config import DataConfig
 from .images import BadImage, decode_image, decode_png, encode_png
-from .storage import StorageError, atomic_path, escapes, open_fs, redact_url, sha256_bytes, with_retries
+from .storage import (
+    ReadTimeout,
+    RetriesExhausted,
+    StorageError,
+    atomic_path,
+    escapes,
+    open_fs,
+    redact_url,
+    sha256_bytes,
+    with_retries,
+    within,
+)
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -58,8 +85,12 @@ MANIFEST_SCHEMA = pa.schema(
         ("orig_channels", pa.int32()),
         ("orig_frames", pa.int64()),
         ("clip_offset", pa.int64()),
+        # The exact bytes of ``relpath`` where the name is not valid UTF-8 (``relpath`` then shows it escaped).
+        ("relpath_bytes", pa.binary()),
     ]
 )
+# Folders deeper than this are taken for a listing that never ends (a store whose listing loops).
+MAX_LIST_DEPTH = 256
 AUDIO_INFO = ("orig_sample_rate", "orig_channels", "orig_frames", "clip_offset")
 # Rows per manifest row group: ingest holds one group, training's streamed reads a few (LRU).
 MANIFEST_GROUP_ROWS = 256
@@ -68,6 +99,60 @@ SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", 
 
 class CollectionError(ValueError):
     """The collection as a whole cannot be used (missing, empty, unreadable labels)."""
+
+
+class NotRegularFile(OSError):
+    """A path listed as a file is a pipe, socket, device or folder: never read (a permanent error, not retried)."""
+
+
+def shown(name: str) -> str:
+    """A name as text that any file, log line or Parquet column takes: unchanged when it is valid UTF-8; else
+    the bytes that are not UTF-8 (which Python holds as surrogate escapes) written ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decoded to
+        return name.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def _name_bytes(name: str) -> bytes | None:
+    """The exact bytes of a name that is not valid UTF-8 (None for a valid one)."""
+    if shown(name) == name:
+        return None
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
+
+
+_KINDS = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file; else what it is (``named pipe (FIFO)``, ``socket``, ...), from its stat mode."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def _read_local(path: str) -> bytes:
+    """A local file's bytes, refusing anything that is not a regular file without blocking on it.
+
+    The listing already left out pipes, sockets and devices; opening with ``O_NONBLOCK`` and checking
+    the open file's kind covers one put in a file's place after the listing (opening a pipe to read
+    blocks until a writer comes; with ``O_NONBLOCK`` it returns at once).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind:
+            raise NotRegularFile(f"{kind}: not a regular file, not read")
+        return f.read()
 
 
 @dataclass(frozen=True)
@@ -122,22 +207,46 @@ def _has_split_dir(relpath: str) -> bool:
     return "/" in relpath and relpath.split("/", 1)[0].lower() in SPLIT_DIRS
 
 
+def _is_local(fs) -> bool:
+    return bool({"file", "local"} & set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)))
+
+
+def _timed(fs, fn: Callable[[], T], cfg: DataConfig, what: str) -> T:
+    """``fn()`` retried on transient errors; on remote storage each attempt within ``data.read_timeout_s`` (a
+    stall is a transient error). Local calls run inline: a thread per call costs ~0.4 ms, as much as decoding
+    a small image, and local reads never wait on a pipe (see :func:`_read_local`)."""
+    call = fn if _is_local(fs) else lambda: within(fn, cfg.read_timeout_s, what)
+    return with_retries(call, what=what, retries=cfg.retries, backoff_s=cfg.retry_backoff_s)
+
+
+def _timed_read(fs, full: str, cfg: DataConfig, what: str) -> bytes:
+    """A file's bytes (see :func:`_timed`)."""
+    return _timed(fs, (lambda: _read_local(full)) if _is_local(fs) else (lambda: fs.cat_file(full)), cfg, what)
+
+
 def _read_labels(fs, root: str, cfg: DataConfig) -> dict[str, int]:
+    """``labels.csv`` as ``{relative path: label}``; names not valid UTF-8 match file names byte for byte."""
     path = posixpath.join(root, "labels.csv")
-    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
-    if not with_retries(lambda: fs.exists(path), what=path, **retry):
+    shown_path = shown(redact_url(path))
+    if not _timed(fs, lambda: fs.exists(path), cfg, shown_path):
         return {}
-    text = with_retries(lambda: fs.cat_file(path), what=path, **retry).decode("utf-8", errors="replace")
+    try:
+        text = _timed_read(fs, path, cfg, shown_path).decode("utf-8", errors="surrogateescape")
+    except OSError as err:
+        raise CollectionError(f"{shown_path}: cannot read it: {shown(str(err))}") from None
     labels: dict[str, int] = {}
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
             rel, label = row["path"].strip(), int(row["label"])
         except (KeyError, TypeError, AttributeError, ValueError):
-            raise CollectionError(f"{redact_url(path)}, line {n}: expected columns path,label with an integer "
+            raise CollectionError(f"{shown_path}, line {n}: expected columns path,label with an integer "
                                   "label") from None
         if escapes(rel) or rel.startswith("/"):
-            raise CollectionError(f"{redact_url(path)}, line {n}: path {rel!r} leaves the collection; paths are "
+            raise CollectionError(f"{shown_path}, line {n}: path {shown(rel)!r} leaves the collection; paths are "
                                   "relative to the folder labels.csv is in")
+        if label < 0:
+            raise CollectionError(f"{shown_path}, line {n}: label {label} for {shown(rel)!r} is negative; labels "
+                                  "are class numbers 0, 1, 2, ...")
         labels[rel] = label
     return labels
 
@@ -166,48 +275,128 @@ def _open_collection(url: str, cfg: DataConfig) -> tuple[object, str]:
         fs, root = open_fs(url)
     except StorageError as err:
         raise CollectionError(f"{redact_url(url)}: {err}") from None
-    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
-    shown = redact_url(url)
-    if not with_retries(lambda: fs.exists(root), what=url, **retry):
-        raise CollectionError(f"{shown}: collection not found")
-    if not with_retries(lambda: fs.isdir(root), what=url, **retry):
-        raise CollectionError(f"{shown}: not a folder")
+    where = redact_url(url)
+    try:
+        if not _timed(fs, lambda: fs.exists(root), cfg, where):
+            raise CollectionError(f"{where}: collection not found")
+        if not _timed(fs, lambda: fs.isdir(root), cfg, where):
+            raise CollectionError(f"{where}: not a folder")
+    except OSError as err:
+        raise CollectionError(f"{where}: cannot reach the collection: {_why(err)}") from None
     return fs, root
 
 
-def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str, int]], list[tuple[str, str]]]:
-    """The filesystem, its root, sorted ``(relative path, size)`` of image files, and refused entries.
+def _list_tree(fs, root: str, cfg: DataConfig, url: str) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    """Every non-folder entry under ``root`` (``{full path: listing info}``), and the folders that could
+    not be listed with the reason. Folder by folder, each ``ls`` within the time limit and retried: a
+    folder that cannot be read is quarantined and the others listed (fsspec's ``find`` leaves such a
+    folder out without a word). Local links are not followed (the local listing gives them as files)."""
+    found: dict[str, dict] = {}
+    refused: list[tuple[str, str]] = []
+    todo = [(root, 0)]
+    while todo:
+        folder, depth = todo.pop()
+        if depth > MAX_LIST_DEPTH:
+            raise CollectionError(f"{redact_url(url)}: listing never ends (a folder symlink loop?); remove the loop")
+        try:
+            listing = _timed(fs, lambda f=folder: fs.ls(f, detail=True), cfg, shown(folder))
+        except OSError as err:
+            if folder == root:
+                raise CollectionError(f"{redact_url(url)}: cannot list the collection: {_why(err)}") from None
+            refused.append((_rel(folder, root), f"folder not listed, its files left out: {_why(err)}"))
+            continue
+        here = folder.rstrip("/")
+        for info in listing:
+            full = info["name"].rstrip("/")
+            if full == here or not full:
+                continue  # a store listing the folder itself
+            if info.get("type") == "directory":
+                todo.append((full, depth + 1))
+            else:
+                found[full] = info
+    return found, refused
 
-    Local symlinks are checked without following them into loops: fsspec's local ``find`` lists a
-    link to a folder as a file, so a loop or a link out of the collection is refused with a reason.
+
+def _rel(full: str, root: str) -> str:
+    return posixpath.relpath(full, root) if root else full
+
+
+def _why(err: BaseException) -> str:
+    """An error as a quarantine reason: a stall says so plainly, a missing file says it vanished."""
+    if isinstance(err, RetriesExhausted) and isinstance(err.__cause__, ReadTimeout):
+        return f"{err.__cause__} (gave up after {err.attempts} attempts)"
+    if isinstance(err, ReadTimeout):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        return f"vanished after the listing: {type(err).__name__}: {shown(str(err))}"
+    return f"{type(err).__name__}: {shown(str(err))}"
+
+
+def _entry_problem(full: str, info: dict, local: bool) -> tuple[str | None, int | None]:
+    """Why a listed entry cannot be read (a link that loops or leaves, a pipe, socket or device, gone), or
+    None; and its size in bytes (None where the store does not say). Nothing is opened."""
+    if not local:
+        kind = info.get("type")
+        if kind not in ("file", None):
+            return f"{kind}: not a regular file, not read", None
+        size = info.get("size")
+        return None, None if size is None else int(size)
+    try:
+        st = os.stat(full)  # follows a link inside the collection to what it names
+    except FileNotFoundError:
+        return "vanished after the listing", None
+    except OSError as err:
+        return f"unreadable: {_why(err)}", None
+    kind = file_kind(st.st_mode)
+    if kind:
+        link = "symlink to a " if os.path.islink(full) else ""
+        return f"{link}{kind}: not a regular file, not read", None
+    return None, st.st_size
+
+
+def list_images(url: str, cfg: DataConfig) -> tuple[object, str, list[tuple[str, int | None]], list[tuple[str, str]]]:
+    """The filesystem, its root, sorted ``(relative path, size or None)`` of image files, and refused entries.
+
+    Local symlinks are checked without following them into loops: a loop or a link out of the
+    collection is refused with a reason. Only regular files are kept: other entries with an image
+    file's name are refused with their kind (from the listing, and a stat for local files), never opened.
     """
     fs, root = _open_collection(url, cfg)
-    retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
-    shown = redact_url(url)
     exts = tuple(e.lower() for e in cfg.file_extensions)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    try:
-        found = with_retries(lambda: fs.find(root, withdirs=False, detail=True), what=url, **retry)
-    except RecursionError:
-        # A filesystem whose listing follows folder links can walk a loop forever.
-        raise CollectionError(f"{shown}: listing never ends (a folder symlink loop?); remove the loop") from None
-    except OSError as err:
-        raise CollectionError(f"{shown}: cannot list the collection: {type(err).__name__}: {err}") from None
-    files: list[tuple[str, int]] = []
-    refused: list[tuple[str, str]] = []
+    local = _is_local(fs)
+    found, refused = _list_tree(fs, root, cfg, url)
+    files: list[tuple[str, int | None]] = []
     for full, info in found.items():
-        rel = posixpath.relpath(full, root) if root else full
+        rel = _rel(full, root)
         name = posixpath.basename(rel)
         if name.startswith(".") or rel.startswith("."):
             continue
-        problem = _local_link_problem(full, root) if local else None
-        if problem:
-            refused.append((rel, problem))
-            continue
+        if local and os.path.islink(full):
+            problem = _local_link_problem(full, root)
+            if problem:  # refused whatever its name: a loop or an escape is worth a word
+                refused.append((rel, problem))
+                continue
         if not name.lower().endswith(exts):
             continue
-        files.append((rel, int(info.get("size") or 0)))
+        problem, size = _entry_problem(full, info, local)
+        if problem:
+            refused.append((rel, problem))
+        else:
+            files.append((rel, size))
+    _warn_lookalikes([rel for rel, _ in files])
     return fs, root, sorted(files), sorted(refused)
+
+
+def _warn_lookalikes(rels: list[str]) -> None:
+    """Warn about names that are the same after Unicode NFC normalization (``é`` as one code point or two):
+    distinct files here, kept both, but one name on filesystems that normalize (macOS) and easy to confuse."""
+    groups: dict[str, list[str]] = {}
+    for rel in rels:
+        groups.setdefault(unicodedata.normalize("NFC", rel), []).append(rel)
+    for same in groups.values():
+        if len(same) > 1:
+            log.warning("names that differ only in Unicode normalization (NFC/NFD), kept as %d files: %s",
+                        len(same), ", ".join(ascii(shown(r)) for r in sorted(same)))
 
 
 def _first_image(fs, root: str, exts: tuple[str, ...]) -> bool:
@@ -230,8 +419,8 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, bool]:
         except CollectionError as err:  # say which collection (and which setting names it)
             key = {"A": "data.domain_a", "B": "data.domain_b"}.get(domain, domain)
             raise CollectionError(f"collection {domain} ({key}): {err}") from None
-        try:
-            found[domain] = _first_image(fs, root, exts)
+        try:  # within the time limit on remote storage: a listing that stalls is named by ingest's own
+            found[domain] = _timed(fs, lambda f=fs, r=root: _first_image(f, r, exts), cfg, redact_url(url))
         except (RecursionError, OSError):
             found[domain] = True  # ingest's own listing names the problem
         if not found[domain]:
@@ -347,7 +536,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
                 if row is not None:
                     reused += row.pop("_reused")
                     row |= {"domain": domain, "split": _split_of(rel, row["sample_id"], cfg.test_fraction),
-                            "label": labels.get(rel)}
+                            "label": labels.get(rel, labels.get(shown(rel)))}
                     n_train += row["split"] == "train"
                     split_dirs = split_dirs or _has_split_dir(rel)
                     first_id = row["sample_id"] if first_id is None else min(first_id, row["sample_id"])
@@ -397,24 +586,36 @@ def stored_uri(fs, full: str) -> str:
         return path.as_posix()
 
 
-def _ingest_one(fs, root: str, rel: str, size: int, cfg: DataConfig, audio: _AudioDecoder | None,
+def _ingest_one(fs, root: str, rel: str, size: int | None, cfg: DataConfig, audio: _AudioDecoder | None,
                 previous: _Previous, seen: dict[str, str], quarantine: list[tuple[str, str]]) -> dict | None:
     """One file -> its manifest row (without domain, split and label), or None with a quarantine entry."""
     full = posixpath.join(root, rel) if root else rel
-    uri = stored_uri(fs, full)
-    if size > cfg.max_file_bytes:
-        quarantine.append((rel, f"file too large: {size} bytes > data.max_file_bytes={cfg.max_file_bytes}, "
-                                "not read"))
+    uri = shown(stored_uri(fs, full))
+    too_large = f"> data.max_file_bytes={cfg.max_file_bytes}"
+    if size is not None and size > cfg.max_file_bytes:
+        quarantine.append((rel, f"file too large: {size} bytes {too_large}, not read"))
         return None
     try:
-        data = with_retries(lambda p=full: fs.cat_file(p), what=uri, retries=cfg.retries,
-                            backoff_s=cfg.retry_backoff_s)
+        data = _timed_read(fs, full, cfg, uri)
+    except NotRegularFile as err:
+        quarantine.append((rel, str(err)))
+        return None
     except OSError as err:
-        quarantine.append((rel, f"unreadable: {type(err).__name__}: {err}"))
+        plain = isinstance(err, (ReadTimeout, FileNotFoundError)) or isinstance(err.__cause__, ReadTimeout)
+        quarantine.append((rel, _why(err) if plain else f"unreadable: {_why(err)}"))
+        return None
+    if size is not None and len(data) != size and _is_local(fs):
+        # Written to (or replaced) between the listing and the read: its bytes may be half old, half new. (An
+        # object store replaces an object whole, and some list another size than they serve: not checked there.)
+        quarantine.append((rel, f"changed while being ingested (listed at {size} bytes, read {len(data)}), not "
+                                "used; run ingest again once it is complete"))
+        return None
+    if len(data) > cfg.max_file_bytes:  # a store that lists no sizes
+        quarantine.append((rel, f"file too large: {len(data)} bytes {too_large}"))
         return None
     sid = sha256_bytes(data)
     if sid in seen:
-        quarantine.append((rel, f"duplicate content of {seen[sid]}"))
+        quarantine.append((rel, f"duplicate content of {shown(seen[sid])}"))
         return None
     wav, info, was_reused = None, dict.fromkeys(AUDIO_INFO), False
     if sid in previous:
@@ -443,15 +644,16 @@ def _ingest_one(fs, root: str, rel: str, size: int, cfg: DataConfig, audio: _Aud
             (w, h), mode = im.size, im.mode
         png = encode_png(arr)
     seen[sid] = rel
-    return {"sample_id": sid, "relpath": rel, "uri": uri, "orig_width": w, "orig_height": h, "orig_mode": mode,
-            "size_bytes": len(data), "image": png, "audio": wav, **info, "_reused": was_reused}
+    return {"sample_id": sid, "relpath": shown(rel), "relpath_bytes": _name_bytes(rel), "uri": uri,
+            "orig_width": w, "orig_height": h, "orig_mode": mode, "size_bytes": len(data), "image": png, "audio": wav,
+            **info, "_reused": was_reused}
 
 
 def _write_quarantine(path: Path, entries: list[tuple[str, str]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason"])
-        w.writerows(entries)
+        w.writerows((shown(rel), shown(reason)) for rel, reason in entries)
 
 
 DIGEST_COLUMNS = ("sample_id", "split", "label")  # all that manifest_digest reads (with the schema metadata)

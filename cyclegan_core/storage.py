@@ -13,8 +13,11 @@ import posixpath
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -34,7 +37,9 @@ class StorageError(ValueError):
 
 
 class RetriesExhausted(OSError):
-    """A storage call kept failing with transient errors until the retries ran out."""
+    """A storage call kept failing with transient errors until the retries ran out (after ``attempts`` tries)."""
+
+    attempts: int = 0
 
 
 class PathEscape(ValueError):
@@ -181,12 +186,43 @@ def with_retries(fn: Callable[[], T], *, what: str, retries: int = 4, backoff_s:
             if not is_transient(err):
                 raise
             if attempt == retries:
-                raise RetriesExhausted(f"{redact_url(what)}: gave up after {retries + 1} attempts: "
-                                       f"{type(err).__name__}: {err}") from err
+                exhausted = RetriesExhausted(f"{redact_url(what)}: gave up after {retries + 1} attempts: "
+                                             f"{type(err).__name__}: {err}")
+                exhausted.attempts = retries + 1
+                raise exhausted from err
             log.warning("transient error on %s (attempt %d of %d), retrying in %.2f s: %s", redact_url(what),
                         attempt + 1, retries + 1, delays[attempt], type(err).__name__)
             (sleep or _sleep)(delays[attempt])
     raise AssertionError("unreachable")
+
+
+class ReadTimeout(TimeoutError):
+    """A storage read did not finish within its time limit (a transient error: it is retried)."""
+
+
+def within(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """``fn()``, or :class:`ReadTimeout` once ``timeout_s`` seconds pass without it returning.
+
+    ``fn`` runs on a daemon thread. Python cannot stop a thread blocked in a read, so a stalled one is
+    left behind (its result, if it ever comes, is dropped); being a daemon, it never holds up the
+    interpreter's exit. A ``concurrent.futures`` executor is not used to run it because its worker
+    threads are joined at exit, which would turn one stalled read into a hang at the end of the run.
+    """
+    done: Future[T] = Future()
+
+    def call() -> None:
+        try:
+            result = fn()
+        except BaseException as err:  # handed to the caller, raised there
+            done.set_exception(err)
+        else:
+            done.set_result(result)
+
+    threading.Thread(target=call, name=f"read {redact_url(what)}"[:60], daemon=True).start()
+    try:
+        return done.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise ReadTimeout(f"read timed out after {timeout_s:.3g} s") from None
 
 
 # --- path confinement -------------------------------------------------------------------------

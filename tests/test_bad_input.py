@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import socket
+import stat
 import struct
 import subprocess
 import sys
+import threading
+import time
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -27,6 +33,8 @@ from cyclegan_core.ingest import CollectionError, check_collections, ingest_coll
 from tests.conftest import tiny_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads through chmod 000
+LATIN1_NAME = os.fsdecode(b"caf\xe9 latin-1.png")  # not UTF-8: Python holds the byte as a surrogate escape
 
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -132,6 +140,36 @@ def make_corpus(root: Path, outside: Path) -> dict[str, str]:
     os.symlink(root / "does-not-exist.png", root / "dangling.png")
     expect["dangling.png"] = "broken symlink"
     put("notes.txt", b"not an image extension: ignored, not quarantined", "ignored")
+    # Entries that are not regular files: never opened (a pipe would block the read forever).
+    os.mkfifo(root / "pipe.png")
+    expect["pipe.png"] = "named pipe (FIFO): not a regular file, not read"
+    os.symlink("pipe.png", root / "link_to_pipe.png")
+    expect["link_to_pipe.png"] = "symlink to a named pipe (FIFO): not a regular file"
+    os.mkfifo(root / "pipe_without_an_image_name")
+    expect["pipe_without_an_image_name"] = "ignored"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "socket.jpg"))
+    server.close()  # the socket file stays
+    expect["socket.jpg"] = "socket: not a regular file"
+    try:
+        os.mknod(root / "device.png", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        expect["device.png"] = "character device: not a regular file"
+    except OSError:  # not root, or a container without the capability
+        pass
+    # Names that are not UTF-8: ingested (shown with \x escapes) or quarantined under that shown name.
+    put(LATIN1_NAME, _save(_rgb(7), "PNG"), "ok")
+    expect["caf\\xe9 latin-1.png"] = expect.pop(LATIN1_NAME)
+    put(os.fsdecode(b"\xff\xfe broken.png"), b"\x89PNG\r\n\x1a\n garbage", "corrupt or truncated")
+    expect["\\xff\\xfe broken.png"] = expect.pop(os.fsdecode(b"\xff\xfe broken.png"))
+    # The same name in its two Unicode normalizations: two files, both kept.
+    put(unicodedata.normalize("NFC", "é.png"), _save(_rgb(8), "PNG"), "ok")
+    put(unicodedata.normalize("NFD", "é.png"), _save(_rgb(9), "PNG"), "ok")
+    if not AS_ROOT:  # root reads these anyway; test_unreadable_folders_and_files_remote covers it there
+        put("locked/inside.png", _save(_rgb(10), "PNG"), "ignored")
+        (root / "locked").chmod(0)
+        expect["locked"] = "folder not listed, its files left out: PermissionError"
+        put("no_read_permission.png", _save(_rgb(11), "PNG"), "unreadable: PermissionError")
+        (root / "no_read_permission.png").chmod(0)
     return expect
 
 
@@ -334,8 +372,8 @@ def test_a_listing_that_never_ends_is_a_clear_error(tmp_path):
         def _strip_protocol(cls, path):
             return super()._strip_protocol(path.replace("loopy8://", "memory://", 1))
 
-        def find(self, path, *args, **kw):
-            return self.find(path + "/loop", *args, **kw)
+        def ls(self, path, detail=True, **kw):  # every folder holds one more
+            return [{"name": path.rstrip("/") + "/loop", "type": "directory", "size": 0}]
 
     fsspec.register_implementation("loopy8", LoopingFS, clobber=True)
     fsspec.filesystem("memory").pipe_file("/loopy8/x.png", b"x")
@@ -344,3 +382,153 @@ def test_a_listing_that_never_ends_is_a_clear_error(tmp_path):
             ingest_collection("loopy8://loopy8", "A", tmp_path / "out", DataConfig())
     finally:
         fsspec.filesystem("memory").rm("/loopy8", recursive=True)
+
+
+def test_names_that_are_not_utf8_are_kept_losslessly(corpus):
+    _, _, result, quarantined = corpus
+    rows = {r["relpath"]: r for r in read_manifest(result.manifest).to_pylist()}
+    latin = rows["caf\\xe9 latin-1.png"]  # shown escaped; the exact bytes beside it give the file back
+    assert latin["relpath_bytes"] == b"caf\xe9 latin-1.png" and os.fsdecode(latin["relpath_bytes"]) == LATIN1_NAME
+    assert latin["uri"].endswith("coll/caf\\xe9 latin-1.png")
+    assert rows["ok_rgb.png"]["relpath_bytes"] is None  # a UTF-8 name needs no second copy
+    assert "\\xff\\xfe broken.png" in quarantined
+    nfc, nfd = unicodedata.normalize("NFC", "é.png"), unicodedata.normalize("NFD", "é.png")
+    assert rows[nfc]["sample_id"] != rows[nfd]["sample_id"]
+
+
+def test_lookalike_names_are_both_kept_with_a_warning(tmp_path, caplog):
+    coll = tmp_path / "c"
+    coll.mkdir()
+    for i, form in enumerate(("NFC", "NFD")):
+        (coll / unicodedata.normalize(form, "Zoë.png")).write_bytes(_save(_rgb(i), "PNG"))
+    with caplog.at_level(logging.WARNING, logger="cyclegan_core.ingest"):
+        r = ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+    assert r.samples == 2
+    assert "differ only in Unicode normalization (NFC/NFD), kept as 2 files" in caplog.text
+
+
+def _memory_fs(protocol: str, **methods):
+    """A memory:// filesystem under ``protocol`` with some methods replaced (a store that misbehaves)."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def strip(cls, path):
+        return MemoryFileSystem._strip_protocol(path.replace(f"{protocol}://", "memory://", 1))
+
+    cls = type(f"FS_{protocol}", (MemoryFileSystem,), {"protocol": (protocol,), "_strip_protocol": classmethod(strip),
+                                                        **methods})
+    fsspec.register_implementation(protocol, cls, clobber=True)
+    return fsspec.filesystem("memory")
+
+
+def test_a_stalled_remote_read_times_out_is_retried_then_quarantined(tmp_path):
+    """A read (and a folder listing) that never returns: the run goes on after the time limit, per attempt."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    release = threading.Event()
+    attempts: list[str] = []
+
+    def cat_file(self, path, *args, **kw):
+        if path.endswith("stuck.png"):
+            attempts.append(path)
+            release.wait(30)  # a connection that stops sending; the test lets it go at the end
+        return MemoryFileSystem.cat_file(self, path, *args, **kw)
+
+    def ls(self, path, detail=True, **kw):
+        if path.rstrip("/").endswith("slow"):
+            release.wait(30)
+        return MemoryFileSystem.ls(self, path, detail=detail, **kw)
+
+    mem = _memory_fs("stall8", cat_file=cat_file, ls=ls)
+    for i, name in enumerate(("a.png", "b.png", "stuck.png", "slow/c.png")):
+        mem.pipe_file(f"/stall8/A/{name}", _save(_rgb(i), "PNG"))
+    cfg = DataConfig(image_size=16, read_timeout_s=0.3, retries=1, retry_backoff_s=0.0)
+    start = time.monotonic()
+    try:
+        r = ingest_collection("stall8://stall8/A", "A", tmp_path / "out", cfg)
+    finally:
+        release.set()
+        mem.rm("/stall8", recursive=True)
+    took = time.monotonic() - start
+    assert r.samples == 2 and len(attempts) == 2  # retried once, as data.retries=1 says
+    q = _quarantine(Path(r.quarantine))
+    assert q["stuck.png"] == "read timed out after 0.3 s (gave up after 2 attempts)"
+    assert q["slow"] == "folder not listed, its files left out: read timed out after 0.3 s (gave up after 2 attempts)"
+    assert took < 10, took
+
+
+def test_unreadable_folders_and_files_remote(tmp_path):
+    """Permission denied on a folder's listing and on a file (a store's answer, whoever runs the test)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def ls(self, path, detail=True, **kw):
+        if path.rstrip("/").endswith("locked"):
+            raise PermissionError(f"access denied: {path}")
+        listing = MemoryFileSystem.ls(self, path, detail=detail, **kw)
+        return [i | {"type": "other"} if i["name"].endswith("odd.png") else i for i in listing]
+
+    def cat_file(self, path, *args, **kw):
+        if path.endswith("private.png"):
+            raise PermissionError(f"access denied: {path}")
+        return MemoryFileSystem.cat_file(self, path, *args, **kw)
+
+    mem = _memory_fs("deny8", ls=ls, cat_file=cat_file)
+    for i, name in enumerate(("a.png", "private.png", "odd.png", "locked/b.png")):
+        mem.pipe_file(f"/deny8/A/{name}", _save(_rgb(i), "PNG"))
+    try:
+        r = ingest_collection("deny8://deny8/A", "A", tmp_path / "out", DataConfig(image_size=16))
+    finally:
+        mem.rm("/deny8", recursive=True)
+    q = _quarantine(Path(r.quarantine))
+    assert r.samples == 1 and set(q) == {"locked", "private.png", "odd.png"}
+    assert q["locked"] == "folder not listed, its files left out: PermissionError: access denied: /deny8/A/locked"
+    assert q["private.png"] == "unreadable: PermissionError: access denied: /deny8/A/private.png"
+    assert q["odd.png"] == "other: not a regular file, not read"
+
+
+def test_a_collection_that_changes_during_ingest(tmp_path):
+    """After the listing (and the first file's read), a file vanishes, one grows, one turns into a pipe."""
+    coll = tmp_path / "c"
+    coll.mkdir()
+    for i, name in enumerate(("a.png", "b_becomes_pipe.png", "c_vanishes.png", "d_grows.png", "e.png")):
+        (coll / name).write_bytes(_save(_rgb(i), "PNG"))
+
+    def meddle(done: int, total: int) -> None:
+        if done == 1:
+            (coll / "b_becomes_pipe.png").unlink()
+            os.mkfifo(coll / "b_becomes_pipe.png")
+            (coll / "c_vanishes.png").unlink()
+            with open(coll / "d_grows.png", "ab") as f:
+                f.write(b"more")
+
+    r = ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16), progress=meddle)
+    q = _quarantine(Path(r.quarantine))
+    assert r.samples == 2 and set(read_manifest(r.manifest).column("relpath").to_pylist()) == {"a.png", "e.png"}
+    assert q["b_becomes_pipe.png"] == "named pipe (FIFO): not a regular file, not read"
+    assert q["c_vanishes.png"].startswith("vanished after the listing: FileNotFoundError")
+    assert q["d_grows.png"].startswith("changed while being ingested (listed at ")
+
+
+def test_labels_file_that_is_a_pipe_or_has_a_negative_label(tmp_path):
+    coll = tmp_path / "c"
+    coll.mkdir()
+    (coll / "x.png").write_bytes(_save(_rgb(0), "PNG"))
+    (coll / "labels.csv").write_text("path,label\nx.png,-1\n")
+    with pytest.raises(CollectionError, match=r"labels.csv, line 2: label -1 for 'x.png' is negative; labels are "
+                                              r"class numbers 0, 1, 2"):
+        ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+    (coll / "labels.csv").unlink()
+    os.mkfifo(coll / "labels.csv")
+    with pytest.raises(CollectionError, match=r"labels.csv: cannot read it: named pipe \(FIFO\): not a regular file"):
+        ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+
+
+def test_labels_match_names_that_are_not_utf8(tmp_path):
+    coll = tmp_path / "c"
+    coll.mkdir()
+    (coll / LATIN1_NAME).write_bytes(_save(_rgb(0), "PNG"))
+    (coll / "plain.png").write_bytes(_save(_rgb(1), "PNG"))
+    (coll / "labels.csv").write_bytes(b"path,label\ncaf\xe9 latin-1.png,3\nplain.png,1\n")  # the name's own bytes
+    r = ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+    labels = dict(zip(*read_manifest(r.manifest, columns=["relpath", "label"]).to_pydict().values(), strict=True))
+    assert labels == {"caf\\xe9 latin-1.png": 3, "plain.png": 1}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -94,13 +95,28 @@ def _wait_page(driver, url: str, ready: str, timeout: float = 60.0):
     raise AssertionError(f"{url}: not rendered after {timeout} s:\n{body}")
 
 
+def _awkward_files(a: Path) -> None:
+    """Issue 21 through the real ``cycleaug run``: a named pipe (which once blocked ingest forever) and a
+    labelled sample whose name is not UTF-8 (which once crashed it) in collection A."""
+    os.mkfifo(a / "train" / "pipe.png")
+    os.rename(a / "train" / "hand_006.png", a / os.fsdecode(b"train/hand_006 \xe9.png"))
+    labels = a / "labels.csv"
+    labels.write_bytes(labels.read_bytes().replace(b"train/hand_006.png,", b"train/hand_006 \xe9.png,"))
+
+
 def test_the_ui_shows_pictures_tables_progress_and_a_failed_gate(prefect_api, browser, tmp_path):
     api, env = prefect_api
     a, b = tiny_collections(tmp_path / "raw")
+    _awkward_files(a)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_settings(tmp_path / "work", a, b)))
     done = _run(params, env)
     assert done.returncode == 0, done.stderr[-3000:]
+    ingested = tmp_path / "work" / "ingest" / "A"
+    assert (ingested / "quarantine.csv").read_text().splitlines() == [
+        "path,reason", 'train/pipe.png,"named pipe (FIFO): not a regular file, not read"']
+    rows = pq.read_table(ingested / "manifest.parquet", columns=["relpath", "relpath_bytes", "label"]).to_pylist()
+    assert {"relpath": "train/hand_006 \\xe9.png", "relpath_bytes": b"train/hand_006 \xe9.png", "label": 6} in rows
     failed = _run(params, env, "--set", "validate.run.AtoB.min_mean_cycle_psnr=99")
     assert failed.returncode == 1 and "AtoB.mean_cycle_psnr" in failed.stderr
 
