@@ -73,7 +73,7 @@ KEYS: dict[str, Inputs] = {
                          why="the validated figures, per-sample scores, the gate and its report"),
     "utility": Inputs(("utility",), ("utility", "classifiers", "report"), why="the downstream-utility report"),
     "publication": Inputs(("data", "model", "train", "generate", "validate", "utility", "publish"),
-                          ("publish", "report", "pipeline", "flags", "history"),
+                          ("publish", "report", "pipeline", "flags", "history", "diff"),
                           why="a published version (its rows record this settings digest as params_hash); the "
                               "analysts' flags file is one of its data inputs"),
 }

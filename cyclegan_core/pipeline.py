@@ -23,6 +23,7 @@ from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
+from .diff import scan_folder, write_version_diff
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
@@ -432,7 +433,9 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
             "sample_rate": audio.sample_rate, "duration_s": round(audio.clip_samples / audio.sample_rate, 3),
             "bins": audio.bins, "frames": audio.frames, "representation": audio.representation,
             "inversion": audio.inversion.replace("_", "-")})
+    previous = scan_folder(plan["out_dir"])  # the version being replaced: its row keys and digests, no pictures
     result = commit_publish(plan, shards, card_info=card_info)
+    write_version_diff(previous, result.out_dir, reports)
     if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
         upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
                    backoff_s=cfg.data.retry_backoff_s)
