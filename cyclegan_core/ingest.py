@@ -122,23 +122,43 @@ def _has_split_dir(relpath: str) -> bool:
     return "/" in relpath and relpath.split("/", 1)[0].lower() in SPLIT_DIRS
 
 
-def _read_labels(fs, root: str, cfg: DataConfig) -> dict[str, int]:
+def _label_rows(fs, root: str, cfg: DataConfig) -> Iterator[tuple[int, str, str]]:
+    """(line, path, raw label) of each row of ``labels.csv`` (none without one)."""
     path = posixpath.join(root, "labels.csv")
     retry = {"retries": cfg.retries, "backoff_s": cfg.retry_backoff_s}
     if not with_retries(lambda: fs.exists(path), what=path, **retry):
-        return {}
+        return
     text = with_retries(lambda: fs.cat_file(path), what=path, **retry).decode("utf-8", errors="replace")
-    labels: dict[str, int] = {}
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
-            rel, label = row["path"].strip(), int(row["label"])
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise CollectionError(f"{redact_url(path)}, line {n}: expected columns path,label with an integer "
-                                  "label") from None
+            rel, label = row["path"].strip(), row["label"].strip()
+        except (KeyError, TypeError, AttributeError):
+            raise CollectionError(f"{redact_url(path)}, line {n}: expected columns path,label") from None
+        if not label:
+            raise CollectionError(f"{redact_url(path)}, line {n}: empty label (give an integer or a class name)")
         if escapes(rel) or rel.startswith("/"):
             raise CollectionError(f"{redact_url(path)}, line {n}: path {rel!r} leaves the collection; paths are "
                                   "relative to the folder labels.csv is in")
-        labels[rel] = label
+        yield n, rel, label
+
+
+def label_values(url: str, cfg: DataConfig) -> list[str]:
+    """Every raw label in the collection's ``labels.csv``, for :func:`cyclegan_core.labelnames.label_ids`."""
+    fs, root = _open_collection(url, cfg)
+    return [label for _, _, label in _label_rows(fs, root, cfg)]
+
+
+def _read_labels(fs, root: str, cfg: DataConfig, ids: dict[str, int] | None = None) -> dict[str, int]:
+    """path -> class id: the integer label, or the name's id in ``ids`` (both collections' names)."""
+    labels: dict[str, int] = {}
+    for n, rel, label in _label_rows(fs, root, cfg):
+        try:
+            labels[rel] = int(label) if ids is None else ids[label]
+        except (ValueError, KeyError):
+            where = f"{redact_url(posixpath.join(root, 'labels.csv'))}, line {n}"
+            raise CollectionError(f"{where}: label {label!r} is " + (
+                "not an integer; class names are mapped over both collections (ingest them together: "
+                "cycleaug ingest)" if ids is None else "not among the class names read before ingest began")) from None
     return labels
 
 
@@ -317,19 +337,20 @@ def _with_split(src: Path, dst: Path, schema: pa.Schema, sample_id: str, split: 
 
 
 def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
-                      progress: Progress | None = None) -> IngestResult:
+                      progress: Progress | None = None, label_ids: dict[str, int] | None = None) -> IngestResult:
     """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``.
 
     The collection is listed once; its files are read, hashed and normalized in path order and
     written to the manifest a row group at a time (``MANIFEST_GROUP_ROWS`` rows), so memory holds
     one row group and the listing, never the collection's bytes. Samples of the last manifest are
     found by its ``sample_id`` column and their normalized bytes read back a row group at a time.
+    ``label_ids``: class names -> ids where ``labels.csv`` holds names (:mod:`cyclegan_core.labelnames`).
     """
     out = Path(out_dir)
     manifest_path, quarantine_path = out / "manifest.parquet", out / "quarantine.csv"
     key = processing_key(cfg)
     fs, root, files, quarantine = list_images(url, cfg)
-    labels = _read_labels(fs, root, cfg)
+    labels = _read_labels(fs, root, cfg, label_ids)
     audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
     what = "clips" if audio else "images"
     source = redact_url(url)
