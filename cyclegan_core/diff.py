@@ -137,10 +137,11 @@ def diff_markdown(diff: dict[str, Any]) -> str:
         lines.append(f"| {d} | {x['rows']['old']} | {x['rows']['new']} | {cell('added')} | {cell('removed')} "
                      f"| {cell('changed')} | {cell('unchanged')} |")
     changed = [k for k, v in diff["settings"].items() if v["changed"]]
-    lines += ["", f"Settings and code: {', '.join(changed) + ' changed' if changed else 'unchanged'}."]
+    if not diff.get("first_version"):  # against nothing, every setting and model is new
+        lines += ["", f"Settings and code: {', '.join(changed) + ' changed' if changed else 'unchanged'}."]
     for d, x in diff["directions"].items():
         old_m, new_m = set(x["models"]["old"]), set(x["models"]["new"])
-        if old_m != new_m:
+        if old_m != new_m and not diff.get("first_version"):
             lines.append(f"{d} models: {', '.join(m[:12] for m in sorted(old_m))} -> "
                          f"{', '.join(m[:12] for m in sorted(new_m))}")
     lines += ["", "| direction | held-out figure | old | new | change |", "|---|---|---|---|---|"]
