@@ -7,18 +7,24 @@ direction's held-out figures (means of the per-sample figures, label accuracy), 
 rows themselves so any two versions compare. The rows are read in record batches of the small
 columns plus the translation bytes (hashed and dropped batch by batch), so memory follows the
 number of rows, not their pictures.
+
+Each publish diffs itself against the version it replaces (:func:`write_version_diff`, from a scan
+taken before the swap): ``reports/version_diff.json`` and ``.md``, posted as the Prefect artifact
+``version-diff``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from .config import DIRECTIONS
-from .reader import PublishedDataset
+from .reader import PublishedDataset, open_dataset
+from .storage import write_bytes_atomic, write_json_atomic
 
 BATCH_ROWS = 1024
 KEY = ("direction", "source_id")
@@ -66,10 +72,21 @@ def scan(dataset: PublishedDataset) -> dict[str, Any]:
             "published_at": dataset.manifest.get("published_at")}
 
 
+def empty_scan() -> dict[str, Any]:
+    """What :func:`scan` says of no version at all: the old side of a first publish."""
+    return {"rows": {}, "means": {}, "models": {}, "provenance": {}, "label": None, "published_at": None}
+
+
 def diff_versions(old: PublishedDataset, new: PublishedDataset) -> dict[str, Any]:
     """The row, model, settings and figure changes from ``old`` to ``new`` (a JSON-ready dict)."""
-    a, b = scan(old), scan(new)
-    out: dict[str, Any] = {"old": a["label"], "new": b["label"], "directions": {}}
+    return diff_scans(scan(old), scan(new))
+
+
+def diff_scans(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """:func:`diff_versions` from two :func:`scan` results (``a`` may be :func:`empty_scan`: every row is
+    added, and ``first_version`` is true)."""
+    out: dict[str, Any] = {"old": a["label"], "new": b["label"], "first_version": a["label"] is None,
+                           "directions": {}}
     for d in DIRECTIONS:
         ka = {k for k in a["rows"] if k[0] == d}
         kb = {k for k in b["rows"] if k[0] == d}
@@ -107,7 +124,9 @@ def _delta(v: float | None) -> str:
 
 def diff_markdown(diff: dict[str, Any]) -> str:
     """The diff for people: rows per direction and split, models, settings, figure drift."""
-    lines = [f"# {diff['old']} -> {diff['new']}", "",
+    title = (f"# {diff['new']}: first version (nothing published before it)" if diff.get("first_version")
+             else f"# {diff['old']} -> {diff['new']}")
+    lines = [title, "",
              "| direction | old rows | new rows | added | removed | changed | unchanged |",
              "|---|---|---|---|---|---|---|"]
     for d, x in diff["directions"].items():
@@ -118,16 +137,39 @@ def diff_markdown(diff: dict[str, Any]) -> str:
         lines.append(f"| {d} | {x['rows']['old']} | {x['rows']['new']} | {cell('added')} | {cell('removed')} "
                      f"| {cell('changed')} | {cell('unchanged')} |")
     changed = [k for k, v in diff["settings"].items() if v["changed"]]
-    lines += ["", f"Settings and code: {', '.join(changed) + ' changed' if changed else 'unchanged'}."]
+    if not diff.get("first_version"):  # against nothing, every setting and model is new
+        lines += ["", f"Settings and code: {', '.join(changed) + ' changed' if changed else 'unchanged'}."]
     for d, x in diff["directions"].items():
         old_m, new_m = set(x["models"]["old"]), set(x["models"]["new"])
-        if old_m != new_m:
+        if old_m != new_m and not diff.get("first_version"):
             lines.append(f"{d} models: {', '.join(m[:12] for m in sorted(old_m))} -> "
                          f"{', '.join(m[:12] for m in sorted(new_m))}")
     lines += ["", "| direction | held-out figure | old | new | change |", "|---|---|---|---|---|"]
     for d, x in diff["directions"].items():
         for f, v in x["held_out_figures"].items():
-            old_v = "" if v["old"] is None else f"{v['old']:.4g}"
-            new_v = "" if v["new"] is None else f"{v['new']:.4g}"
+            old_v = "" if v["old"] is None else f"{v['old']:.3g}"
+            new_v = "" if v["new"] is None else f"{v['new']:.3g}"
             lines.append(f"| {d} | {f} | {old_v} | {new_v} | {_delta(v['delta'])} |")
     return "\n".join(lines) + "\n"
+
+
+VERSION_DIFF_JSON = "version_diff.json"
+VERSION_DIFF_MD = "version_diff.md"
+
+
+def scan_folder(out_dir: str | Path) -> dict[str, Any]:
+    """:func:`scan` of the version published in ``out_dir``, or :func:`empty_scan` where none is; labelled
+    by its publication time, as the old and new versions of one folder share its path."""
+    if not (Path(out_dir) / "manifest.json").exists():
+        return empty_scan()
+    dataset = open_dataset(str(out_dir))
+    return scan(dataset) | {"label": f"version of {dataset.manifest.get('published_at')}"}
+
+
+def write_version_diff(old: dict[str, Any], out_dir: str | Path, reports: str | Path) -> dict[str, Any]:
+    """Diff the version now in ``out_dir`` against ``old`` (its predecessor's :func:`scan_folder`, taken before
+    the swap) into ``reports/version_diff.json`` and ``.md``; the diff."""
+    diff = diff_scans(old, scan_folder(out_dir))
+    write_json_atomic(Path(reports) / VERSION_DIFF_JSON, diff)
+    write_bytes_atomic(Path(reports) / VERSION_DIFF_MD, diff_markdown(diff).encode("utf-8"))
+    return diff

@@ -224,30 +224,51 @@ def _timed_read(fs, full: str, cfg: DataConfig, what: str) -> bytes:
     return _timed(fs, (lambda: _read_local(full)) if _is_local(fs) else (lambda: fs.cat_file(full)), cfg, what)
 
 
-def _read_labels(fs, root: str, cfg: DataConfig) -> dict[str, int]:
-    """``labels.csv`` as ``{relative path: label}``; names not valid UTF-8 match file names byte for byte."""
+def _label_rows(fs, root: str, cfg: DataConfig) -> Iterator[tuple[int, str, str]]:
+    """(line, path, raw label) of each row of ``labels.csv`` (none without one); names not valid UTF-8 match
+    file names byte for byte."""
     path = posixpath.join(root, "labels.csv")
     shown_path = shown(redact_url(path))
     if not _timed(fs, lambda: fs.exists(path), cfg, shown_path):
-        return {}
+        return
     try:
         text = _timed_read(fs, path, cfg, shown_path).decode("utf-8", errors="surrogateescape")
     except OSError as err:
         raise CollectionError(f"{shown_path}: cannot read it: {shown(str(err))}") from None
-    labels: dict[str, int] = {}
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         try:
-            rel, label = row["path"].strip(), int(row["label"])
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise CollectionError(f"{shown_path}, line {n}: expected columns path,label with an integer "
-                                  "label") from None
+            rel, label = row["path"].strip(), row["label"].strip()
+        except (KeyError, TypeError, AttributeError):
+            raise CollectionError(f"{shown_path}, line {n}: expected columns path,label") from None
+        if not label:
+            raise CollectionError(f"{shown_path}, line {n}: empty label (give an integer or a class name)")
         if escapes(rel) or rel.startswith("/"):
             raise CollectionError(f"{shown_path}, line {n}: path {shown(rel)!r} leaves the collection; paths are "
                                   "relative to the folder labels.csv is in")
-        if label < 0:
-            raise CollectionError(f"{shown_path}, line {n}: label {label} for {shown(rel)!r} is negative; labels "
-                                  "are class numbers 0, 1, 2, ...")
-        labels[rel] = label
+        yield n, rel, label
+
+
+def label_values(url: str, cfg: DataConfig) -> list[str]:
+    """Every raw label in the collection's ``labels.csv``, for :func:`cyclegan_core.labelnames.label_ids`."""
+    fs, root = _open_collection(url, cfg)
+    return [label for _, _, label in _label_rows(fs, root, cfg)]
+
+
+def _read_labels(fs, root: str, cfg: DataConfig, ids: dict[str, int] | None = None) -> dict[str, int]:
+    """path -> class id: the integer label (never negative), or the name's id in ``ids`` (both collections'
+    names)."""
+    labels: dict[str, int] = {}
+    for n, rel, label in _label_rows(fs, root, cfg):
+        where = f"{shown(redact_url(posixpath.join(root, 'labels.csv')))}, line {n}"
+        try:
+            labels[rel] = int(label) if ids is None else ids[label]
+        except (ValueError, KeyError):
+            raise CollectionError(f"{where}: label {shown(label)!r} is " + (
+                "not an integer; class names are mapped over both collections (ingest them together: "
+                "cycleaug ingest)" if ids is None else "not among the class names read before ingest began")) from None
+        if labels[rel] < 0:
+            raise CollectionError(f"{where}: label {label} for {shown(rel)!r} is negative; labels are class "
+                                  "numbers 0, 1, 2, ... or class names")
     return labels
 
 
@@ -506,19 +527,20 @@ def _with_split(src: Path, dst: Path, schema: pa.Schema, sample_id: str, split: 
 
 
 def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
-                      progress: Progress | None = None) -> IngestResult:
+                      progress: Progress | None = None, label_ids: dict[str, int] | None = None) -> IngestResult:
     """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``.
 
     The collection is listed once; its files are read, hashed and normalized in path order and
     written to the manifest a row group at a time (``MANIFEST_GROUP_ROWS`` rows), so memory holds
     one row group and the listing, never the collection's bytes. Samples of the last manifest are
     found by its ``sample_id`` column and their normalized bytes read back a row group at a time.
+    ``label_ids``: class names -> ids where ``labels.csv`` holds names (:mod:`cyclegan_core.labelnames`).
     """
     out = Path(out_dir)
     manifest_path, quarantine_path = out / "manifest.parquet", out / "quarantine.csv"
     key = processing_key(cfg)
     fs, root, files, quarantine = list_images(url, cfg)
-    labels = _read_labels(fs, root, cfg)
+    labels = _read_labels(fs, root, cfg, label_ids)
     audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
     what = "clips" if audio else "images"
     source = redact_url(url)

@@ -69,11 +69,11 @@ KEYS: dict[str, Inputs] = {
                      ("judges", "classifiers", "streamstats"), why="validation's domain and label classifiers"),
     "validation": Inputs(("data", "validate", "publish.grid_samples"),
                          ("validate", "scoring", "streamstats", "metrics", "figures", "gate", "judges", "classifiers",
-                          "models", "report", "images", "audio"),
+                          "models", "report", "images", "audio", "labelnames"),
                          why="the validated figures, per-sample scores, the gate and its report"),
     "utility": Inputs(("utility",), ("utility", "classifiers", "report"), why="the downstream-utility report"),
     "publication": Inputs(("data", "model", "train", "generate", "validate", "utility", "publish"),
-                          ("publish", "report", "pipeline", "flags", "history"),
+                          ("publish", "report", "pipeline", "flags", "history", "diff", "labelnames"),
                           why="a published version (its rows record this settings digest as params_hash); the "
                               "analysts' flags file is one of its data inputs"),
 }
@@ -106,7 +106,7 @@ STAGES: dict[str, Stage] = {
         "cycleaug ingest", ("decode",),
         reads=("data.domain_a", "data.domain_b", "data.test_fraction", "data.extensions", "data.max_file_bytes",
                "paths.ingest"),
-        code=("ingest",), deps=("data/raw/A", "data/raw/B"),
+        code=("ingest", "labelnames"), deps=("data/raw/A", "data/raw/B"),
     ),
     "train": Stage("cycleaug train", ("model",),
                    reads=("paths.models", "orchestrate.retrain", "orchestrate.retrain_growth"),

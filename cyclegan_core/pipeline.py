@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import flags, inputs
+from . import flags, inputs, labelnames
 from .audio import listening_page
 from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
+from .diff import scan_folder, write_version_diff
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
@@ -93,11 +94,14 @@ def step_default_data(cfg: Config) -> dict:
 def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, IngestResult]:
     urls = {"A": cfg.data.domain_a, "B": cfg.data.domain_b}
     check_collections(urls, cfg.data)  # both usable before either is ingested
-    return {
+    ids = labelnames.collection_ids(urls, cfg.data)  # class names: one map for both collections
+    results = {
         d: ingest_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data,
-                             (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None)
+                             (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None, ids)
         for d in ("A", "B")
     }
+    labelnames.write_names(cfg.paths.ingest, ids)
+    return results
 
 
 def current_fingerprint(cfg: Config) -> str:
@@ -308,12 +312,13 @@ def _validation_reports(cfg: Config, result: ValidateResult) -> ValidateResult:
     reports = Path(cfg.paths.reports)
     summary = nan_to_none(read_json(result.summary))
     write_json_atomic(reports / "validation.json", summary)
-    audio = cfg.data.kind == "audio"
+    audio, names = cfg.data.kind == "audio", labelnames.read_names(cfg.paths.ingest)
     for d in DIRECTIONS:
         sample_grid(cfg.paths.generated, cfg.paths.validated, d, reports / f"grid_{d}.png", cfg.publish.grid_samples,
-                    spectrogram=audio)
+                    spectrogram=audio, label_names=names)
     if audio:  # a page to listen to: source | translation | cycle, best and worst held-out clips
-        listen = [r for d in DIRECTIONS for r in listening_rows(cfg.paths.generated, cfg.paths.validated, d)]
+        listen = [r for d in DIRECTIONS
+                  for r in listening_rows(cfg.paths.generated, cfg.paths.validated, d, label_names=names)]
         listening_page(listen, reports / LISTEN_DIR, "CycleAug: listen to the translations")
     write_bytes_atomic(reports / REPORT_FILE, markdown_report(summary).encode("utf-8"))
     return result
@@ -410,7 +415,8 @@ def step_publish_plan(cfg: Config, flow_run_id: str | None = None) -> dict:
     return plan_publish(cfg.paths.generated, cfg.paths.validated, cfg.paths.published, provenance=provenance,
                         mode=cfg.data.picture_mode, size=cfg.data.shape,
                         max_shard_bytes=int(cfg.publish.max_shard_mb * 2**20),
-                        sample_rate=audio.sample_rate if audio is not None else None, flagged=by_direction)
+                        sample_rate=audio.sample_rate if audio is not None else None, flagged=by_direction,
+                        label_names=labelnames.read_names(cfg.paths.ingest))
 
 
 def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishResult:
@@ -432,7 +438,9 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
             "sample_rate": audio.sample_rate, "duration_s": round(audio.clip_samples / audio.sample_rate, 3),
             "bins": audio.bins, "frames": audio.frames, "representation": audio.representation,
             "inversion": audio.inversion.replace("_", "-")})
+    previous = scan_folder(plan["out_dir"])  # the version being replaced: its row keys and digests, no pictures
     result = commit_publish(plan, shards, card_info=card_info)
+    write_version_diff(previous, result.out_dir, reports)
     if cfg.paths.publish_url:  # the finished local version goes up, manifest.json last
         upload_dir(result.out_dir, cfg.paths.publish_url, retries=cfg.data.retries,
                    backoff_s=cfg.data.retry_backoff_s)

@@ -117,11 +117,12 @@ _AUDIO_HEAD = [(c, IMAGE_TYPE) for c in AUDIO_COLUMNS]
 _AUDIO_TAIL = [("sample_rate", pa.int32()), ("duration_s", pa.float64())]
 
 
-def published_schema(validated: pa.Schema, audio: bool = False) -> pa.Schema:
+def published_schema(validated: pa.Schema, audio: bool = False, label_names: list[str] | None = None) -> pa.Schema:
     """The shard schema: fixed columns, then every per-sample column of ``validated`` as typed there.
 
     ``audio``: the three WAV columns follow the pictures, and the sample rate and clip duration
-    follow the provenance.
+    follow the provenance. ``label_names``: the class names by id (:mod:`cyclegan_core.labelnames`),
+    which make ``label`` and ``pred_label`` Hugging Face ``ClassLabel`` features.
     """
     head = _HEAD[:1] + (_AUDIO_HEAD if audio else []) + _HEAD[1:]
     tail = _TAIL + (_AUDIO_TAIL if audio else [])
@@ -131,7 +132,7 @@ def published_schema(validated: pa.Schema, audio: bool = False) -> pa.Schema:
     if clash:
         raise ValueError(f"validated columns {clash} clash with published columns of the same name")
     schema = pa.schema([*(pa.field(n, t) for n, t in head), *metrics, *(pa.field(n, t) for n, t in tail)])
-    return schema.with_metadata(hf_metadata(schema))
+    return schema.with_metadata(hf_metadata(schema, label_names))
 
 
 # Arrow type names that differ from the Hugging Face ``Value`` dtype names.
@@ -147,10 +148,25 @@ def _hf_feature(t: pa.DataType) -> dict | None:
     return None  # nested types: `datasets` infers them from the Arrow schema
 
 
-def hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+CLASS_COLUMNS = ("label", "pred_label")  # class ids: ClassLabel features where the labels have names
+
+
+def hf_metadata(schema: pa.Schema, label_names: list[str] | None = None) -> dict[bytes, bytes]:
     feats = {f.name: ({"_type": "Audio"} if f.name in AUDIO_COLUMNS and f.type == IMAGE_TYPE else feat)
              for f in schema if (feat := _hf_feature(f.type)) is not None}
+    if label_names is not None:
+        feats |= {c: {"names": list(label_names), "_type": "ClassLabel"} for c in CLASS_COLUMNS if c in feats}
     return {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
+
+
+def class_names(schema: pa.Schema) -> list[str] | None:
+    """The class names a published schema carries (its ``label`` ClassLabel), or None where labels are ids."""
+    try:
+        feats = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    label = feats.get("label") or {}
+    return list(label["names"]) if label.get("_type") == "ClassLabel" else None
 
 
 @dataclass(frozen=True)
@@ -548,7 +564,7 @@ def _previous_shards(out_dir: Path, direction: str) -> list[dict] | None:
 def plan_direction(generated_dir: str | Path, validated_dir: str | Path, direction: str, plan_file: str | Path, *,
                    provenance: dict, mode: str, size: int | tuple[int, int], max_shard_bytes: int,
                    sample_rate: int | None = None, out_dir: str | Path | None = None,
-                   flagged: set[str] | None = None) -> dict:
+                   flagged: set[str] | None = None, label_names: list[str] | None = None) -> dict:
     """Plan one direction: its passing rows in shard order, written without their bytes to ``plan_file``,
     and one spec per output shard (:func:`write_planned_shard`). Reads the generated parts by small
     columns in record batches and the validated table whole (its scalar columns). Rows whose source id
@@ -559,7 +575,7 @@ def plan_direction(generated_dir: str | Path, validated_dir: str | Path, directi
     light = _light_rows(files, bytes_cols)
     # The one read of the validated output: whole, but its columns are small per-sample scalars.
     val = read_validated(validated_dir, direction)
-    schema = published_schema(val.schema, audio)
+    schema = published_schema(val.schema, audio, label_names)
     where = _validated_index(light, val, direction)
     total = light.num_rows
     passed = pc.fill_null(val.column("passed").take(where), False)
@@ -734,11 +750,13 @@ def write_planned_shard(spec: dict, staging: str | Path) -> dict:
 
 def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: str | Path, *, provenance: dict,
                  mode: str, size: int | tuple[int, int], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 sample_rate: int | None = None, flagged: dict[str, set[str]] | None = None) -> dict:
+                 sample_rate: int | None = None, flagged: dict[str, set[str]] | None = None,
+                 label_names: list[str] | None = None) -> dict:
     """Plan a version of both directions under a fresh :func:`staging_dir`; a small JSON-able dict whose
     ``shards`` are the specs to hand to :func:`write_planned_shard` (in any order, on any worker that
     sees these folders) before :func:`commit_publish`. ``flagged``: per direction, the source ids an
-    analyst flagged; their rows are left out and counted as ``flagged``."""
+    analyst flagged; their rows are left out and counted as ``flagged``. ``label_names``: the class names
+    by id, for the ClassLabel features."""
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir).resolve()  # specs name absolute paths: a worker may run elsewhere
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's leftovers
@@ -747,7 +765,7 @@ def plan_publish(generated_dir: str | Path, validated_dir: str | Path, out_dir: 
         plans = [plan_direction(Path(generated_dir).resolve(), validated_dir, d, staging / PLAN_DIR / f"{d}.parquet",
                                 provenance=provenance, mode=mode, size=size, max_shard_bytes=max_shard_bytes,
                                 sample_rate=sample_rate, out_dir=out_dir.resolve(),
-                                flagged=(flagged or {}).get(d)) for d in DIRECTIONS]
+                                flagged=(flagged or {}).get(d), label_names=label_names) for d in DIRECTIONS]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-made stays beside the version
         raise
@@ -866,7 +884,12 @@ def dataset_card(manifest: dict, schema: pa.Schema, *, figures: dict | None = No
     for d in rows:
         lines += [f"  - split: {d}", f"    path: data/{d}-*.parquet"]
     lines += ["dataset_info:", "  features:"]
+    classes = class_names(schema)
     for f in schema:
+        if classes is not None and f.name in CLASS_COLUMNS:  # the card's form of a ClassLabel
+            lines += [f"  - name: {f.name}", "    dtype:", "      class_label:", "        names:"]
+            lines += [f"          '{i}': {json.dumps(n)}" for i, n in enumerate(classes)]
+            continue
         lines += [f"  - name: {f.name}", f"    dtype: {_card_dtype(f.type, f.name)}"]
     lines += ["  splits:"]
     for d, n in rows.items():

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from .figures import BY_NAME
 from .images import decode_png
+from .labelnames import name_of
 from .storage import atomic_path, parquet_batches
 from .validate import read_validated
 
@@ -40,8 +41,10 @@ def generated_rows(generated_dir: str | Path, direction: str, ids: set[str], col
 
 
 def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction: str, out_png: str | Path,
-                rows: int = 8, spectrogram: bool = False) -> Path | None:
+                rows: int = 8, spectrogram: bool = False, label_names: list[str] | None = None) -> Path | None:
     """input | translation | reconstruction for the best and worst held-out rows by cycle L1.
+
+    ``label_names``: class names by id (:mod:`cyclegan_core.labelnames`), shown instead of the ids.
 
     ``spectrogram``: the pictures are spectrograms (low frequencies drawn at the bottom, in colour).
     The rows are chosen on the validated output's scalar columns; only their images are read.
@@ -74,7 +77,8 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
                           aspect="auto" if spectrogram else "equal")
             label = f"{v['cycle_psnr']:.1f} dB, SSIM {v['cycle_ssim']:.2f}"
             if v["pred_label"] is not None:
-                label += f", label {g['label']}->{v['pred_label']}" + ("" if v["label_ok"] else " (x)")
+                label += (f", label {name_of(g['label'], label_names)}->{name_of(v['pred_label'], label_names)}"
+                          + ("" if v["label_ok"] else " (x)"))
             axes[r][col0 + 1].set_title(label, fontsize=6, pad=2)
         heads = (f"{title}: input {src}", f"translation {src}->{dst}", f"reconstruction {dst}->{src}")
         for c, head in enumerate(heads):
@@ -268,8 +272,10 @@ def markdown_report(summary: dict, pictures: tuple[str, ...] = ("grid_AtoB.png",
     return "\n".join(lines)
 
 
-def listening_rows(generated_dir: str | Path, validated_dir: str | Path, direction: str, rows: int = 6) -> list[dict]:
-    """The best and worst held-out audio rows by cycle L1, as :func:`cyclegan_core.audio.listening_page` rows."""
+def listening_rows(generated_dir: str | Path, validated_dir: str | Path, direction: str, rows: int = 6,
+                   label_names: list[str] | None = None) -> list[dict]:
+    """The best and worst held-out audio rows by cycle L1, as :func:`cyclegan_core.audio.listening_page` rows
+    (labels as class names where ``label_names`` gives them)."""
     from .audio import uint8_to_picture
 
     table = read_validated(validated_dir, direction)
@@ -288,7 +294,8 @@ def listening_rows(generated_dir: str | Path, validated_dir: str | Path, directi
         pics = {kind: uint8_to_picture(decode_png(g[col])[None])[0]
                 for kind, col in (("source", "source_image"), ("translation", "image"), ("cycle", "reconstruction"))}
         out.append({
-            "direction": direction, "sample_id": g["sample_id"], "label": g["label"], "pred_label": v["pred_label"],
+            "direction": direction, "sample_id": g["sample_id"], "label": name_of(g["label"], label_names),
+            "pred_label": name_of(v["pred_label"], label_names),
             "source_wav": g["source_audio"], "translation_wav": g["audio"], "cycle_wav": g["reconstruction_audio"],
             **{f"{kind}_picture": p for kind, p in pics.items()},
             "metrics": {k: v[k] for k in ("cycle_si_sdr", "cycle_lsd", "inversion_lsd", "realism")

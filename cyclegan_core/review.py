@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .labelnames import name_of
+from .publish import CLASS_COLUMNS, class_names
 from .reader import BYTES_COLUMNS, PublishedDataset
 
 KEY_COLUMNS = ("sample_id", "source_id", "direction", "split", "label", "passed")
@@ -43,12 +45,14 @@ class VersionIndex:
         self.files = dataset.files()
         tables, where = [], []
         self.metrics: list[str] = []
+        self.names: list[str] | None = None  # class names by id, where the version's labels have names
         for f_idx, path in enumerate(self.files):
             with dataset.fs.open(path, "rb") as fh:
                 pf = pq.ParquetFile(fh)
                 schema = pf.schema_arrow
                 if not self.metrics:
                     self.metrics = [f.name for f in schema if pa.types.is_floating(f.type)]
+                    self.names = class_names(schema)
                 wanted = [c for c in (*KEY_COLUMNS, *self.metrics) if c in schema.names]
                 for rg in range(pf.metadata.num_row_groups):
                     t = pf.read_row_group(rg, columns=wanted)
@@ -58,7 +62,8 @@ class VersionIndex:
         self.where = where
         self.columns = {name: self.table.column(name).to_numpy(zero_copy_only=False)
                         for name in self.table.column_names}
-        self.labels = sorted({int(x) for x in self.columns.get("label", []) if x is not None and x == x})
+        ids = sorted({int(x) for x in self.columns.get("label", []) if x is not None and x == x})
+        self.labels: list[int | str] = [name_of(i, self.names) for i in ids]  # what people see and filter by
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -71,7 +76,9 @@ class VersionIndex:
             if filters.get(name):
                 keep &= self.columns[name] == filters[name]
         if filters.get("label") not in (None, ""):
-            keep &= np.asarray([x == int(filters["label"]) for x in self.columns["label"]], dtype=bool)
+            want = filters["label"]
+            label = self.names.index(want) if self.names and want in self.names else int(want)
+            keep &= np.asarray([x == label for x in self.columns["label"]], dtype=bool)
         if filters.get("passed") not in (None, ""):
             want = str(filters["passed"]).lower() in ("1", "true", "yes")
             keep &= self.columns["passed"].astype(bool) == want
@@ -106,10 +113,19 @@ class VersionIndex:
                 idx = idx[::-1]
         return rows[idx]
 
+    def _named(self, rec: dict) -> dict:
+        """``label`` and ``pred_label`` as class names where the version has them (ids as ``label_id``...)."""
+        if self.names is None:
+            return rec
+        for c in CLASS_COLUMNS:
+            if c in rec:
+                rec[f"{c}_id"], rec[c] = rec[c], name_of(rec[c], self.names)
+        return rec
+
     def record(self, row: int) -> dict:
         """A row's small columns (no bytes)."""
-        return {name: _number(self.columns[name][row].item() if hasattr(self.columns[name][row], "item")
-                              else self.columns[name][row]) for name in self.columns} | {"row": int(row)}
+        return self._named({name: _number(self.columns[name][row].item() if hasattr(self.columns[name][row], "item")
+                                          else self.columns[name][row]) for name in self.columns} | {"row": int(row)})
 
     def page(self, filters: dict[str, Any], sort: str | None = None, descending: bool = False, offset: int = 0,
              limit: int = 50) -> Page:
@@ -123,7 +139,7 @@ class VersionIndex:
             pf = pq.ParquetFile(fh)
             cols = [c for c in pf.schema_arrow.names if c not in BYTES_COLUMNS]
             rec = pf.read_row_group(rg, columns=cols).slice(i, 1).to_pylist()[0]
-        return {k: _number(v) if not hasattr(v, "isoformat") else v.isoformat() for k, v in rec.items()}
+        return self._named({k: _number(v) if not hasattr(v, "isoformat") else v.isoformat() for k, v in rec.items()})
 
     def picture(self, row: int, column: str) -> bytes:
         """The stored PNG (or WAV) bytes of one row's ``column``."""

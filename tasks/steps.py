@@ -22,6 +22,7 @@ from cyclegan_core import inputs, overview, pipeline
 from cyclegan_core import publish as pub
 from cyclegan_core.config import DIRECTIONS, Config
 from cyclegan_core.devices import torch_threads
+from cyclegan_core.diff import VERSION_DIFF_MD
 from cyclegan_core.figures import summary_line
 from cyclegan_core.gate import check_gate, check_utility
 from cyclegan_core.report import utility_line
@@ -339,6 +340,10 @@ def commit_publish(cfg: Config, plan: dict, shards: list[dict], content: dict) -
     create_markdown_artifact(
         (Path(cfg.paths.published) / "README.md").read_text(encoding="utf-8").split("---", 2)[-1],
         key="dataset-card", description="The published dataset's card",
+    )
+    create_markdown_artifact(
+        (Path(cfg.paths.reports) / VERSION_DIFF_MD).read_text(encoding="utf-8"), key="version-diff",
+        description="What changed from the version this publish replaced (rows, models, settings, figures)",
     )
     get_run_logger().info("published rows: %s (dropped by the gate: %s) in %d shards to %s",
                           overview.per_direction(result.rows), overview.per_direction(result.dropped),

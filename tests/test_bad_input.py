@@ -297,8 +297,15 @@ def test_bad_labels_file_is_a_clear_error(tmp_path):
     coll = tmp_path / "c"
     coll.mkdir()
     (coll / "x.png").write_bytes(_save(_rgb(0), "PNG"))
-    (coll / "labels.csv").write_text("path,label\nx.png,seven\n")
+    (coll / "labels.csv").write_text("path,class\nx.png,7\n")
     with pytest.raises(CollectionError, match=r"labels.csv, line 2: expected columns path,label"):
+        ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+    (coll / "labels.csv").write_text("path,label\nx.png,\n")
+    with pytest.raises(CollectionError, match=r"labels.csv, line 2: empty label"):
+        ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
+    # A class name alone: names map over both collections, so one collection by itself is refused.
+    (coll / "labels.csv").write_text("path,label\nx.png,seven\n")
+    with pytest.raises(CollectionError, match=r"labels.csv, line 2: label 'seven' is not an integer"):
         ingest_collection(str(coll), "A", tmp_path / "out", DataConfig(image_size=16))
     (coll / "labels.csv").write_text("path,label\n../../etc/passwd,1\n")
     with pytest.raises(CollectionError, match="leaves the collection"):

@@ -37,5 +37,9 @@ def test_flow_runs_reuses_and_gates(prefect_server, params_file, tmp_path):
         async with get_client() as client:
             return await client.read_artifacts()
 
-    keys = {a.key for a in asyncio.run(artifacts())}
-    assert {"validation", "validation-report", "dataset-card", "train-train"} <= keys
+    posted = asyncio.run(artifacts())
+    keys = {a.key for a in posted}
+    assert {"validation", "validation-report", "dataset-card", "train-train", "version-diff"} <= keys
+    # The first publish (in its subflow) diffed itself against nothing: all 24 rows a direction added.
+    diffs = [a.data for a in posted if a.key == "version-diff"]
+    assert any("first version" in d and "| AtoB | 0 | 24 | 24 " in d for d in diffs), diffs

@@ -2,6 +2,7 @@
 translated alone, removed files leave the next version, and the model policy decides retraining."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,10 @@ def published(cfg) -> pd.DataFrame:
     return pd.read_parquet(f"{cfg.paths.published}/data")
 
 
+def version_diff(cfg) -> dict:
+    return json.loads((Path(cfg.paths.reports) / "version_diff.json").read_text())
+
+
 def shard_bytes(cfg) -> dict[str, bytes]:
     root = Path(cfg.paths.generated)
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.parquet")}
@@ -48,6 +53,8 @@ def test_growing_collection_translates_only_new_files(tmp_path, collections):
     assert first["generate"]["translated"] == {"AtoB": 24, "BtoA": 24}
     before = published(cfg)
     fp = first["train"]["fingerprint"]
+    diff = version_diff(cfg)  # against nothing: every row is added
+    assert diff["first_version"] and diff["directions"]["AtoB"]["added"]["total"] == 24
 
     # Nothing changed: nothing is trained or translated, and the shards are the same bytes.
     shards = shard_bytes(cfg)
@@ -64,6 +71,14 @@ def test_growing_collection_translates_only_new_files(tmp_path, collections):
     assert second["train"]["reused"] and second["train"]["fingerprint"] == fp
     assert second["generate"]["translated"] == {"AtoB": 2, "BtoA": 0}
     assert second["publish"]["rows"] == {"AtoB": 26, "BtoA": 23}
+    diff = version_diff(cfg)  # the publish diffed itself against the version it replaced
+    assert not diff["first_version"]
+    assert diff["directions"]["AtoB"]["added"] == {"total": 2, "train": 2}
+    assert diff["directions"]["AtoB"]["added_sources"] == sorted(
+        r.source_id for r in published(cfg).itertuples() if r.source_uri.endswith(tuple(new)))
+    assert diff["directions"]["BtoA"]["removed"] == {"total": 1, "test": 1}
+    assert diff["directions"]["AtoB"]["unchanged"]["total"] == 24
+    assert diff["directions"]["BtoA"]["changed"]["total"] == 0
     after = published(cfg)
     added = after[~after.sample_id.isin(before.sample_id)]
     assert len(added) == 2 and sorted(added.source_uri.str.rsplit("/", n=2).str[-2:].str.join("/")) == new
@@ -80,6 +95,8 @@ def test_growing_collection_translates_only_new_files(tmp_path, collections):
     assert not third["train"]["reused"] and third["train"]["fingerprint"] != fp
     assert third["generate"]["translated"] == {"AtoB": 26, "BtoA": 23}
     assert set(published(cfg).model_fingerprint) == {third["train"]["fingerprint"]}
+    diff = version_diff(cfg)  # a new model: every kept source's translation changed
+    assert diff["directions"]["AtoB"]["changed"]["total"] == 26 and diff["directions"]["AtoB"]["added"]["total"] == 0
 
 
 def test_retrain_policies(tmp_path, collections):

@@ -410,3 +410,67 @@ def test_a_shard_reads_only_its_rows_and_rows_out_of_part_order_are_gathered(tmp
     assert _manifest(tmp_path / "out")["shards"] == reference and len(reference) > 10
     for s in reference:
         assert (tmp_path / "out" / s["file"]).read_bytes() == (tmp_path / "reference" / s["file"]).read_bytes()
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def test_label_names_map_sorted_and_alike_in_both_collections():
+    from cyclegan_core.labelnames import label_ids, name_of
+
+    assert label_ids(["3", "0", " 7"]) is None  # integers stay the classes
+    a, b = label_ids(["dog", "cat", "cat", "fox"]), label_ids(["fox", "cat", "dog", "dog"])
+    assert a == b == {"cat": 0, "dog": 1, "fox": 2}  # sorted: the order the names come in does not matter
+    assert label_ids(["cat", "3"]) == {"3": 0, "cat": 1}  # one name makes every label a name
+    assert name_of(2, ["cat", "dog", "fox"]) == "fox" and name_of(None, ["cat"]) is None and name_of(4, None) == 4
+
+
+@pytest.mark.slow
+def test_a_collection_labelled_by_name_publishes_a_class_label(tmp_path):
+    """labels.csv with class names: one sorted id map for A and B, a ClassLabel read by `datasets`, the
+    card's class_label, and names (not ids) from the review page's API."""
+    import datasets
+    from fastapi.testclient import TestClient
+
+    from cyclegan_core import pipeline
+    from cyclegan_core.config import config_from_dict
+    from cyclegan_core.labelnames import read_names
+    from flows.review import make_app
+    from tests.conftest import tiny_collections, tiny_settings
+
+    a, b = tiny_collections(tmp_path / "raw")
+    by_path = {}
+    for root in (a, b):
+        with open(root / "labels.csv", newline="") as f:
+            rows = [(r["path"], DIGIT_NAMES[int(r["label"])]) for r in csv.DictReader(f)]
+        with open(root / "labels.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("path", "label"), *rows])
+        by_path |= {f"{root.name}/{rel}": name for rel, name in rows}
+    names = sorted(set(by_path.values()))
+    cfg = config_from_dict(tiny_settings(tmp_path / "work", a, b))
+    for step in (pipeline.step_ingest, pipeline.step_train, pipeline.step_generate, pipeline.step_validate,
+                 pipeline.step_publish):
+        step(cfg)
+    assert read_names(cfg.paths.ingest) == names
+
+    hf = datasets.load_dataset("parquet", data_dir=str(Path(cfg.paths.published) / "data"),
+                               cache_dir=str(tmp_path / "hf-cache"))
+    for split in hf.values():
+        feature = split.features["label"]
+        assert isinstance(feature, datasets.ClassLabel) and feature.names == names
+        assert isinstance(split.features["pred_label"], datasets.ClassLabel)
+        for r in split.remove_columns(["image", "source_image", "reconstruction"]):
+            want = by_path["/".join(r["source_uri"].rsplit("/", 3)[-3:])]
+            assert feature.int2str(r["label"]) == want, r["source_uri"]
+    front = yaml.safe_load((Path(cfg.paths.published) / "README.md").read_text().split("---")[1])
+    label = next(f for f in front["dataset_info"]["features"] if f["name"] == "label")
+    assert label["dtype"]["class_label"]["names"] == {str(i): n for i, n in enumerate(names)}
+
+    client = TestClient(make_app(open_dataset(cfg.paths.published), tmp_path / "flags.parquet"))
+    meta = client.get("/api/meta").json()
+    assert meta["labels"] and set(meta["labels"]) <= set(names)
+    page = client.get("/api/rows", params={"label": "three", "limit": 100}).json()
+    assert page["total"] > 0 and {r["label"] for r in page["rows"]} == {"three"}
+    assert {r["label_id"] for r in page["rows"]} == {names.index("three")}
+    record = client.get(f"/api/record/{page['rows'][0]['row']}").json()
+    assert record["label"] == "three" and record["pred_label"] in (*names, None)
