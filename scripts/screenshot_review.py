@@ -57,7 +57,9 @@ def main() -> None:
 
     port, profile = _free_port(), tempfile.mkdtemp(prefix="review-shot-")
     log = open(Path(profile) / "review.log", "wb")  # noqa: SIM115  (closed below)
-    dataset = str(Path(args.dataset).resolve())  # the server runs in the project folder
+    dataset = os.path.relpath(Path(args.dataset).resolve(), ROOT)  # the server runs in the project folder;
+    if dataset.startswith(".."):  # a relative path keeps this machine's folders off the picture
+        dataset = str(Path(args.dataset).resolve())
     server = subprocess.Popen([sys.executable, "-m", "flows.cli", "review", "--dataset", dataset, "--port", str(port)],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env=os.environ | {"PYTHONPATH": str(ROOT)}, start_new_session=True)
