@@ -152,11 +152,12 @@ def shard_digest(manifest: str | Path, cfg: GenerateConfig, shard: int) -> str:
     Reads only the small columns (the sample id is the sha256 of the source's bytes), so a cache
     check costs milliseconds even for large collections.
     """
-    cols = ("sample_id", "split", "label", "relpath", "uri")
-    t = pq.read_table(manifest, columns=list(cols))
-    items = sorted(row for row in zip(*(t.column(c).to_pylist() for c in cols), strict=True)
-                   if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard)
-    return sha256_bytes(json.dumps(items).encode())
+    cols = ["sample_id", "split", "label", "relpath", "uri"]
+    items = []
+    for batch in parquet_batches(manifest, cols, 65536):  # a batch at a time, keeping this shard's rows only
+        items += [row for row in zip(*(batch.column(i).to_pylist() for i in range(len(cols))), strict=True)
+                  if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard]
+    return sha256_bytes(json.dumps(sorted(items)).encode())
 
 
 class _Inline:
