@@ -37,9 +37,8 @@ from . import inputs
 from .config import DIRECTIONS, AudioConfig, GenerateConfig
 from .devices import autocast, resolve_device
 from .images import decode_png, encode_png, to_uint8
-from .ingest import read_manifest
 from .models import load_generators
-from .storage import atomic_path, sha256_bytes, sha256_file
+from .storage import atomic_path, parquet_batches, sha256_bytes, sha256_file
 
 Progress = Callable[[int, int], None]
 
@@ -65,6 +64,7 @@ GENERATED_SCHEMA = pa.schema(
 )
 GENERATION_META = b"cycleaug.generation"
 STAGING = ".staging"
+SOURCE_BATCH_ROWS = 256  # manifest or generated rows decoded at a time while picking a shard's rows
 SOURCE_DOMAIN = {"AtoB": "A", "BtoA": "B"}
 
 
@@ -125,10 +125,25 @@ def now_stamp() -> str:
 
 
 def shard_sources(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.Table:
-    """The manifest rows (configured splits) whose translations go to ``shard``, by source id."""
-    table = read_manifest(manifest, cfg.splits)
-    keep = [shard_of(s, cfg.shards) == shard for s in table.column("sample_id").to_pylist()]
-    return table.filter(pa.array(keep, type=pa.bool_())).sort_by("sample_id")
+    """The manifest rows (configured splits) whose translations go to ``shard``, by source id.
+
+    Reads the manifest a bounded batch at a time and keeps only this shard's rows, so memory holds
+    the shard (set by ``generate.shards``), not the collection."""
+    names = pq.read_schema(manifest).names
+    kept = []
+    for batch in parquet_batches(manifest, names, SOURCE_BATCH_ROWS):
+        ids, splits = batch.column(names.index("sample_id")).to_pylist(), batch.column(names.index("split")).to_pylist()
+        keep = [sp in cfg.splits and shard_of(s, cfg.shards) == shard for s, sp in zip(ids, splits, strict=True)]
+        if any(keep):
+            kept.append(pa.Table.from_batches([batch]).filter(pa.array(keep, type=pa.bool_())))
+    table = pa.concat_tables(kept) if kept else pq.read_schema(manifest).empty_table()
+    return table.replace_schema_metadata(None).sort_by("sample_id")
+
+
+def count_sources(manifest: str | Path, splits: tuple[str, ...]) -> int:
+    """Rows of ``splits`` in a manifest, counted from its split column a batch at a time."""
+    return sum(int(pc.sum(pc.is_in(b.column(0), value_set=pa.array(list(splits), pa.string()))).as_py() or 0)
+               for b in parquet_batches(manifest, ["split"], 65536))
 
 
 def shard_digest(manifest: str | Path, cfg: GenerateConfig, shard: int) -> str:
@@ -137,11 +152,12 @@ def shard_digest(manifest: str | Path, cfg: GenerateConfig, shard: int) -> str:
     Reads only the small columns (the sample id is the sha256 of the source's bytes), so a cache
     check costs milliseconds even for large collections.
     """
-    cols = ("sample_id", "split", "label", "relpath", "uri")
-    t = pq.read_table(manifest, columns=list(cols))
-    items = sorted(row for row in zip(*(t.column(c).to_pylist() for c in cols), strict=True)
-                   if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard)
-    return sha256_bytes(json.dumps(items).encode())
+    cols = ["sample_id", "split", "label", "relpath", "uri"]
+    items = []
+    for batch in parquet_batches(manifest, cols, 65536):  # a batch at a time, keeping this shard's rows only
+        items += [row for row in zip(*(batch.column(i).to_pylist() for i in range(len(cols))), strict=True)
+                  if row[1] in cfg.splits and shard_of(row[0], cfg.shards) == shard]
+    return sha256_bytes(json.dumps(sorted(items)).encode())
 
 
 class _Inline:
@@ -279,9 +295,11 @@ def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fin
             continue  # an unreadable old shard is regenerated, not trusted
         if meta.get(GENERATION_META, b"").decode() != key:
             continue
-        table = pq.read_table(path, filters=pc.field("source_id").isin(wanted))
-        for row in table.to_pylist():
-            if row["model_fingerprint"] == fingerprint:
+        names = pq.read_schema(path).names
+        for batch in parquet_batches(path, names, SOURCE_BATCH_ROWS):  # one bounded batch of the part at a time
+            mask = pc.and_(pc.is_in(batch.column(names.index("source_id")), value_set=wanted),
+                           pc.equal(batch.column(names.index("model_fingerprint")), fingerprint))
+            for row in batch.filter(mask).to_pylist():
                 found[row["source_id"]] = row
     return found
 
@@ -349,7 +367,8 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
     target = Path(out_dir) / STAGING / name
     schema = GENERATED_SCHEMA.with_metadata({GENERATION_META: key.encode()})
     with atomic_path(target) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        # Row groups of one translation batch: validation and publishing read a part a row group at a time.
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, row_group_size=cfg.batch_size)
     return ShardResult(direction, shard, name, len(rows), len(todo), len(rows) - len(todo), sha256_file(target),
                        fingerprint, key)
 
@@ -398,7 +417,7 @@ def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Pa
     t0 = time.perf_counter()
     manifests = {"AtoB": manifest_a, "BtoA": manifest_b}
     created_at = created_at or now_stamp()
-    total = sum(read_manifest(m, cfg.splits).num_rows for m in manifests.values())
+    total = sum(count_sources(m, cfg.splits) for m in manifests.values())
     done = 0
     results = []
     for direction in DIRECTIONS:

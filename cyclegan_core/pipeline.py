@@ -25,7 +25,7 @@ from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .diff import scan_folder, write_version_diff
 from .gate import GateFailed, bounds_in_force, check_gate, check_utility
-from .generate import GenerateResult, generate, now_stamp
+from .generate import GenerateResult, count_sources, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
 from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
 from .loader import ManifestImages
@@ -44,6 +44,7 @@ from .report import (
 from .storage import (
     atomic_path,
     download_dir,
+    parquet_batches,
     read_json,
     redact_url,
     sha256_file,
@@ -267,8 +268,8 @@ def generated_model_dir(cfg: Config) -> Path | None:
     fps = set()
     for d in DIRECTIONS:
         for shard in generated_shards(cfg.paths.generated, d):  # one shard's small column at a time
-            table = pq.read_table(Path(cfg.paths.generated) / shard, columns=["model_fingerprint"])
-            fps.update(table.column("model_fingerprint").unique().to_pylist())
+            for batch in parquet_batches(Path(cfg.paths.generated) / shard, ["model_fingerprint"], 65536):
+                fps.update(pc.unique(batch.column(0)).to_pylist())
     if len(fps) != 1:
         return None
     folder = Path(cfg.paths.models) / fps.pop()
@@ -378,8 +379,7 @@ def gated(cfg: Config, check: Callable[[dict], None], doc: dict) -> None:
 
 def _train_count(cfg: Config, domain: str) -> int:
     """Training samples of a manifest, from its split column alone (no image is read)."""
-    split = pq.read_table(manifest_path(cfg, domain), columns=["split"]).column("split")
-    return int(pc.sum(pc.equal(split, "train")).as_py() or 0)
+    return count_sources(manifest_path(cfg, domain), ("train",))
 
 
 def _publication(cfg: Config, flow_run_id: str | None) -> tuple[dict, dict, Path, dict, dict]:

@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .figures import BY_NAME
 from .images import decode_png
 from .labelnames import name_of
 from .storage import atomic_path, parquet_batches
-from .validate import read_validated
+from .validate import read_validated, validated_files
 
 GRID_COLUMNS = ["sample_id", "split", "cycle_l1", "cycle_psnr", "cycle_ssim", "pred_label", "label_ok"]
 
@@ -49,7 +50,7 @@ def sample_grid(generated_dir: str | Path, validated_dir: str | Path, direction:
     ``spectrogram``: the pictures are spectrograms (low frequencies drawn at the bottom, in colour).
     The rows are chosen on the validated output's scalar columns; only their images are read.
     """
-    val = read_validated(validated_dir, direction).select(GRID_COLUMNS).to_pylist()
+    val = read_validated(validated_dir, direction, GRID_COLUMNS).to_pylist()  # only the columns that choose
     if not val:
         return None
     pool = [v for v in val if v["split"] == "test"] or val
@@ -278,9 +279,11 @@ def listening_rows(generated_dir: str | Path, validated_dir: str | Path, directi
     (labels as class names where ``label_names`` gives them)."""
     from .audio import uint8_to_picture
 
-    table = read_validated(validated_dir, direction)
-    val = table.select([c for c in ("sample_id", "split", "cycle_l1", "pred_label", "cycle_si_sdr", "cycle_lsd",
-                                    "inversion_lsd", "realism") if c in table.column_names]).to_pylist()
+    files = validated_files(validated_dir, direction)
+    names = set(pq.read_schema(files[0]).names) if files else set()
+    val = read_validated(validated_dir, direction, [c for c in ("sample_id", "split", "cycle_l1", "pred_label",
+                                                              "cycle_si_sdr", "cycle_lsd", "inversion_lsd", "realism")
+                                                  if c in names]).to_pylist()
     if not val:
         return []
     pool = sorted([v for v in val if v["split"] == "test"] or val, key=lambda v: v["cycle_l1"])

@@ -233,8 +233,8 @@ def _direction_sets(cfg: Config, direction: str, generated_dir: str | Path, vali
     gen = pa.concat_tables([_small(f, ["sample_id", "label"]) for f in files]) if files else None
     if gen is None or not gen.num_rows or None in gen.column("label").to_pylist():
         return f"the sources ({source}) have no labels (labels.csv) for every sample"
-    # The validated output, read whole for two of its small columns.
-    val = read_validated(validated_dir, direction).select(["sample_id", "passed"])
+    # The validated output, only its two small columns.
+    val = read_validated(validated_dir, direction, ["sample_id", "passed"])
     passed = dict(zip(*(val.column(c).to_pylist() for c in ("sample_id", "passed")), strict=True))
     ids = gen.column("sample_id").to_pylist()
     keep = np.flatnonzero([bool(passed.get(s)) for s in ids])

@@ -96,6 +96,8 @@ def test_a_shard_made_in_bf16_is_regenerated_in_fp32(trained, tmp_path):
     assert first.rows == 24 and first.translated == 24
     staged = out / ".staging" / first.file
     assert pq.read_schema(staged).metadata[GENERATION_META].decode() == generation_key(fast)
+    meta = pq.read_metadata(staged)  # row groups of one translation batch: readers take a part in bounded pieces
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [8, 8, 8]
     (out / first.file).parent.mkdir(parents=True)
     staged.rename(out / first.file)
 
