@@ -61,7 +61,9 @@ def cli(cwd: Path, args: list[str]) -> dict:
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise RuntimeError(f"cycleaug {' '.join(args)} failed in {cwd}:\n{done.stderr[-3000:]}")
-    kb = {k: int(v) for k, v in (line.split() for line in done.stderr.splitlines()[-2:])}
+    # The flow's own log lines (a Prefect server shutting down) can follow the two figures: find them by name.
+    kb = {w[0]: int(w[1]) for w in (line.split() for line in done.stderr.splitlines())
+          if len(w) == 2 and w[0] in ("maxrss_kb", "children_maxrss_kb") and w[1].isdigit()}
     return {"seconds": seconds, "rss_mb": kb["maxrss_kb"] / 1024, "children_rss_mb": kb["children_maxrss_kb"] / 1024}
 
 
