@@ -7,7 +7,8 @@ the key and what is allowed.
 Over 500 lines on purpose: every section of the pipeline's ``params.yaml`` is one class here, in the
 file's order, with its defaults, ranges and help text, so a person reads the whole schema in one place
 and a key's meaning is stated once (``cyclegan_core.inputs`` says which step each key reaches). The
-``paired`` section's classes live beside their package (:mod:`cyclegan_core.paired.settings`); the
+``paired`` and ``modality`` sections' classes live beside their packages (:mod:`cyclegan_core.paired.settings`,
+:mod:`cyclegan_core.modality.settings`); the
 strict base class in :mod:`cyclegan_core.schema`.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .modality.settings import ModalityConfig
 from .paired.settings import PairedConfig
 from .schema import Device, _Strict
 from .storage import StorageError, check_url, escapes, is_remote
@@ -719,6 +721,7 @@ class Config(_Strict):
     publish: PublishConfig = PublishConfig()
     paths: PathsConfig = PathsConfig()
     paired: PairedConfig = PairedConfig()
+    modality: ModalityConfig = ModalityConfig()
     orchestrate: OrchestrateConfig = OrchestrateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

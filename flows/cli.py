@@ -30,21 +30,69 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def _prefect_env() -> None:
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the temporary server creates its database: on a busy machine that takes longer
+    # than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
+
+
+def modality_lines(result: dict) -> str:
+    """What a finished modality run prints: rows, time and the gate's figures."""
+    f = result["figures"]
+
+    def g(key: str) -> str:
+        return "n/a" if f.get(key) is None else f"{f[key]:.3g}"
+
+    return (f"CycleAug modality run finished in {result['seconds']:.1f} s: {result['rows']} pairs published to "
+            f"{result['out_dir']} ({result['generated']} generated from {result['sources']} sources, "
+            f"{result['dropped']} dropped)\n"
+            f"  fidelity: the judge reads back {g('fidelity_accuracy')} of the generated items "
+            f"(real held-out items: {g('real_accuracy')}); pass rate {g('pass_rate')}\n"
+            f"  alignment against {f.get('held_out_real')} held-out real items: FID {g('fid')}, KID {g('kid')}, "
+            f"mean realism {g('mean_realism')} (0.5 = like a real item)\n"
+            f"  figures: {result['report']}")
+
+
+def cmd_modality_run(cfg: Config, args: argparse.Namespace) -> int:
+    """``cycleaug run`` with ``modality.enabled``: the modality flow (flows/modality.py) through Prefect."""
+    _prefect_env()
+    from flows.modality import modality_run
+
+    try:
+        state = modality_run(params=args.params, overrides=list(args.set), return_state=True)
+    except RuntimeError as err:
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        print(server_start_hint(str(err)), file=sys.stderr)
+        return 1
+    if state.is_failed():
+        print(f"\nrun failed: {state.message}", file=sys.stderr)
+        report = Path(cfg.modality.reports) / "modality.json"
+        if report.exists():
+            print(f"figures of the failed run: {report}", file=sys.stderr)
+        return 1
+    print(modality_lines(state.result()))
+    return 0
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from cyclegan_core.ingest import CollectionError, check_collections
     from cyclegan_core.storage import StorageError
 
+    if cfg.modality.enabled:
+        if not Path(cfg.modality.source).is_file():  # before Prefect starts a server
+            print(f"cycleaug run: modality.source: {cfg.modality.source} not found", file=sys.stderr)
+            return 1
+        return cmd_modality_run(cfg, args)
     if not cfg.data.uses_default_collections:  # before Prefect starts a server: a missing folder is one line
         try:
             check_collections({"A": cfg.data.domain_a, "B": cfg.data.domain_b}, cfg.data)
         except (CollectionError, StorageError) as err:
             print(f"cycleaug run: {err}", file=sys.stderr)
             return 1
-    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The first start of the temporary server creates its database: on a busy machine that takes longer
-    # than Prefect's default 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
+    _prefect_env()
     from flows.augment import augment
 
     try:
@@ -144,6 +192,20 @@ def cmd_step(cfg: Config, args: argparse.Namespace) -> int:
             print(str(err), file=sys.stderr)
             return 1
         print(_summary(cfg), file=sys.stderr)
+    elif step == "modality":
+        from cyclegan_core.modality.run import ModalityError, run_modality
+        from cyclegan_core.modality.translators import TranslatorError
+
+        try:
+            result = run_modality(cfg, bars).to_dict()
+        except GateFailed as err:
+            print(str(err), file=sys.stderr)
+            return 1
+        except (ModalityError, TranslatorError) as err:
+            print(f"cycleaug modality: {err}", file=sys.stderr)
+            return 1
+        print(modality_lines(result), file=sys.stderr)
+        _print(result)
     elif step == "verify":
         from cyclegan_core.reader import DatasetError
 
@@ -314,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
             "real held-out targets (needs labels)")
     u.add_argument("--strict", action="store_true", help="exit 1 when a utility bound fails")
     add("publish", "write the passing rows as a Parquet dataset (refused if the gate failed)")
+    add("modality", "a modality run without Prefect (modality section): translate the source collection, gate it "
+        "against real target items, publish the pairs")
     _source_args(add("verify", "check the published dataset against its manifest"))
     e = add("export", "write a published version as an image folder or WebDataset tar shards")
     e.add_argument("--format", choices=("imagefolder", "webdataset"), default="imagefolder")
