@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo demo-voices repro test test-fast lint clean
+.PHONY: setup demo demo-voices demo-tts repro test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 demo-voices: $(STAMP)
 	$(BIN)/cycleaug --params params.voices.yaml run
+
+demo-tts: $(STAMP)
+	$(BIN)/cycleaug --params params.tts.yaml run
 
 # dvc.yaml's stage commands call `cycleaug`: this puts the environment's bin first on PATH, so
 # `make repro` works without activating it (in an activated environment plain `dvc repro` does too).

@@ -23,6 +23,7 @@ from cyclegan_core.gate import GateFailed
 from cyclegan_core.modality import TranslatedItem
 from cyclegan_core.modality.run import ModalityError, run_failures, run_modality, sample_reasons, source_batches
 from cyclegan_core.modality.settings import ModalityConfig, ModalityRunBounds, ModalitySampleBounds
+from cyclegan_core.voices import WORDS as PRESET_WORDS
 from flows.cli import main
 
 WORDS = ["yes", "no", "stop", "go"]
@@ -30,7 +31,8 @@ REAL_VOICES = tuple(f"en+m{k}" for k in range(1, 8)) + tuple(f"en+f{k}" for k in
 
 
 class WrongWord:
-    """A deliberately broken translator: every text gets the clip of the next word in WORDS."""
+    """A deliberately broken translator: every text gets the clip of the next word of the speech preset's
+    (``yes`` -> ``no``, ``go`` -> ``zero``); ``tests.test_modality_run:wrong_word`` in a config."""
 
     name, source, target = "wrong_word", "text", "speech"
 
@@ -45,7 +47,7 @@ class WrongWord:
     def translate(self, batch, seed):
         out = []
         for i, text in enumerate(batch):
-            wrong = WORDS[(WORDS.index(text) + 1) % len(WORDS)]
+            wrong = PRESET_WORDS[(PRESET_WORDS.index(text) + 1) % len(PRESET_WORDS)]
             for take in self.tts.plan(text, seed):
                 out.append(TranslatedItem(self.tts.speak(wrong, take["voice"], take["rate"], take["pitch"]), text, i,
                                           take))
@@ -202,3 +204,16 @@ def test_a_translator_to_another_modality_is_refused_before_any_work(tmp_path):
     with pytest.raises(ModalityError, match="makes image; the cross-modal gate of a modality run is built for speech"):
         run_modality(cfg)
     assert not (tmp_path / "data").exists()
+
+
+def test_the_demo_params_select_the_modality_run():
+    from cyclegan_core.config import load_config
+    from cyclegan_core.modality import resolve_translator
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "params.tts.yaml")
+    assert cfg.modality.enabled and not load_config(root / "params.yaml").modality.enabled
+    tts = resolve_translator(cfg.modality.translator, cfg.modality.settings)
+    assert (tts.source, tts.target) == ("text", "speech") and tts.settings()["per_text"] == 4
+    texts = pd.read_csv(root / cfg.modality.source)[cfg.modality.source_column].tolist()
+    assert texts == list(PRESET_WORDS)  # the bundled transcripts: the words the real clips say

@@ -273,7 +273,7 @@ def run_failures(figures: dict, b: ModalityRunBounds) -> list[str]:
 def gate_message(failures: list[str]) -> str:
     return "\n".join(["modality gate failed, nothing published (the previous version stays as it was):",
                       *(f"  - {f}" for f in failures), "next:",
-                      "  - listen to the dropped rows' reasons in the report (modality.json, 'dropped_examples'); "
+                      "  - see the dropped rows' reasons in the report (modality.json, 'dropped_examples'); "
                       "a translator whose items the judge cannot read back says the wrong thing",
                       "  - or, if a bound does not suit this data, relax it, e.g. "
                       f"cycleaug --set modality.run.{failures[0].split('(modality.run.')[-1].rstrip(')')}=null run"])
