@@ -58,6 +58,28 @@ def wrong_word(**settings) -> WrongWord:
     return WrongWord(**settings)
 
 
+class MirroredScenes:
+    """A deliberately broken scene translator: each caption's scene drawn mirrored (left and right swapped)."""
+
+    name, source, target = "mirrored_scenes", "text", "image"
+
+    def __init__(self, **settings) -> None:
+        from cyclegan_core.modality.scenes import caption_to_scene
+
+        self.inner = caption_to_scene(**settings)
+
+    def settings(self) -> dict:
+        return {"translator": self.name, **self.inner.settings()}
+
+    def translate(self, batch, seed):
+        return [TranslatedItem(np.ascontiguousarray(it.output[:, ::-1]), it.source, it.index, it.params)
+                for it in self.inner.translate(batch, seed)]
+
+
+def mirrored_scenes(**settings) -> MirroredScenes:
+    return MirroredScenes(**settings)
+
+
 @pytest.fixture(scope="module")
 def speech_project(tmp_path_factory) -> Path:
     """A real target collection (4 words x 12 voices x 3 takes, eSpeak NG) and a source CSV of the 4 words."""
@@ -183,10 +205,10 @@ def test_sources_are_read_in_batches_from_csv_and_parquet(tmp_path):
 
 
 def test_bounds_name_the_figure_the_value_and_the_key():
-    scores = {"label": np.array([0, 1, 1]), "pred_label": np.array([0, 0, 1]), "fidelity": np.array([0.9, 0.3, 0.6]),
-              "realism": np.array([0.5, 0.1, 0.01])}
-    reasons = sample_reasons(scores, ["go", "no"], ModalitySampleBounds(min_realism=0.05))
-    assert reasons[0] == "" and reasons[1] == "fidelity 0.3 < 0.5; read_back false (the judge heard 'go')"
+    scores = {"read_back": np.array([True, False, True]), "read_as": ["go", "go", "no"],
+              "fidelity": np.array([0.9, 0.3, 0.6]), "realism": np.array([0.5, 0.1, 0.01])}
+    reasons = sample_reasons(scores, ModalitySampleBounds(min_realism=0.05))
+    assert reasons[0] == "" and reasons[1] == "fidelity 0.3 < 0.5; read_back false (the judge read 'go')"
     assert reasons[2] == "realism 0.01 < 0.05"
     figures = {"real_accuracy": 0.95, "fidelity_accuracy": 0.5, "fid": 4.0, "kid": None, "mean_realism": 0.4,
                "pass_rate": 0.9}
@@ -196,14 +218,19 @@ def test_bounds_name_the_figure_the_value_and_the_key():
         "kid: not measured, bound 0.1 (modality.run.max_kid)"]
 
 
-def test_a_translator_to_another_modality_is_refused_before_any_work(tmp_path):
+def test_a_translator_from_another_modality_is_refused_before_any_work(tmp_path):
     (tmp_path / "s.csv").write_text("text_id,text\na,a red circle on the left\n")
-    cfg = config_from_dict({"modality": {"enabled": True, "translator": "caption_to_scene",
-                                         "source": str(tmp_path / "s.csv"),
+    cfg = config_from_dict({"modality": {"enabled": True, "translator": "scene_to_caption",
+                                         "source": str(tmp_path / "s.csv"), "output": str(tmp_path / "out"),
                                          "target": {"collections": [str(tmp_path / "none")]}}})
-    with pytest.raises(ModalityError, match="makes image; the cross-modal gate of a modality run is built for speech"):
+    with pytest.raises(ModalityError, match="translates image; a modality run reads texts"):
         run_modality(cfg)
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "out").exists()
+    missing = config_from_dict({"modality": {"enabled": True, "translator": "caption_to_scene",
+                                             "source": str(tmp_path / "s.csv"),
+                                             "target": {"collections": [str(tmp_path / "none.parquet")]}}})
+    with pytest.raises(ModalityError, match=r"none\.parquet not found; real scenes are a Parquet file"):
+        run_modality(missing)
 
 
 def test_the_demo_params_select_the_modality_run():
@@ -217,3 +244,44 @@ def test_the_demo_params_select_the_modality_run():
     assert (tts.source, tts.target) == ("text", "speech") and tts.settings()["per_text"] == 4
     texts = pd.read_csv(root / cfg.modality.source)[cfg.modality.source_column].tolist()
     assert texts == list(PRESET_WORDS)  # the bundled transcripts: the words the real clips say
+
+
+def test_caption_to_scene_run_publishes_image_caption_pairs_and_a_mirrored_drawing_fails(tmp_path):
+    from cyclegan_core.modality.gates import write_scenes
+    from cyclegan_core.modality.scenes import caption_agreement
+    from cyclegan_core.paired.scenes import make_scenes
+
+    write_scenes(tmp_path / "real.parquet", 240, seed=0)
+    captions = list(dict.fromkeys(s.caption for s in make_scenes(40, seed=7, points_per_object=0)))[:24]
+    pd.DataFrame({"text_id": [f"c{i}" for i in range(len(captions))], "text": captions}).to_csv(
+        tmp_path / "captions.csv", index=False)
+    section = {"enabled": True, "translator": "caption_to_scene", "settings": {"points_per_object": 0},
+               "source": str(tmp_path / "captions.csv"), "output": str(tmp_path / "out"),
+               "reports": str(tmp_path / "reports"), "batch_size": 5,
+               "target": {"collections": [str(tmp_path / "real.parquet")], "text_column": "caption",
+                          "judge_epochs": 4},
+               "sample": {"min_fidelity": 0.75},
+               "run": {"min_real_accuracy": 0.9, "min_fidelity_accuracy": 0.9, "max_fid": None,
+                       "min_mean_realism": None, "min_pass_rate": 0.8}}
+    result = run_modality(config_from_dict({"modality": section}))
+    assert result.passed and result.generated == len(captions) and result.rows >= 0.8 * len(captions)
+    df = pd.read_parquet(tmp_path / "out" / "data")
+    from cyclegan_core.images import decode_png
+    from cyclegan_core.modality.scenes import SceneToCaption
+
+    for row in df.itertuples():  # every published image shows what its caption says, read from its pixels alone
+        image = decode_png(row.image["bytes"])
+        assert image.shape == (64, 64, 3) and hashlib.sha256(row.image["bytes"]).hexdigest() == row.sample_id
+        back = SceneToCaption().translate([image], 0)[0].output
+        assert back == row.described and caption_agreement(row.text, back)["exact"] == 1.0 and row.read_back
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.features["image"].__class__.__name__ == "Image" and ds[0]["image"].size == (64, 64)
+
+    before = listing(tmp_path / "out")
+    broken = config_from_dict({"modality": section | {"translator": f"{__name__}:mirrored_scenes"}})
+    with pytest.raises(GateFailed, match=r"fidelity_accuracy = .* < 0\.9 \(modality\.run\.min_fidelity_accuracy\)"):
+        run_modality(broken)
+    assert listing(tmp_path / "out") == before
+    report = json.loads((tmp_path / "reports" / "modality.json").read_text())
+    assert report["figures"]["fidelity_accuracy"] < 0.6 and report["figures"]["real_accuracy"] >= 0.9

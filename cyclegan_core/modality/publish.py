@@ -45,6 +45,17 @@ COLUMN_DOCS = {
     "code_version": "sha256 of the modality code", "params_hash": "sha256 of the run's modality settings",
     "seed": "modality.seed", "flow_run_id": "the Prefect flow run (null outside Prefect)",
 }
+SCENE_DOCS = {
+    "sample_id": "sha256 of the generated image's PNG: the row's key", "text": "the caption the scene was drawn from",
+    "image": "the drawn scene, PNG bytes ({bytes, path})", "width": "px", "height": "px",
+    "described": "the caption the oracle reads back from the pixels",
+    "label": "how many objects the caption names (the count judge's class)",
+    "pred_label": "how many the count judge sees", "fidelity": "caption agreement of the read-back caption "
+    "(mean of count, colour, shape, place)", "read_back": "the read-back caption means the caption",
+    "margin": "the count judge's logit for the caption's count less the best other",
+    "realism": "conformal p-value of the margin among held-out real scenes' (0.5 = like a real scene)",
+    "params": "the translator's per-item choices (JSON: take, objects)",
+}
 
 
 def _schema(part_schema: pa.Schema, label_names: list[str]) -> pa.Schema:
@@ -57,7 +68,8 @@ def _schema(part_schema: pa.Schema, label_names: list[str]) -> pa.Schema:
 
 
 def publish_pairs(parts: list[Path], out_dir: str | Path, *, provenance: dict, figures: dict,
-                  label_names: list[str], max_shard_bytes: int, source: str, target: list[str]) -> dict:
+                  label_names: list[str], max_shard_bytes: int, source: str, target: list[str],
+                  media: str = "audio") -> dict:
     """Write the passing rows of the scored ``parts`` to ``out_dir`` (see the module docstring)."""
     light = pa.concat_tables([pq.read_table(p, columns=["sample_id", "passed"]).append_column(
         "part", pa.array(np.full(pq.ParquetFile(p).metadata.num_rows, k), pa.int32())) for k, p in enumerate(parts)])
@@ -70,7 +82,7 @@ def publish_pairs(parts: list[Path], out_dir: str | Path, *, provenance: dict, f
             keep.append(i)
     byte_sizes = []
     for p in parts:
-        col = pq.read_table(p, columns=["audio"]).column("audio")
+        col = pq.read_table(p, columns=[media]).column(media)
         byte_sizes += pc.binary_length(pc.struct_field(col, "bytes")).to_pylist()
     keys = [shard_key(ids[i]) for i in keep]
     plan = assign_shards(keys, [byte_sizes[i] + 256 for i in keep], max_shard_bytes)
@@ -104,7 +116,8 @@ def publish_pairs(parts: list[Path], out_dir: str | Path, *, provenance: dict, f
         manifest = {"format": FORMAT, "published_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
                     "rows": {SPLIT: rows}, "dropped": {SPLIT: len(ids) - rows}, "shards": listing,
                     "provenance": provenance, "figures": figures, "source": source, "target": target,
-                    "max_shard_bytes": max_shard_bytes, "columns": {f.name: str(f.type) for f in schema}}
+                    "max_shard_bytes": max_shard_bytes, "media": media,
+                    "columns": {f.name: str(f.type) for f in schema}}
         write_json_atomic(tmp / "manifest.json", manifest)
         (tmp / "README.md").write_text(card(manifest, schema, label_names), encoding="utf-8")
     return {"rows": rows, "shards": len(listing), "dropped": len(ids) - rows}
@@ -132,17 +145,20 @@ def card(manifest: dict, schema: pa.Schema, label_names: list[str]) -> str:
     size = sum(s["bytes"] for s in manifest["shards"])
     lines += ["  splits:", f"  - name: {SPLIT}", f"    num_examples: {manifest['rows'][SPLIT]}",
               f"    num_bytes: {size}", f"  dataset_size: {size}", "tags:", "- cycleaug", "- modality-translation",
-              "- text-to-speech", "---", "", "# CycleAug modality-translated pairs", "",
-              f"{manifest['rows'][SPLIT]} (text, speech) pairs made by `{prov['translator']}` "
+              f"- {'text-to-speech' if manifest['media'] == 'audio' else 'text-to-image'}", "---", "",
+              "# CycleAug modality-translated pairs", "",
+              f"{manifest['rows'][SPLIT]} (text, {'speech' if manifest['media'] == 'audio' else 'image'}) pairs made "
+              f"by `{prov['translator']}` "
               f"from `{manifest['source']}`"
-              f", gated against the real clips of {', '.join(f'`{t}`' for t in manifest['target'])}: "
-              f"{fig['generated']} clips were made, {manifest['dropped'][SPLIT]} dropped by the per-item bounds.", "",
+              f", gated against the real items of {', '.join(f'`{t}`' for t in manifest['target'])}: "
+              f"{fig['generated']} items were made, {manifest['dropped'][SPLIT]} dropped by the per-item bounds.", "",
               "| figure | value |", "|---|---|"]
     for k in ("real_accuracy", "fidelity_accuracy", "pass_rate", "fid", "kid", "mean_realism", "held_out_real"):
         v = fig.get(k)
         lines.append(f"| {k} | {'n/a' if v is None else (f'{v:.3g}' if isinstance(v, float) else v)} |")
     lines += ["", "## Features", "", "| column | meaning |", "|---|---|"]
-    lines += [f"| `{f.name}` | {COLUMN_DOCS.get(f.name, '')} |" for f in schema]
+    docs = COLUMN_DOCS | (SCENE_DOCS if manifest["media"] == "image" else {})
+    lines += [f"| `{f.name}` | {docs.get(f.name, '')} |" for f in schema]
     lines += ["", "## Provenance", ""] + [f"- {k}: `{prov[k]}`" for k in PROVENANCE] + [
         f"- published_at: `{manifest['published_at']}`", "", "## Reading it", "", "```python",
         "import pandas as pd", "df = pd.read_parquet(\"data/modality/published/data\")",

@@ -20,20 +20,18 @@ gate it cross-modally, publish the pairs.
    :func:`cyclegan_core.modality.publish.publish_pairs` in the Hugging Face layout, with the translator's
    settings as provenance.
 
-Speech (``text -> speech``) is the target modality gated here; another target is refused with a
-message saying so.
+The gates per target modality (speech, scene images) are in :mod:`cyclegan_core.modality.gates`.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,27 +39,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import soundfile as sf
 
-from ..config import AudioConfig, Config
+from ..config import Config
 from ..gate import GateFailed
-from ..metrics import conformal_realism
 from ..storage import write_json_atomic
-from .fidelity import ROLES, role_masks, target_scores, train_word_judge, word_of
 from .fidelity import alignment as measure_alignment
-from .settings import ModalityConfig, ModalityRunBounds, ModalitySampleBounds, ModalityTargetConfig
-from .translators import TranslatedItem, Translator, TranslatorError, resolve_translator
+from .fidelity import word_of
+from .gates import ModalityError, make_gate
+from .settings import ModalityConfig, ModalityRunBounds, ModalitySampleBounds
+from .translators import TranslatorError, resolve_translator
 
 Progress = Callable[..., None]
 log = logging.getLogger(__name__)
 REPORT_FILE = "modality.json"
-MEDIA = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-DEFAULT_TARGET = ModalityTargetConfig().collections
 PACKAGE = Path(__file__).resolve().parent
-
-
-class ModalityError(ValueError):
-    """A modality run that cannot start: the message says which setting or file is wrong."""
+__all__ = ["ModalityError", "ModalityResult", "run_failures", "run_modality", "sample_reasons", "source_batches"]
 
 
 # --- the source collection --------------------------------------------------------------------------------
@@ -129,120 +121,16 @@ def scan_sources(m: ModalityConfig) -> tuple[int, set[str]]:
     return len(seen), words
 
 
-# --- the real target collection and the speech gate -------------------------------------------------------
-def ensure_default_target(t: ModalityTargetConfig) -> list[str]:
-    """Make the bundled speech preset where the default target folders point, when missing."""
-    if tuple(t.collections) != DEFAULT_TARGET or all((Path(c) / "labels.csv").exists() for c in t.collections):
-        return []
-    from ..voices import make_voices_data
-
-    return make_voices_data(*DEFAULT_TARGET)
-
-
-def read_speech_target(t: ModalityTargetConfig) -> tuple[list[bytes], list[str], list[str]]:
-    """(clips, texts, ids) of the real target collections; an id is the sha256 of the clip's bytes."""
-    wavs, texts, ids, seen = [], [], [], set()
-    for folder in t.collections:
-        root = Path(folder)
-        labels = root / "labels.csv"
-        if not labels.is_file():
-            raise ModalityError(f"modality.target.collections: {labels} not found; a real target collection is a "
-                                f"folder of clips with a labels.csv naming each file's path and its {t.text_column}")
-        with open(labels, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if not {"path", t.text_column} <= set(reader.fieldnames or ()):
-                raise ModalityError(f"{labels}: needs the columns path and {t.text_column} "
-                                    f"(modality.target.text_column); it has {', '.join(reader.fieldnames or ())}")
-            for row in reader:
-                data = (root / row["path"]).read_bytes()
-                sid = hashlib.sha256(data).hexdigest()
-                if sid not in seen:
-                    seen.add(sid)
-                    wavs.append(data)
-                    texts.append(row[t.text_column])
-                    ids.append(sid)
-    return wavs, texts, ids
-
-
-class SpeechGate:
-    """Fidelity and alignment of generated clips, by a word judge trained on the real clips of the
-    ``validation`` role, measured against the real clips of the ``held_out`` role."""
-
-    def __init__(self, t: ModalityTargetConfig, audio: AudioConfig) -> None:
-        wavs, texts, ids = read_speech_target(t)
-        masks = role_masks(ids)
-        self.roles = {r: int(masks[r].sum()) for r in ROLES}
-        words = sorted({word_of(x) for x in texts})
-        self.judge = train_word_judge(wavs, texts, ids, "validation", audio, words, t.judge_epochs, t.judge_seed)
-        held = np.flatnonzero(masks["held_out"])
-        if len(held) < 2:
-            raise ModalityError(f"the real target collections hold {len(wavs)} clips, {len(held)} of them held out; "
-                                "alignment needs more real clips")
-        logits, self.real_features = self.judge.logits_and_features([wavs[i] for i in held])
-        target = self.judge.classes([texts[i] for i in held])
-        _, self.real_scores = target_scores(logits, target)
-        self.real_accuracy = float((logits.argmax(axis=1) == target).mean())
-        self.held_ids = frozenset(ids[i] for i in held)
-        if self.judge.trained_on & self.held_ids:  # role_masks makes this impossible
-            raise AssertionError("a held-out clip taught the validation judge")
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.judge.words)
-
-    def check_sources(self, words: set[str]) -> None:
-        unknown = sorted(words - set(self.judge.words))
-        if unknown:
-            raise ModalityError(f"the real target clips say {', '.join(self.judge.words)}; the judge cannot check "
-                                f"source texts saying {', '.join(unknown)} (add real clips of them to "
-                                "modality.target.collections, or leave those texts out)")
-
-    def score(self, items: Sequence[TranslatedItem]) -> dict[str, np.ndarray]:
-        """Per item: the source's class, the judge's class, fidelity, margin, realism and features."""
-        bad = [k for k, it in enumerate(items) if not isinstance(it.output, bytes | bytearray)]
-        if bad:
-            raise TranslatorError(f"a speech translator returns WAV bytes; item {bad[0]} is a "
-                                  f"{type(items[bad[0]].output).__name__}")
-        wavs = [bytes(it.output) for it in items]
-        logits, features = self.judge.logits_and_features(wavs)
-        label = self.judge.classes([it.source for it in items])
-        prob, margin = target_scores(logits, label)
-        return {"label": label, "pred_label": logits.argmax(axis=1), "fidelity": prob, "margin": margin,
-                "realism": conformal_realism(margin, self.real_scores), "features": features}
-
-    def media(self, items: Sequence[TranslatedItem], sample_ids: Sequence[str]) -> dict[str, pa.Array]:
-        frames, rates = [], []
-        for it in items:
-            info = sf.info(io.BytesIO(it.output))
-            frames.append(info.frames / info.samplerate)
-            rates.append(info.samplerate)
-        return {"audio": pa.array([{"bytes": bytes(it.output), "path": f"{s[:16]}.wav"}
-                                   for it, s in zip(items, sample_ids, strict=True)], MEDIA),
-                "sample_rate": pa.array(rates, pa.int32()), "duration_s": pa.array(frames, pa.float64())}
-
-
-def make_gate(translator: Translator, m: ModalityConfig, audio: AudioConfig) -> SpeechGate:
-    if translator.source != "text":
-        raise ModalityError(f"translator {m.translator!r} translates {translator.source}; a modality run reads "
-                            "texts (modality.source) and makes another modality from them")
-    if translator.target != "speech":
-        raise ModalityError(f"translator {m.translator!r} makes {translator.target}; the cross-modal gate of a "
-                            "modality run is built for speech (text_to_speech); see cyclegan_core.modality.fidelity "
-                            "for the scene measurements")
-    ensure_default_target(m.target)
-    return SpeechGate(m.target, audio)
-
-
 # --- bounds -----------------------------------------------------------------------------------------------
-def sample_reasons(scores: dict[str, np.ndarray], words: Sequence[str], b: ModalitySampleBounds) -> list[str]:
+def sample_reasons(scores: dict, b: ModalitySampleBounds) -> list[str]:
     """Per item: the per-item bounds it fails, '; '-joined ('' when it passes)."""
     out = []
-    for k in range(len(scores["label"])):
+    for k in range(len(scores["fidelity"])):
         why = []
         if b.min_fidelity is not None and scores["fidelity"][k] < b.min_fidelity:
             why.append(f"fidelity {scores['fidelity'][k]:.3g} < {b.min_fidelity}")
-        if b.require_read_back and scores["pred_label"][k] != scores["label"][k]:
-            why.append(f"read_back false (the judge heard {words[int(scores['pred_label'][k])]!r})")
+        if b.require_read_back and not scores["read_back"][k]:
+            why.append(f"read_back false (the judge read {scores['read_as'][k]!r})")
         if b.min_realism is not None and scores["realism"][k] < b.min_realism:
             why.append(f"realism {scores['realism'][k]:.3g} < {b.min_realism}")
         out.append("; ".join(why))
@@ -323,9 +211,9 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
     total, words = scan_sources(m)
     gate.check_sources(words)
     settings = translator.settings()
-    log.info("modality run: %s (%s -> %s) on %d source rows; judge trained on %d real clips, %d held out "
-             "(judge accuracy on them %.3g)", m.translator, translator.source, translator.target, total,
-             len(gate.judge.trained_on), gate.roles["held_out"], gate.real_accuracy)
+    log.info("modality run: %s (%s -> %s) on %d source rows; judge trained on %d real items, %d held out "
+             "(read-back accuracy on them %.3g)", m.translator, translator.source, translator.target, total,
+             gate.trained_on, gate.roles["held_out"], gate.real_accuracy)
     out_dir = Path(m.output)
     staging = out_dir.parent / f".{out_dir.name}.scored"
     shutil.rmtree(staging, ignore_errors=True)
@@ -341,16 +229,17 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
                                       f"batch it was made from (index {bad[0]})")
             if not items:
                 continue
-            scores = gate.score(items)
-            reasons = sample_reasons(scores, gate.labels, m.sample)
-            sample_ids = [hashlib.sha256(bytes(it.output)).hexdigest() for it in items]
+            blobs = gate.encode(items)
+            scores = gate.score(items, blobs)
+            reasons = sample_reasons(scores, m.sample)
+            sample_ids = [hashlib.sha256(b).hexdigest() for b in blobs]
             passed = np.asarray([not r for r in reasons])
             table = pa.table({
                 "sample_id": sample_ids, "text_id": [ids[it.index] for it in items],
-                "text": [it.source for it in items], **gate.media(items, sample_ids),
+                "text": [it.source for it in items], **gate.media(items, blobs, sample_ids, scores),
                 "label": pa.array(scores["label"], pa.int64()),
                 "pred_label": pa.array(scores["pred_label"], pa.int64()),
-                "fidelity": scores["fidelity"], "read_back": scores["pred_label"] == scores["label"],
+                "fidelity": scores["fidelity"], "read_back": np.asarray(scores["read_back"], dtype=bool),
                 "margin": scores["margin"], "realism": scores["realism"],
                 "params": [json.dumps(it.params, sort_keys=True) for it in items],
                 "passed": passed, "fail_reason": reasons,
@@ -363,7 +252,7 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
             realism.append(scores["realism"])
             n_items += len(items)
             n_pass += int(passed.sum())
-            n_read += int((scores["pred_label"] == scores["label"]).sum())
+            n_read += int(np.sum(scores["read_back"]))
             reasons_seen += [{"text_id": ids[it.index], "text": it.source, "params": it.params, "reason": r}
                              for it, r in zip(items, reasons, strict=True) if r][:max(0, 10 - len(reasons_seen))]
             done += len(texts)
@@ -378,20 +267,20 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
             "fidelity_accuracy": n_read / n_items, "real_accuracy": gate.real_accuracy,
             "fid": _finite(al.fid), "kid": _finite(al.kid), "kid_std": _finite(al.kid_std),
             "mean_realism": al.realism_mean, "real_realism": _finite(al.real_realism),
-            "held_out_real": gate.roles["held_out"], "judge_trained_on": len(gate.judge.trained_on),
+            "held_out_real": gate.roles["held_out"], "judge_trained_on": gate.trained_on,
             "roles": gate.roles,
         }
         failures = run_failures(figures, m.run)
         report = {"passed": not failures, "failures": failures, "figures": figures, "translator": m.translator,
                   "translator_settings": settings, "bounds": {"sample": m.sample.model_dump(),
                                                               "run": m.run.model_dump()},
-                  "dropped_examples": reasons_seen, "judge": {"role": gate.judge.role, "seed": gate.judge.seed,
-                                                              "words": gate.labels,
+                  "dropped_examples": reasons_seen, "judge": {"role": "validation", "seed": m.target.judge_seed,
+                                                              "classes": gate.labels,
                                                               "epochs": m.target.judge_epochs},
                   "seconds": round(time.perf_counter() - t0, 2)}
         report_path = Path(m.reports) / REPORT_FILE
         write_json_atomic(report_path, report)
-        log.info("modality gate: %d of %d generated clips pass (%.3g); read back %.3g (real %.3g), FID %.3g, "
+        log.info("modality gate: %d of %d generated items pass (%.3g); read back %.3g (real %.3g), FID %.3g, "
                  "KID %.3g, realism %.3g", n_pass, n_items, n_pass / n_items, n_read / n_items, gate.real_accuracy,
                  al.fid if al.fid is not None else float("nan"), al.kid if al.kid is not None else float("nan"),
                  al.realism_mean)
@@ -404,7 +293,7 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
                       "seed": m.seed, "flow_run_id": flow_run_id}
         published = publish_pairs(parts, out_dir, provenance=provenance, figures=figures, label_names=gate.labels,
                                   max_shard_bytes=int(m.max_shard_mb * 2**20), source=m.source,
-                                  target=list(m.target.collections))
+                                  target=list(m.target.collections), media=gate.media_column)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ModalityResult(True, total, n_items, published["rows"], n_items - published["rows"], figures, [],
