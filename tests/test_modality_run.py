@@ -115,6 +115,7 @@ def listing(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_passing_run_publishes_pairs_and_a_broken_translator_publishes_nothing(speech_project):
     root = speech_project
     cfg = config_from_dict(modality_settings(root))

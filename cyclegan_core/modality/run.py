@@ -10,8 +10,9 @@ gate it cross-modally, publish the pairs.
 2. The source collection (a CSV or Parquet file) is read ``modality.batch_size`` rows at a time; each
    batch is translated, scored and written to a staging part at once, so memory holds one batch of
    items (and each item's 128 judge features, for FID/KID) whatever the collection's size.
-3. Per item: fidelity (the judge reads the item back into the source modality) and realism against
-   the held-out real items, checked against ``modality.sample``; failing rows are dropped.
+3. Per item: fidelity (the judge reads the item back into the source modality: a spoken-word judge
+   for speech, the caption oracle for scene images) and realism against the held-out real items,
+   checked against ``modality.sample``; failing rows are dropped.
    Per run: the judge's accuracy on held-out real items, the generated items' read-back accuracy,
    FID/KID and mean realism against the held-out real items, and the pass rate, checked against
    ``modality.run``. ``<reports>/modality.json`` holds the figures either way; a failing run raises

@@ -26,7 +26,8 @@ class ModalitySampleBounds(_Strict):
                           "scenes: the back-translated caption means the same).")
     min_realism: float | None = Field(
         None, ge=0.0, le=1.0,
-        description="Conformal realism among the held-out real items (0.5 is like a real item); speech only.")
+        description="Conformal realism of the judge's margin among the held-out real items' (0.5 is like a real "
+                    "item).")
 
 
 class ModalityRunBounds(_Strict):
@@ -55,10 +56,14 @@ class ModalityTargetConfig(_Strict):
     collections: tuple[str, ...] = Field(
         ("data/raw/voices/A", "data/raw/voices/B"),
         description="Speech: folders of audio files, each with a labels.csv naming every file's path and its "
-                    "text (text_column). The default folders are the bundled speech preset, made (eSpeak NG) "
-                    "when missing.")
-    text_column: str = Field("word", description="The labels.csv column that holds what a real clip says.")
-    judge_epochs: int = Field(40, ge=1, description="Epochs of the validation word judge.")
+                    "text (text_column); the default folders are the bundled speech preset, made (eSpeak NG) "
+                    "when missing. Scene images: Parquet files with an image column ({bytes, path} PNG) and the "
+                    "caption (text_column); data/raw/scenes/scenes.parquet is made (600 generated scenes) when "
+                    "named and missing.")
+    text_column: str = Field("word", description="The column that holds what a real item says (labels.csv for "
+                                                 "speech, the Parquet file for scenes).")
+    judge_epochs: int = Field(40, ge=1, description="Epochs of the validation judge (the word judge for speech, "
+                                                    "the object-count CNN for scenes).")
     judge_seed: int = Field(1, description="Its seed (the training-time judge, on other samples, has another).")
 
     @field_validator("collections")
