@@ -52,7 +52,11 @@ def modality_lines(result: dict) -> str:
             f"(real held-out items: {g('real_accuracy')}); pass rate {g('pass_rate')}\n"
             f"  alignment against {f.get('held_out_real')} held-out real items: FID {g('fid')}, KID {g('kid')}, "
             f"mean realism {g('mean_realism')} (0.5 = like a real item)\n"
-            f"  figures: {result['report']}")
+            + (f"  train on it, test on real: {u['per_class']} real per class {u['real_few']['mean']:.3g}, with the "
+               f"published items {u['real_few+generated']['mean']:.3g}, published alone {u['generated']['mean']:.3g}\n"
+               if (u := f.get("utility")) and u.get("real_few") and u.get("real_few+generated") and u.get("generated")
+               else "")
+            + f"  figures: {result['report']}")
 
 
 def cmd_modality_run(cfg: Config, args: argparse.Namespace) -> int:

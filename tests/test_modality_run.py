@@ -141,6 +141,11 @@ def test_a_passing_run_publishes_pairs_and_a_broken_translator_publishes_nothing
     report = json.loads((root / "reports" / "modality.json").read_text())
     assert report["passed"] and report["figures"]["fidelity_accuracy"] >= 0.6
     assert report["figures"]["generated"] == 12 and report["figures"]["held_out_real"] > 20
+    utility = report["figures"]["utility"]  # train on the published clips, test on held-out real ones
+    assert utility["generated_items"] == result.rows and utility["test_items"] == report["figures"]["held_out_real"]
+    assert all(len(utility[a]["runs"]) == 2 and 0 <= utility[a]["mean"] <= 1 for a in
+               ("real_few", "real_few+generated", "generated", "real_all"))
+    assert utility["real_all"]["mean"] > utility["chance"]
     assert not list(root.glob(".published.*"))  # no staging left behind
 
     datasets = pytest.importorskip("datasets")
@@ -247,6 +252,7 @@ def test_the_demo_params_select_the_modality_run():
     assert texts == list(PRESET_WORDS)  # the bundled transcripts: the words the real clips say
 
 
+@pytest.mark.slow
 def test_caption_to_scene_run_publishes_image_caption_pairs_and_a_mirrored_drawing_fails(tmp_path):
     from cyclegan_core.modality.gates import write_scenes
     from cyclegan_core.modality.scenes import caption_agreement
@@ -279,8 +285,13 @@ def test_caption_to_scene_run_publishes_image_caption_pairs_and_a_mirrored_drawi
     ds = datasets.load_dataset(str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.features["image"].__class__.__name__ == "Image" and ds[0]["image"].size == (64, 64)
 
+    utility = json.loads((tmp_path / "reports" / "modality.json").read_text())["figures"]["utility"]
+    assert utility["generated_items"] == result.rows and utility["chance"] == pytest.approx(1 / 3)
+    assert utility["real_all"]["mean"] > utility["chance"]  # counting objects is learnable from these scenes
+
     before = listing(tmp_path / "out")
-    broken = config_from_dict({"modality": section | {"translator": f"{__name__}:mirrored_scenes"}})
+    broken = config_from_dict({"modality": section | {"translator": f"{__name__}:mirrored_scenes",
+                                                      "utility_per_class": None}})
     with pytest.raises(GateFailed, match=r"fidelity_accuracy = .* < 0\.9 \(modality\.run\.min_fidelity_accuracy\)"):
         run_modality(broken)
     assert listing(tmp_path / "out") == before

@@ -16,8 +16,10 @@ deals it into the roles of :func:`~cyclegan_core.modality.fidelity.judge_role`, 
   caption column.
 
 Each gate gives the run: ``labels`` (class names), ``real_accuracy`` (the read-back accuracy on held-out
-real items), ``check_sources``, ``encode`` (the bytes a row stores and its id hashes), ``score`` and
-``media`` (the published columns of the generated modality).
+real items), ``check_sources``, ``encode`` (the bytes a row stores and its id hashes), ``score``,
+``media`` (the published columns of the generated modality), and for the utility figures
+(:mod:`cyclegan_core.modality.utility`) ``pictures`` (what a classifier sees of an item) with the
+labelled ``training_set`` (the training role's real items) and ``held_set``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from ..config import AudioConfig
+from ..judges import classify
 from ..metrics import conformal_realism
-from .fidelity import ROLES, role_masks, target_scores, train_word_judge, word_of
+from .fidelity import ROLES, clip_pictures, role_masks, target_scores, train_word_judge, word_of
 from .settings import ModalityConfig, ModalityTargetConfig
 from .translators import TranslatedItem, Translator, TranslatorError
 
@@ -102,8 +105,14 @@ class SpeechGate:
         self.roles, _, held = _held_out(ids, len(wavs))
         words = sorted({word_of(x) for x in texts})
         self.judge = train_word_judge(wavs, texts, ids, "validation", audio, words, t.judge_epochs, t.judge_seed)
-        logits, self.real_features = self.judge.logits_and_features([wavs[i] for i in held])
+        self.audio = audio
+        train = np.flatnonzero(role_masks(ids)["training"])
+        self.training_set = (clip_pictures([wavs[i] for i in train], audio),
+                             self.judge.classes([texts[i] for i in train]))
+        held_pictures = clip_pictures([wavs[i] for i in held], audio)
+        logits, self.real_features = classify(self.judge.net, held_pictures)
         target = self.judge.classes([texts[i] for i in held])
+        self.held_set = (held_pictures, target)
         _, self.real_scores = target_scores(logits, target)
         self.real_accuracy = float((logits.argmax(axis=1) == target).mean())
         self.trained_on = len(self.judge.trained_on)
@@ -137,6 +146,10 @@ class SpeechGate:
         return {"label": label, "pred_label": pred, "fidelity": prob, "read_back": pred == label,
                 "read_as": [self.judge.words[k] for k in pred], "margin": margin,
                 "realism": conformal_realism(margin, self.real_scores), "features": features}
+
+    def pictures(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """What the judge and the utility classifiers see of generated items: spectrogram pictures."""
+        return clip_pictures(blobs, self.audio)
 
     def media(self, items: Sequence[TranslatedItem], blobs: Sequence[bytes], sample_ids: Sequence[str],
               scores: dict) -> dict[str, pa.Array]:
@@ -223,7 +236,6 @@ class SceneGate:
     def __init__(self, t: ModalityTargetConfig) -> None:
         from ..classifiers import train_classifier
         from ..images import decode_png
-        from ..judges import classify
 
         ensure_default_scenes(t)
         pngs, captions, ids = read_scene_target(t)
@@ -237,10 +249,12 @@ class SceneGate:
         self.net = train_classifier(np.stack([images[i] for i in val]), labels, len(counts), t.judge_epochs,
                                     t.judge_seed)
         self.trained_on = len(val)
-        self._classify = classify
         held_images, held_captions = [images[i] for i in held], [captions[i] for i in held]
         logits, self.real_features = classify(self.net, np.stack(held_images))
         _, self.real_scores = target_scores(logits, self.classes(held_captions))
+        train = np.flatnonzero(role_masks(ids)["training"])
+        self.training_set = (np.stack([images[i] for i in train]), self.classes([captions[i] for i in train]))
+        self.held_set = (np.stack(held_images), self.classes(held_captions))
         _, agreement = _read_back(held_captions, held_images)
         self.real_accuracy = float(np.mean([a["exact"] for a in agreement]))
         self.labels = [f"{n} object{'s' if n > 1 else ''}" for n in counts]
@@ -257,6 +271,11 @@ class SceneGate:
             raise ModalityError(f"the real scenes hold {', '.join(self.labels)}; the count judge cannot check "
                                 f"captions such as {unknown[0]!r}")
 
+    def pictures(self, blobs: Sequence[bytes]) -> np.ndarray:
+        from ..images import decode_png
+
+        return np.stack([decode_png(b) for b in blobs])
+
     def encode(self, items: Sequence[TranslatedItem]) -> list[bytes]:
         from ..images import encode_png
 
@@ -270,7 +289,7 @@ class SceneGate:
         del blobs
         captions, images = [it.source for it in items], [it.output for it in items]
         described, agreement = _read_back(captions, images)
-        logits, features = self._classify(self.net, np.stack(images))
+        logits, features = classify(self.net, np.stack(images))
         label = self.classes(captions)
         _, margin = target_scores(logits, label)
         return {"label": label, "pred_label": logits.argmax(axis=1),

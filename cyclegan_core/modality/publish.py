@@ -156,6 +156,13 @@ def card(manifest: dict, schema: pa.Schema, label_names: list[str]) -> str:
     for k in ("real_accuracy", "fidelity_accuracy", "pass_rate", "fid", "kid", "mean_realism", "held_out_real"):
         v = fig.get(k)
         lines.append(f"| {k} | {'n/a' if v is None else (f'{v:.3g}' if isinstance(v, float) else v)} |")
+    utility = fig.get("utility")
+    if utility:
+        lines += ["", f"Train on it, test on real ({utility['test_items']} held-out real items, {utility['seeds']} "
+                  f"seeds, chance {utility['chance']:.3g}): held-out accuracy of a small classifier trained on"]
+        lines += [f"- {arm}: {utility[arm]['mean']:.3g} ± {utility[arm]['std']:.2g}" for arm in
+                  ("real_few", "real_few+generated", "generated", "real_all") if utility.get(arm)]
+        lines += [f"  (real_few: {utility['per_class']} real items per class)"]
     lines += ["", "## Features", "", "| column | meaning |", "|---|---|"]
     docs = COLUMN_DOCS | (SCENE_DOCS if manifest["media"] == "image" else {})
     lines += [f"| `{f.name}` | {docs.get(f.name, '')} |" for f in schema]

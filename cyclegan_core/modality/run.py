@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -201,6 +202,19 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def measure_utility(gate, parts: list[Path], per_class: int) -> dict:
+    """Train on the passing rows of the staged ``parts``, test on real (:mod:`cyclegan_core.modality.utility`)."""
+    from .utility import measure
+
+    blobs, labels = [], []
+    for part in parts:
+        t = pq.read_table(part, columns=[gate.media_column, "label", "passed"]).filter(pc.field("passed"))
+        blobs += [v["bytes"] for v in t.column(gate.media_column).to_pylist()]
+        labels += t.column("label").to_pylist()
+    generated = (gate.pictures(blobs), np.asarray(labels, dtype=np.int64))
+    return measure(gate.training_set, gate.held_set, generated, len(gate.labels), per_class)
+
+
 def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str | None = None) -> ModalityResult:
     """Translate, gate and publish (see the module docstring); raises GateFailed after writing the report."""
     from .publish import publish_pairs
@@ -287,6 +301,10 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
                  al.realism_mean)
         if failures:
             raise GateFailed(gate_message(failures))
+        if m.utility_per_class is not None:
+            figures["utility"] = measure_utility(gate, parts, m.utility_per_class)
+            report["figures"] = figures
+            write_json_atomic(report_path, report)
         provenance = {"translator": m.translator, "translator_settings": json.dumps(settings, sort_keys=True),
                       "code_version": code_version(),
                       "params_hash": hashlib.sha256(json.dumps(m.model_dump(mode="json"), sort_keys=True)

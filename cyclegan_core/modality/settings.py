@@ -96,6 +96,10 @@ class ModalityConfig(_Strict):
     reports: str = Field("reports/modality", description="modality.json (the gate's figures), written even when "
                                                          "the gate fails.")
     max_shard_mb: float = Field(64.0, gt=0.0, le=4096.0, description="Largest Parquet shard, MiB.")
+    utility_per_class: int | None = Field(
+        3, ge=1, description="A passing run's utility figures: classifiers trained on this many real items per class "
+                             "(with and without the published items) and on the published items alone, tested on the "
+                             "held-out real items (modality.utility); null: not measured.")
     sample: ModalitySampleBounds = ModalitySampleBounds()
     run: ModalityRunBounds = ModalityRunBounds()
 
