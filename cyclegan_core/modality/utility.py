@@ -11,7 +11,9 @@ trained in four arms and tested on the held-out real items (no arm and no judge 
 - ``real_all``: every real item of the ``training`` role (the ceiling at this size).
 
 Each arm is trained with ``seeds`` seeds (the few-shot draw, initialisation and batch order) and its
-held-out accuracy is reported as mean and spread. These are measurements, not bounds.
+held-out accuracy is reported as mean and spread. These are measurements, not bounds. Memory: the
+published items' pictures (a 64 x 64 spectrogram or scene, 4 or 12 KB each) are held at once; for a
+very large run switch the figures off (``modality.utility_per_class: null``).
 """
 
 from __future__ import annotations
