@@ -72,7 +72,7 @@ def main() -> None:
     out = Path(args.out)
     paths = [f"paths.{k}={out / k}" for k in ("ingest", "models", "judges", "generated", "validated", "published",
                                                "reports")]
-    base = [f"data.domain_a={out}/raw/A", f"data.domain_b={out}/raw/B", *paths, f"train.num_threads={args.threads}"]
+    base = [f"data.domain_a={out}/raw/A", f"data.domain_b={out}/raw/B", *paths, f"runtime.num_threads={args.threads}"]
     cfg = load_config(args.params, base)
     step_default_data(cfg)
     step_ingest(cfg)

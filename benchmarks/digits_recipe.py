@@ -51,7 +51,7 @@ def run(name: str, overrides: list[str], out: Path, steps: int, threads: int, se
     if work.exists():
         shutil.rmtree(work)
     base = [f"data.domain_a={out / 'raw' / 'A'}", f"data.domain_b={out / 'raw' / 'B'}",
-            f"train.steps={steps}", f"train.num_threads={threads}", "train.seed=0", f"utility.seeds={seeds}",
+            f"train.steps={steps}", f"runtime.num_threads={threads}", "train.seed=0", f"utility.seeds={seeds}",
             *(f"paths.{k}={work / k}" for k in ("ingest", "models", "judges", "generated", "validated", "published",
                                                  "reports"))]
     cfg = load_config(params, [*base, *overrides])

@@ -186,7 +186,7 @@ def run_recipe(name: str, overrides: list[str], data: Path, work: Path, steps: i
     paths = [f"paths.{k}={work / k}" for k in ("ingest", "models", "judges", "generated", "validated", "published",
                                                 "reports")]
     base = [f"data.domain_a={data / 'A'}", f"data.domain_b={data / 'B'}", "data.mode=RGB", f"data.image_size={SIZE}",
-            *paths, f"train.steps={steps}", f"train.num_threads={threads}", "train.seed=0", "generate.splits=[test]"]
+            *paths, f"train.steps={steps}", f"runtime.num_threads={threads}", "train.seed=0", "generate.splits=[test]"]
     cfg = load_config(params, [*base, *overrides])
     t0 = time.perf_counter()
     step_ingest(cfg)
@@ -201,7 +201,7 @@ def run_recipe(name: str, overrides: list[str], data: Path, work: Path, steps: i
             "model": cfg.model.model_dump(mode="json"),
             "train": {k: v for k, v in cfg.train.model_dump(mode="json").items()
                       if k in ("steps", "batch_size", "lr", "lambda_a", "lambda_b", "lambda_identity", "gan_mode",
-                               "seed", "num_threads")}}
+                               "seed")} | {"num_threads": cfg.runtime.num_threads}}
     print(f"{name}: trained {trained.steps} steps in {trained.seconds:.0f} s", flush=True)
     return info, Path(cfg.paths.generated)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cyclegan_core.config import config_from_dict
+from cyclegan_core.runtime import RuntimeConfig
 from cyclegan_core.train import Trainer
 
 
@@ -39,12 +40,15 @@ def _sync(device: torch.device) -> None:
 
 
 def make_trainer(args, workdir: str, **train) -> Trainer:
+    """A trainer of random images; ``train`` holds train keys and runtime keys (precision, adam_impl...)."""
     raw = {
         "data": {"image_size": args.size, "mode": "RGB" if args.channels == 3 else "L"},
         "model": {"ngf": args.ngf, "ndf": args.ndf, "n_blocks": args.blocks, "n_layers_d": 3,
                   "arch": train.pop("arch", "cyclegan"),
                   "translator_directions": train.pop("directions", "both")},
-        "train": {"steps": 10**9, "device": args.device, "log_every": 10**6, "checkpoint_every": 10**6, **train},
+        "train": {"steps": 10**9, **{k: v for k, v in train.items() if k not in RuntimeConfig.model_fields}},
+        "runtime": {"device": args.device, "log_every": 10**6, "checkpoint_every": 10**6,
+                    **{k: v for k, v in train.items() if k in RuntimeConfig.model_fields}},
     }
     cfg = config_from_dict(raw)
     rng = np.random.default_rng(0)

@@ -8,8 +8,9 @@ Over 500 lines on purpose: every section of the pipeline's ``params.yaml`` is on
 file's order, with its defaults, ranges and help text, so a person reads the whole schema in one place
 and a key's meaning is stated once (``cyclegan_core.inputs`` says which step each key reaches). The
 ``paired`` and ``modality`` sections' classes live beside their packages (:mod:`cyclegan_core.paired.settings`,
-:mod:`cyclegan_core.modality.settings`); the
-strict base class in :mod:`cyclegan_core.schema`.
+:mod:`cyclegan_core.modality.settings`), the ``runtime`` section's (how and where torch runs, shared by the
+steps and out of every fingerprint) in :mod:`cyclegan_core.runtime`; the strict base class in
+:mod:`cyclegan_core.schema`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .modality.settings import ModalityConfig
 from .paired.settings import PairedConfig
-from .schema import Device, _Strict
+from .runtime import RuntimeConfig, moved_key_errors
+from .schema import _Strict
 from .storage import StorageError, check_url, escapes, is_remote
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -254,7 +256,8 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """The training loop (losses and optimizer follow the reference defaults), and speed switches."""
+    """What the training loop learns (losses and optimizer follow the reference defaults); how fast and where
+    it runs is the ``runtime`` section's."""
 
     steps: int = Field(1500, ge=1, description="Optimizer steps in all.")
     batch_size: int = Field(8, ge=1, description="Images per domain per step (per process under torchrun).")
@@ -326,66 +329,21 @@ class TrainConfig(_Strict):
         "'classifier' half when there are more), decoded in batches: bounds its memory on large collections.",
     )
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast dtype for forward passes (fp16 adds a grad scaler); fp32 = off."
-    )
-    # Settings below do not change what is learned (at most the rounding), so they stay out of
-    # the fingerprint and a run may resume under other values.
-    device: Device = Field("auto", description="cpu, cuda[:N] or auto (cuda when available; under torchrun each "
-                           "process takes its local rank's GPU).")
-    channels_last: bool = Field(False, description="NHWC memory format (faster convs on GPUs).")
-    adam_impl: Literal["auto", "foreach", "fused", "for_loop"] = Field(
-        "auto", description="auto: fused on CUDA, for_loop on CPU (measured fastest there)."
-    )
-    compile: bool = Field(False, description="torch.compile the networks.")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager to test cheaply).")
-    pin_memory: bool = Field(
-        True, description="Keep the training images in pinned host memory and copy batches asynchronously "
-        "(CUDA only; a no-op on CPU)."
-    )
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(10, ge=1, description="Steps between loss-log rows (and host syncs on a GPU).")
-    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
-    cache_mb: float = Field(
-        1024.0, ge=0.0, description="Decoded training images (both domains, uint8) up to this many MiB are held in "
-        "memory (or on the GPU) and batches gathered from there; larger sets, or 0, stream from the manifests through "
-        "a DataLoader (a few row groups in memory). Under sampling=epoch both train on the same batches; under "
-        "sampling=random the cache draws from the trainer's generator and the stream per step (same distribution).",
-    )
-    loader_workers: int = Field(
-        0, ge=0, le=64, description="DataLoader worker processes decoding streamed batches ahead (one torch thread "
-        "each); 0: decoded in the training process. Unused when the training set is cached (train.cache_mb).",
-    )
-
-    NOT_IN_FINGERPRINT: ClassVar[frozenset[str]] = frozenset({
-        "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
-        "compile_mode", "compile_backend", "pin_memory", "cache_mb", "loader_workers",
-    })
 
 
 class GenerateConfig(_Strict):
     """Translation of ingested samples in both directions.
 
-    A row already generated for the same source sample, by the same model and under the same
-    :meth:`pixel_settings`, is reused rather than translated again, so a nightly run translates only
-    new samples. ``shards`` and ``splits`` only decide where rows go and which are made.
+    A row already generated for the same source sample, by the same model and under the same generation
+    key (these settings, and the rounding of the generate step's runtime:
+    :meth:`~cyclegan_core.runtime.StepRuntime.rounding`), is reused rather than translated again, so a
+    nightly run translates only new samples. ``shards`` and ``splits`` only decide where rows go and
+    which are made; ``workers`` only how fast.
     """
 
     splits: tuple[Literal["train", "test"], ...] = ("train", "test")
     batch_size: int = Field(64, ge=1)
     shards: int = Field(2, ge=1, description="Shards per direction (by hash of the source id).")
-    device: Device = Field("auto",
-                           description="Where the generators run: cpu, cuda[:N] or auto (cuda when available).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast dtype of the generator forwards; fp32 = off."
-    )
-    channels_last: bool = Field(False, description="NHWC memory format for the generators (faster convs on GPUs).")
-    compile: bool = Field(False, description="torch.compile the generators (the last batch is padded to full size).")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        "default", description="reduce-overhead adds CUDA graphs on a GPU."
-    )
-    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager to test cheaply).")
     png_compress_level: int = Field(
         6, ge=0, le=9, description="zlib level of the translated PNGs: 1 encodes ~3x faster for ~10% larger files "
         "(256x256 photos), which a GPU host may need to keep up."
@@ -395,17 +353,6 @@ class GenerateConfig(_Strict):
         description="Threads decoding and encoding PNGs beside the forward passes; none: one per CPU (at most 32); "
         "0: all in the calling thread.",
     )
-
-    def pixel_settings(self) -> dict[str, Any]:
-        """The settings that can change a translation's bytes (batch composition, precision, memory format
-        and compiled kernels can, in float math). ``workers`` cannot; the device is added by the caller."""
-        settings: dict[str, Any] = {"batch_size": self.batch_size}
-        if self.png_compress_level != 6:
-            settings["png_compress_level"] = self.png_compress_level
-        if self.precision != "fp32" or self.channels_last or self.compile:
-            settings |= {"precision": self.precision, "channels_last": self.channels_last,
-                         "compile": f"{self.compile_backend}/{self.compile_mode}" if self.compile else False}
-        return settings
 
 
 class DaskConfig(_Strict):
@@ -580,11 +527,6 @@ class ValidateConfig(_Strict):
         description="Local TorchScript InceptionV3 feature extractor (e.g. NVIDIA's inception-2015-12-05.pt) for "
                     "standard FID/KID; never downloaded; a path that does not exist is a configuration error.",
     )
-    device: Device = Field(
-        "auto",
-        description="Where the judges, the identity and robust-cycle checks and Inception score: cpu, cuda[:N] "
-                    "or auto.",
-    )
     # The robust cycle F(q(G(x))): a generator hiding x in a faint signal of G(x) (Chu et al. 2017)
     # reconstructs through G(x) but not through a perturbed copy of it.
     robust_noise_std: float = Field(
@@ -716,6 +658,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     utility: UtilityConfig = UtilityConfig()
     publish: PublishConfig = PublishConfig()
@@ -751,9 +694,10 @@ class Config(_Strict):
                     f"model.n_layers_d={m.n_layers_d} is too deep for data.image_size={size}: "
                     f"the PatchGAN needs {what} / 2**{layers} >= 3"
                 )
-        if self.train.precision == "fp16" and self.train.gan_mode == "wgangp":
-            raise ValueError("train.precision=fp16 with train.gan_mode=wgangp: the gradient penalty's double "
-                             "backward is not scaled; use bf16 or fp32")
+        if self.runtime.step("train").precision == "fp16" and self.train.gan_mode == "wgangp":
+            raise ValueError("training precision fp16 (runtime.precision or runtime.train.precision) with "
+                             "train.gan_mode=wgangp: the gradient penalty's double backward is not scaled; use bf16 "
+                             "or fp32")
         return self
 
     @property
@@ -863,6 +807,9 @@ def _describe(err: ValidationError, source: str) -> str:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    moved = moved_key_errors(raw)
+    if moved:
+        raise ConfigError("\n".join([f"{source}: keys that moved to the runtime section", *moved]))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

@@ -28,7 +28,10 @@ def sample_failures(m: dict, t: SampleThresholds) -> list[str]:
                 out.append(f"{f.name} not measured (validate had no model), bound {bound}")
             continue
         if (value < bound) if f.better == "higher" else (value > bound):
-            out.append(f"{f.name} {value:{f.fmt}} {f.sample_op} {bound}")
+            shown = f"{value:{f.fmt}}"
+            if float(shown) == bound:  # "realism 0.003 < 0.003": show what separates them
+                shown = f"{value:.3g}" if f"{value:.3g}" != f"{bound:.3g}" else repr(value)
+            out.append(f"{f.name} {shown} {f.sample_op} {bound}")
     if t.require_label_ok and m.get("label_ok") is False:
         out.append("label_ok false (require_label_ok)")
     return out

@@ -38,6 +38,7 @@ from .config import DIRECTIONS, AudioConfig, GenerateConfig
 from .devices import autocast, resolve_device
 from .images import decode_png, encode_png, to_uint8
 from .models import load_generators
+from .runtime import StepRuntime
 from .storage import atomic_path, parquet_batches, sha256_bytes, sha256_file
 
 Progress = Callable[[int, int], None]
@@ -108,13 +109,15 @@ def shard_name(direction: str, shard: int) -> str:
     return f"{direction}/part-{shard:05d}.parquet"
 
 
-def generation_key(cfg: GenerateConfig, audio: AudioConfig | None = None) -> str:
+def generation_key(cfg: GenerateConfig, runtime: StepRuntime, audio: AudioConfig | None = None) -> str:
     """What a translation's bytes depend on besides the model and the source: the ``translation`` key's
-    settings and code, and the device type where it is not the CPU (other kernels, other rounding)."""
+    settings and code, the rounding of the generate step's ``runtime`` (precision, memory format,
+    compiled kernels) and the device type where it is not the CPU (other kernels, other rounding)."""
     tree = {"generate": cfg.model_dump(mode="json"), "data": {"audio": None if audio is None else
                                                              audio.model_dump(mode="json")}}
-    device = resolve_device(cfg.device, "generate.device").type
-    return inputs.key_of(tree, "translation", **({"device": device} if device != "cpu" else {}))
+    device = resolve_device(runtime.device, "runtime.device").type
+    return inputs.key_of(tree, "translation", runtime=runtime.rounding(),
+                         **({"device": device} if device != "cpu" else {}))
 
 
 def now_stamp() -> str:
@@ -177,24 +180,25 @@ def _encode_pair(fake: np.ndarray, rec: np.ndarray, level: int) -> tuple[bytes, 
 
 
 class Translator:
-    """A forward and a backward generator on ``cfg.device``, fed PNG bytes and returning PNG bytes.
+    """A forward and a backward generator on ``runtime.device``, fed PNG bytes and returning PNG bytes.
 
-    The forwards run under ``cfg.precision`` autocast, in channels_last and compiled when asked. PNG
+    The forwards run under ``runtime.precision`` autocast, in channels_last and compiled when asked. PNG
     decoding of the next batch and encoding of the last one run on ``cfg.workers`` threads (Pillow's
     zlib work releases the GIL) while the device translates; on a GPU the uint8 batch is copied from
     pinned memory and converted there. Results do not depend on ``workers``.
     """
 
-    def __init__(self, forward: torch.nn.Module, backward: torch.nn.Module, cfg: GenerateConfig):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device, "generate.device")
+    def __init__(self, forward: torch.nn.Module, backward: torch.nn.Module, cfg: GenerateConfig,
+                 runtime: StepRuntime):
+        self.cfg, self.rt = cfg, runtime
+        self.device = resolve_device(runtime.device, "runtime.device")
         nets = []
         for net in (forward, backward):
             net = net.to(self.device).eval()
-            if cfg.channels_last:
+            if runtime.channels_last:
                 net = net.to(memory_format=torch.channels_last)
-            if cfg.compile:
-                net = torch.compile(net, mode=cfg.compile_mode, backend=cfg.compile_backend, dynamic=False)
+            if runtime.compile:
+                net = torch.compile(net, mode=runtime.compile_mode, backend=runtime.compile_backend, dynamic=False)
             nets.append(net)
         self.forward, self.backward = nets
         workers = min(32, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
@@ -214,18 +218,18 @@ class Translator:
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, C) -> uint8 translations and cycle reconstructions."""
         n = len(batch)
-        if self.cfg.compile and n < self.cfg.batch_size:  # one shape for the compiled graph
+        if self.rt.compile and n < self.cfg.batch_size:  # one shape for the compiled graph
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.cfg.batch_size - n, axis=0)])
         raw = torch.from_numpy(np.ascontiguousarray(batch))
         if self.device.type == "cuda":
             raw = raw.pin_memory()
         # As images.to_tensor, but converted to float on the device: a quarter of the bytes to copy.
         x = raw.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if self.cfg.channels_last:
+        if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.cfg.compile and self.cfg.compile_mode == "reduce-overhead":
+        if self.rt.compile and self.rt.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # last batch's outputs were copied out: reuse their memory
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.rt.precision):
             fake = self.forward(x)
             rec = self.backward(fake)
         return to_uint8(fake[:n]), to_uint8(rec[:n])
@@ -260,9 +264,9 @@ class Translator:
 
 
 def translate(forward: torch.nn.Module, backward: torch.nn.Module, sources: list[bytes],
-              cfg: GenerateConfig) -> list[tuple[bytes, bytes]]:
+              cfg: GenerateConfig, runtime: StepRuntime) -> list[tuple[bytes, bytes]]:
     """PNG bytes of ``forward(x)`` and ``backward(forward(x))`` for each source PNG."""
-    with Translator(forward, backward, cfg) as run:
+    with Translator(forward, backward, cfg, runtime) as run:
         return run(sources)
 
 
@@ -305,13 +309,14 @@ def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fin
 
 
 def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: str | Path,
-                   out_dir: str | Path, cfg: GenerateConfig, created_at: str | None = None,
+                   out_dir: str | Path, cfg: GenerateConfig, runtime: StepRuntime, created_at: str | None = None,
                    progress: Progress | None = None, audio: AudioConfig | None = None) -> ShardResult:
     """Make shard ``shard`` of ``direction`` under ``out_dir/.staging/``; reuse rows made before.
 
     ``manifest`` is the source collection's manifest (A for AtoB, B for BtoA). Only sources missing
     from the current shards (new samples, or a new model or generation key) are translated.
-    ``audio``: the collections are audio; translations and cycles are also written as WAV.
+    ``runtime``: the generate step's (``Config.runtime.step("generate")``). ``audio``: the collections
+    are audio; translations and cycles are also written as WAV.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -320,7 +325,7 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     fingerprint = meta["fingerprint"]
-    key = generation_key(cfg, audio)
+    key = generation_key(cfg, runtime, audio)
     created_at = created_at or now_stamp()
     src = shard_sources(manifest, cfg, shard).to_pylist()
     old = previous_rows(out_dir, direction, {r["sample_id"] for r in src}, fingerprint, key)
@@ -330,7 +335,7 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
         gens, _ = load_generators(model_dir)
         fwd, bwd = (gens["G_AB"], gens["G_BA"]) if direction == "AtoB" else (gens["G_BA"], gens["G_AB"])
         done = 0
-        with Translator(fwd, bwd, cfg) as run:
+        with Translator(fwd, bwd, cfg, runtime) as run:
             for pairs in run.batches([r["image"] for r in todo]):
                 chunk = todo[done:done + len(pairs)]
                 outs = [{"image": img, "reconstruction": rec} for img, rec in pairs]
@@ -411,8 +416,8 @@ def commit_shards(out_dir: str | Path, results: list[ShardResult | dict], shards
 
 
 def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Path, out_dir: str | Path,
-             cfg: GenerateConfig, progress: Progress | None = None, created_at: str | None = None,
-             audio: AudioConfig | None = None) -> GenerateResult:
+             cfg: GenerateConfig, runtime: StepRuntime, progress: Progress | None = None,
+             created_at: str | None = None, audio: AudioConfig | None = None) -> GenerateResult:
     """Translate the configured splits of both collections; write ``out_dir/<direction>/*.parquet``."""
     t0 = time.perf_counter()
     manifests = {"AtoB": manifest_a, "BtoA": manifest_b}
@@ -422,7 +427,8 @@ def generate(manifest_a: str | Path, manifest_b: str | Path, model_dir: str | Pa
     results = []
     for direction in DIRECTIONS:
         for k in range(cfg.shards):
-            r = generate_shard(manifests[direction], direction, k, model_dir, out_dir, cfg, created_at, audio=audio)
+            r = generate_shard(manifests[direction], direction, k, model_dir, out_dir, cfg, runtime, created_at,
+                               audio=audio)
             results.append(r)
             done += r.rows
             if progress:

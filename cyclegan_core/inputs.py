@@ -5,7 +5,7 @@ model, a translation, the validation judges, a validation, a utility report, a p
 with the settings and the source that decide its bytes. Every fingerprint and cache key reads it:
 
 - :func:`settings` / :func:`settings_digest`: the values of those keys in a config (minus the
-  ``speed`` keys, which change how fast or where a step runs, not what it makes);
+  ``speed`` keys, which decide where a step puts its outputs or how fast it runs, not what it makes);
 - :func:`code_digest`: sha256 of those modules' source.
 
 :data:`STAGES` lists the pipeline's steps as ``dvc.yaml`` declares them: the keys whose inputs each
@@ -14,10 +14,16 @@ picks), further code, and the data it reads. ``tests/test_inputs.py`` checks tha
 declares exactly these params and deps, so a change to (say) ``data.audio.n_mels`` reruns ingest
 under ``dvc repro`` as it changes ingest's key.
 
+The ``runtime`` section (device, precision, memory format, compile, the training loop's speed switches:
+:mod:`cyclegan_core.runtime`) is in no key's settings, as a block: how and where torch runs never
+moves a model fingerprint. Where it can change stored bytes in float math the key names the step
+(``Inputs.runtime``) and adds that step's :meth:`~cyclegan_core.runtime.StepRuntime.rounding`: a
+translation's key does (and ``dvc.yaml``'s generate stage lists those runtime keys).
+
 Settings under ``data.audio`` count only for audio collections: :func:`config_tree` leaves them out
 (as ``None``) for images, so an image run's keys do not move when unused audio settings do.
-Not in any key: ``config.py`` (the values it parses are), logging, storage, progress and the run overview
-(``overview.py``: it reads stored outputs, it decides no stored byte).
+Not in any key: ``config.py`` and ``runtime.py`` (the values they parse are), logging, storage, progress and
+the run overview (``overview.py``: it reads stored outputs, it decides no stored byte).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, DataConfig
+from .runtime import StepRuntime
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -39,14 +46,14 @@ class Inputs:
 
     params: tuple[str, ...]  # dotted config keys or whole sections
     code: tuple[str, ...]  # module names inside cyclegan_core
-    speed: tuple[str, ...] = ()  # keys under ``params`` left out of the key: they decide how fast, not what
+    speed: tuple[str, ...] = ()  # keys under ``params`` left out of the key: they decide where or how fast, not what
     why: str = ""
+    runtime: str = ""  # the step whose runtime rounding (precision, memory format, compile) the key adds
 
 
-_TRAIN_SPEED = tuple(f"train.{k}" for k in (
-    "checkpoint_every", "log_every", "num_threads", "device", "channels_last", "adam_impl", "compile",
-    "compile_mode", "compile_backend", "pin_memory", "cache_mb", "loader_workers",
-))
+def runtime_params(step: str) -> tuple[str, ...]:
+    """The ``runtime`` keys a step's rounding comes from: the shared ones and the step's own block."""
+    return (*(f"runtime.{k}" for k in StepRuntime.model_fields), f"runtime.{step}")
 
 KEYS: dict[str, Inputs] = {
     "default_data": Inputs(("data.kind", "data.default"), ("default_data", "voices"),
@@ -58,11 +65,11 @@ KEYS: dict[str, Inputs] = {
         why="one normalized sample (ingest reuses it from the last manifest while this key holds)",
     ),
     "model": Inputs(("model", "train"), ("models", "networks", "translator", "train", "classifiers", "loader"),
-                    speed=_TRAIN_SPEED, why="a trained model, with the training samples' digests"),
+                    why="a trained model, with the training samples' digests"),
     "translation": Inputs(
         ("generate", "data.audio"), ("generate", "images", "audio"),
-        speed=("generate.workers", "generate.shards", "generate.splits", "generate.device"),
-        why="one translated row, with the model and the source (the device type is added where not cpu)",
+        speed=("generate.workers", "generate.shards", "generate.splits"), runtime="generate",
+        why="one translated row, with the model and the source (and the device type where not cpu)",
     ),
     "judges": Inputs(("validate.classifier_epochs", "validate.classifier_seed", "validate.judge_blur_sigma",
                       "validate.judge_max_samples"),
@@ -92,7 +99,8 @@ class Stage:
     @property
     def params(self) -> list[str]:
         """Every setting the step reads, in declaration order, without repeats or keys inside a listed section."""
-        listed = list(dict.fromkeys([p for k in self.keys for p in KEYS[k].params] + list(self.reads)))
+        runtime = [p for k in self.keys if KEYS[k].runtime for p in runtime_params(KEYS[k].runtime)]
+        listed = list(dict.fromkeys([p for k in self.keys for p in KEYS[k].params] + runtime + list(self.reads)))
         return [p for p in listed if not any(p.startswith(q + ".") for q in listed)]
 
     @property

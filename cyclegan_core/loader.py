@@ -14,7 +14,7 @@ function of the step: a checkpoint's step counter is the position, and a resume 
 Then :func:`crop_and_flip` applies ``train.augment`` to the batch (the reference's resize_and_crop and
 horizontal flip), with draws from the trainer's generator.
 
-Where: a training set whose decoded pixels fit ``train.cache_mb`` is decoded once into memory and
+Where: a training set whose decoded pixels fit ``runtime.cache_mb`` is decoded once into memory and
 batches are gathered from there; a larger one is streamed: :class:`ManifestImages` is a map-style
 dataset over a manifest's train split that keeps only an index of (row group, row) per sample and
 decodes rows on demand from a small LRU of row groups, and :func:`stream_batches` feeds it

@@ -259,8 +259,9 @@ def current_model_dir(cfg: Config) -> Path:
 def step_generate(cfg: Config, progress: Progress | None = None, created_at: str | None = None) -> GenerateResult:
     """Translate both collections, shard by shard, reusing rows made before by the same model."""
     return generate(manifest_path(cfg, "A"), manifest_path(cfg, "B"), current_model_dir(cfg), cfg.paths.generated,
-                    cfg.generate, (lambda i, n: progress("generate", i, n)) if progress else None,
-                    created_at or now_stamp(), audio=cfg.data.audio_settings)
+                    cfg.generate, cfg.runtime.step("generate"),
+                    (lambda i, n: progress("generate", i, n)) if progress else None, created_at or now_stamp(),
+                    audio=cfg.data.audio_settings)
 
 
 def generated_model_dir(cfg: Config) -> Path | None:

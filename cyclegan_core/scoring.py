@@ -164,7 +164,7 @@ class Scorer:
     def __init__(self, cfg: Config, prepared: dict, model_dir: str | Path | None = None):
         self.cfg = cfg
         v = cfg.validate_
-        self.device = resolve_device(v.device, "validate.device")
+        self.device = resolve_device(cfg.runtime.step("validate").device, "runtime.device")
         self.judges = load_judges(Path(prepared["judges"]), cfg.data.channels)
         for net in (self.judges.domain, *self.judges.label.values()):
             net.to(self.device)

@@ -14,9 +14,10 @@ torchrun; they also draw ``train.augment``'s crops and flips), so a resumed run 
 stopped. The previous checkpoint is kept until the new one is written and verified by its sha256;
 a corrupt or truncated newest checkpoint is reported and training resumes from the one before.
 
-Speed switches (``train.device``, ``precision``, ``channels_last``, ``adam_impl``, ``compile``,
-``pin_memory``, batch size, torchrun) change how fast a step runs, not what it computes; on a GPU
-the loop keeps loss values on the device and syncs only every ``log_every`` steps.
+The ``runtime`` section (device, precision, channels_last, compile, adam_impl, pin_memory, the cache and
+loader, log and checkpoint intervals: :mod:`cyclegan_core.runtime`) and torchrun change how fast a step
+runs, not what it learns (at most the rounding), so a run resumes under other values; on a GPU the loop
+keeps loss values on the device and syncs only every ``runtime.log_every`` steps.
 
 Over 500 lines on purpose: the steps, the loop and the checkpoints share the Trainer's state (the
 networks, optimizers, pools, RNG and DDP wrappers), and a checkpoint that resumes exactly must save
@@ -115,8 +116,7 @@ def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def _adam(params: list[nn.Parameter], t: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    impl = t.adam_impl
+def _adam(params: list[nn.Parameter], t: TrainConfig, impl: str, device: torch.device) -> torch.optim.Adam:
     if impl == "auto":
         impl = "fused" if device.type == "cuda" else "for_loop"  # torch's own CPU default, fastest here
     kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for_loop" else {"foreach": False}
@@ -138,9 +138,9 @@ class Trainer:
     or the train splits of manifests (:class:`~cyclegan_core.loader.ManifestImages`, decoded on demand).
 
     Step s draws the batch :func:`~cyclegan_core.loader.step_indices` gives for (train.seed, rank,
-    domain, s). When both sets' decoded pixels fit ``train.cache_mb`` they are held in memory (or on
+    domain, s). When both sets' decoded pixels fit ``runtime.cache_mb`` they are held in memory (or on
     the GPU) and batches are gathered there; otherwise a DataLoader decodes the same batches from the
-    manifests (``train.loader_workers`` processes ahead).
+    manifests (``runtime.loader_workers`` processes ahead).
 
     With ``labels`` (per domain, one int per image) and ``train.semantic: auto`` it adds the
     semantic-consistency loss: for x in X with label y, a frozen classifier of Y must label G_XY(x) y.
@@ -155,9 +155,10 @@ class Trainer:
         if len(images_a) == 0 or len(images_b) == 0:
             raise ValueError("training needs at least one image in each domain")
         self.cfg, self.tcfg = cfg, cfg.train
+        self.speed, self.rt = cfg.runtime, cfg.runtime.step("train")  # how it runs: speed switches
         t = self.tcfg
         self.workdir = Path(workdir)
-        self.device = resolve_device(t.device, "train.device")
+        self.device = resolve_device(self.rt.device, "runtime.device")
         self.dist = ddp.init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -167,7 +168,7 @@ class Trainer:
         self.sources: dict[str, ImageSource] = {
             d: ArrayImages(x) if isinstance(x, np.ndarray) else x for d, x in (("A", images_a), ("B", images_b))}
         # The decoded training set in memory when it fits the budget (arrays given are in memory already).
-        self.cached = sum(decoded_bytes(s) for s in self.sources.values()) <= t.cache_mb * 2**20
+        self.cached = sum(decoded_bytes(s) for s in self.sources.values()) <= self.speed.cache_mb * 2**20
         self.images = {d: self._stage(s.images if isinstance(s, ArrayImages) else s.take(np.arange(len(s))))
                        for d, s in self.sources.items()} if self.cached else {}
         self._streams: dict[str, Iterator[torch.Tensor]] = {}
@@ -181,7 +182,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.arch = cfg.model.arch
         self.model = build_model(cfg.model, cfg.data.channels).to(self.device)
-        if t.channels_last:
+        if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Batches, pools and penalty weights: a CPU generator, distinct per rank, in the checkpoint.
         self.rng = torch.Generator().manual_seed(t.seed + 1_000_003 * self.dist.rank)
@@ -203,10 +204,10 @@ class Trainer:
                 "D": list(m.D_A.parameters()) + list(m.D_B.parameters()),
             }
             trained = {"G_AB": m.G_AB, "G_BA": m.G_BA, "D_A": m.D_A, "D_B": m.D_B}
-        self.opts = {name: _adam(params, t, self.device) for name, params in groups.items()}
+        self.opts = {name: _adam(params, t, self.speed.adam_impl, self.device) for name, params in groups.items()}
         self.pools = {d: ImagePool(t.pool_size, self.rng) for d in ("A", "B")}
         self.gan_loss, self.l1 = GANLoss(t.gan_mode), nn.L1Loss()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
         # plateau: one ReduceLROnPlateau per optimizer (as the reference), stepped every plateau_epoch steps with
         # that epoch's mean generator loss (summed on the device: one sync per epoch).
         self.plateau = {name: plateau_scheduler(opt) for name, opt in self.opts.items()} \
@@ -290,17 +291,17 @@ class Trainer:
         if self.device.type == "cuda":
             if x.numel() <= ON_DEVICE_BYTES:
                 return x.to(self.device)
-            if self.tcfg.pin_memory:
+            if self.speed.pin_memory:
                 return x.pin_memory()
         return x
 
     def _compile(self, fn: nn.Module) -> Callable:
-        if not self.tcfg.compile:
+        if not self.rt.compile:
             return fn
-        return torch.compile(fn, mode=self.tcfg.compile_mode, backend=self.tcfg.compile_backend)
+        return torch.compile(fn, mode=self.rt.compile_mode, backend=self.rt.compile_backend)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.tcfg.precision)
+        return autocast(self.device, self.rt.precision)
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -355,11 +356,11 @@ class Trainer:
         if t.augment == "none":
             return x
         x = crop_and_flip(x, t.augment, t.load_ratio, self.rng)
-        return x.contiguous(memory_format=torch.channels_last) if t.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else x
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(127.5).sub_(1.0)
-        if self.tcfg.channels_last:
+        if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -532,8 +533,8 @@ class Trainer:
         """Train up to ``train.steps`` from wherever the trainer stands; returns seconds spent."""
         t0 = time.perf_counter()
         t = self.tcfg
-        if t.num_threads:
-            torch.set_num_threads(t.num_threads)
+        if self.speed.num_threads:
+            torch.set_num_threads(self.speed.num_threads)
         self.model.train()
         main = self.dist.is_main
         log_path = self.workdir / LOSSES_FILE
@@ -546,10 +547,10 @@ class Trainer:
             if writer and new_log:
                 writer.writerow(["step", "lr", *self.loss_names])
             if not self.cached:  # from this step on: a resumed run streams what an unbroken one does
-                pin = self.device.type == "cuda" and t.pin_memory
+                pin, workers = self.device.type == "cuda" and self.speed.pin_memory, self.speed.loader_workers
                 self._streams = {d: stream_batches(src, StepSampler(len(src), t.batch_size, t.seed, self.dist.rank, d,
                                                                     self.step, t.steps, t.sampling,
-                                                                    self.dist.world_size), t.loader_workers, pin)
+                                                                    self.dist.world_size), workers, pin)
                                  for d, src in self.sources.items()}
             try:
                 self._loop(writer, log_file, progress)
@@ -558,13 +559,14 @@ class Trainer:
         return time.perf_counter() - t0
 
     def _loop(self, writer, log_file, progress: StepProgress | None) -> None:
-        """Steps until ``train.steps``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
-        t = self.tcfg
+        """Steps until ``train.steps``: log every ``runtime.log_every``, checkpoint every
+        ``runtime.checkpoint_every``."""
+        t, speed = self.tcfg, self.speed
         while self.step < t.steps:
             losses = self._step(self._batch("A"), self._batch("B"))
             self._finite &= torch.isfinite(losses).all()  # stays on the device: no sync
-            logged = self.step % t.log_every == 0 or self.step == t.steps
-            checkpoint = self.step % t.checkpoint_every == 0 and self.step < t.steps
+            logged = self.step % speed.log_every == 0 or self.step == t.steps
+            checkpoint = self.step % speed.checkpoint_every == 0 and self.step < t.steps
             if logged or checkpoint:
                 values = self._check(losses)
                 if logged and writer:

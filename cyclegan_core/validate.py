@@ -136,7 +136,7 @@ def prepare(cfg: Config, manifest_a: str | Path, manifest_b: str | Path) -> dict
     """
     v = cfg.validate_
     inception = load_inception(v.inception_weights)  # a configuration error before any work
-    device = resolve_device(v.device, "validate.device")
+    device = resolve_device(cfg.runtime.step("validate").device, "runtime.device")
     manifests = {"A": manifest_a, "B": manifest_b}
     judges, key = load_or_train_judges(cfg, manifest_a, manifest_b)
     folder = Path(cfg.paths.judges) / key

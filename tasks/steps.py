@@ -120,7 +120,7 @@ def torch_sharers(cfg: Config) -> int:
 def plan_shards(cfg: Config, model: dict) -> list[dict]:
     """One spec per (direction, shard) with the content hashes its output depends on."""
     model_dir = str(Path(model["model_dir"]).resolve())
-    key = gen.generation_key(cfg.generate, cfg.data.audio_settings)
+    key = gen.generation_key(cfg.generate, cfg.runtime.step("generate"), cfg.data.audio_settings)
     out_dir = str(Path(cfg.paths.generated).resolve())
     specs = []
     for direction in DIRECTIONS:
@@ -143,7 +143,7 @@ def generate_shard(cfg: Config, direction: str, shard: int, manifest: str, model
     progress = StepProgress("generate")
     with torch_threads(torch_sharers(cfg)):
         result = gen.generate_shard(manifest, direction, shard, model_dir, Path(cfg.paths.generated).resolve(),
-                                    cfg.generate, created_at,
+                                    cfg.generate, cfg.runtime.step("generate"), created_at,
                                     lambda i, n: progress(f"{direction} {shard}", i, n), audio=cfg.data.audio_settings)
     get_run_logger().info("%s shard %d: %d rows, %d translated, %d reused from the last run", direction, shard,
                           result.rows, result.translated, result.reused)

@@ -56,7 +56,8 @@ def tiny_settings(root: Path, domain_a: Path, domain_b: Path, **sections) -> dic
     raw = {
         "data": {"domain_a": str(domain_a), "domain_b": str(domain_b), "image_size": 16},
         "model": {"ngf": 4, "ndf": 4, "n_blocks": 1, "n_layers_d": 2},
-        "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 3, "log_every": 1, "pool_size": 4},
+        "train": {"steps": 6, "batch_size": 2, "pool_size": 4},
+        "runtime": {"checkpoint_every": 3, "log_every": 1},
         "generate": {"batch_size": 8, "shards": 2},
         "validate": {"classifier_epochs": 1},
         "utility": {"steps": 3, "seeds": 2, "batch_size": 8, "labels_per_class": 1},

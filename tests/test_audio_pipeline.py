@@ -213,7 +213,8 @@ def test_voices_preset_through_the_flow(prefect_server, tmp_path: Path, monkeypa
     pytest.importorskip("espeakng_loader")
     root = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((root / "params.voices.yaml").read_text())
-    raw["train"].update({"steps": 60, "checkpoint_every": 30})
+    raw["train"].update({"steps": 60})
+    raw["runtime"].update({"checkpoint_every": 30})
     raw["model"].update({"ngf": 8, "ndf": 8, "n_blocks": 2})
     raw["validate"].update({"classifier_epochs": 2, "run": {"AtoB": {}, "BtoA": {}}})
     monkeypatch.chdir(tmp_path)

@@ -36,6 +36,16 @@ def test_bad_config_is_exit_2_with_the_key(tmp_path):
     assert r.returncode == 2 and "model.norm" in r.stderr and "'instance'" in r.stderr
 
 
+def test_set_runtime_keys_and_a_moved_key_is_exit_2_saying_where(params_file, tmp_path):
+    r = _cycleaug("--params", str(params_file), "--set", "runtime.device=cpu", "--set",
+                  "runtime.generate.precision=bf16", "ingest", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cycleaug("--params", str(params_file), "--set", "train.device=cpu", "ingest", cwd=tmp_path)
+    assert r.returncode == 2 and "train.device: moved to runtime.device" in r.stderr, r.stderr
+    r = _cycleaug("--params", str(params_file), "--set", "runtime.device=gpu", "ingest", cwd=tmp_path)
+    assert r.returncode == 2 and "runtime.device" in r.stderr and "'gpu'" in r.stderr, r.stderr
+
+
 def test_gate_failure_blocks_publish(params_file, tmp_path):
     for step in ("ingest", "train", "generate"):
         assert _cycleaug("--params", str(params_file), step, cwd=tmp_path).returncode == 0

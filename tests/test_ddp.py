@@ -20,7 +20,8 @@ from cyclegan_core.train import Trainer
 @pytest.mark.slow
 def test_torchrun_two_processes_train_one_model(params_file: Path, tmp_path: Path):
     raw = yaml.safe_load(params_file.read_text())
-    raw["train"].update({"steps": 4, "checkpoint_every": 3, "num_threads": 1, "device": "cpu"})
+    raw["train"].update({"steps": 4})
+    raw["runtime"].update({"checkpoint_every": 3, "num_threads": 1, "device": "cpu"})
     params_file.write_text(yaml.safe_dump(raw))
     cfg = load_config(params_file)
     step_ingest(cfg)

@@ -49,7 +49,8 @@ def versions(tmp_path_factory):
             shutil.copy2(ROOT / rel, repo / rel)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["default"]["typed_per_digit"] = 10
-    params["train"].update(steps=4, batch_size=2, checkpoint_every=2)
+    params["train"].update(steps=4, batch_size=2)
+    params["runtime"].update(checkpoint_every=2)
     params["model"].update(ngf=4, ndf=4, n_blocks=1)
     params["validate"].update(classifier_epochs=1, sample={"AtoB": {}, "BtoA": {}}, run={"AtoB": {}, "BtoA": {}})
     params["generate"]["splits"] = ["test"]

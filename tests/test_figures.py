@@ -27,6 +27,10 @@ def test_bounds_follow_the_declared_direction():
     assert sample_failures(row, t) == ["cycle_psnr 12.00 < 15.0",
                                        "cycle_psnr_robust not measured (validate had no model), bound 10.0",
                                        "cycle_l1 0.5000 > 0.4"]
+    # A value that rounds to its bound is shown with the digits that separate them.
+    near = SampleThresholds(min_cycle_psnr=None, min_realism=0.003)
+    assert sample_failures({"cycle_psnr": 30.0, "realism": 0.00279}, near) == ["realism 0.00279 < 0.003"]
+    assert sample_failures({"cycle_psnr": 30.0, "realism": 0.0029999}, near) == ["realism 0.0029999 < 0.003"]
     fig = {"mean_cycle_psnr": 20.0, "fid_domain_features": 3.0, "label_accuracy": None, "labelled": 0}
     bounds = RunThresholds(min_mean_cycle_psnr=21, max_fid_domain=2.0, min_label_accuracy=0.5)
     assert run_failures("AtoB", fig, bounds) == [

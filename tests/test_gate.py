@@ -40,7 +40,8 @@ def repo_params(tmp_path: Path, a: Path, b: Path) -> dict:
     """The repository's params.yaml as it is (model, validate bounds), on the subset, barely trained."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["data"].update(domain_a=str(a), domain_b=str(b))
-    raw["train"].update(steps=2, checkpoint_every=1000, log_every=1)  # an untrained model
+    raw["train"].update(steps=2)  # an untrained model
+    raw["runtime"].update(checkpoint_every=1000, log_every=1)
     raw["utility"].update(steps=40, seeds=2)
     raw["paths"] = {k: (str(tmp_path / "work" / k) if not k.endswith("_url") else None) for k in raw["paths"]}
     return raw

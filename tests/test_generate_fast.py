@@ -1,4 +1,5 @@
-"""The generation fast path (generate.device/precision/channels_last/compile/workers), small, on a CPU."""
+"""The generation fast path (the runtime's device/precision/channels_last/compile, generate.workers), small, on a
+CPU."""
 
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cyclegan_core.generate import GENERATION_META, Translator, generate_shard, 
 from cyclegan_core.images import decode_png, encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import read_manifest
 from cyclegan_core.models import load_generators
+from cyclegan_core.runtime import StepRuntime
 
 
 @pytest.fixture
@@ -36,9 +38,19 @@ def plain_translation(model_dir: Path, sources: list[bytes], batch_size: int) ->
     return out
 
 
+CPU = StepRuntime(device="cpu")
+
+
+def split(settings: dict) -> tuple[GenerateConfig, StepRuntime]:
+    """Keyword settings as the generate section and the generate step's runtime (on the CPU)."""
+    runtime = {k: v for k, v in settings.items() if k in StepRuntime.model_fields}
+    return (GenerateConfig(**{k: v for k, v in settings.items() if k not in runtime}),
+            CPU.model_copy(update=runtime))
+
+
 def run(model_dir: Path, sources: list[bytes], **settings) -> list[tuple[bytes, bytes]]:
     gens, _ = load_generators(model_dir)
-    with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cpu", **settings)) as translator:
+    with Translator(gens["G_AB"], gens["G_BA"], *split(settings)) as translator:
         return translator(sources)
 
 
@@ -76,35 +88,36 @@ def test_bf16_channels_last_and_compiled_forwards_run_on_cpu(trained):
 
 
 def test_generation_key_follows_what_changes_bytes():
-    base = GenerateConfig(device="cpu")
-    key = generation_key(base)
-    assert generation_key(base.model_copy(update={"workers": 7})) == key  # threads never change bytes
-    assert generation_key(GenerateConfig(device="auto")) == key or torch.cuda.is_available()
+    key = generation_key(*split({}))
+    assert generation_key(*split({"workers": 7})) == key  # threads never change bytes
+    assert generation_key(GenerateConfig(), StepRuntime(device="auto")) == key or torch.cuda.is_available()
     for change in ({"precision": "bf16"}, {"channels_last": True}, {"compile": True}, {"batch_size": 32},
-                   {"png_compress_level": 1}):
-        assert generation_key(base.model_copy(update=change)) != key, change
-    compiled = base.model_copy(update={"compile": True})
-    assert generation_key(compiled.model_copy(update={"compile_mode": "max-autotune"})) != generation_key(compiled)
+                   {"png_compress_level": 1}, {"compile": True, "compile_mode": "max-autotune"},
+                   {"compile": True, "compile_backend": "aot_eager"}):
+        assert generation_key(*split(change)) != key, change
+    compiled = generation_key(*split({"compile": True}))
+    assert generation_key(*split({"compile": True, "compile_mode": "max-autotune"})) != compiled
+    # Compile settings without compile change nothing.
+    assert generation_key(*split({"compile_mode": "max-autotune", "compile_backend": "aot_eager"})) == key
 
 
 def test_a_shard_made_in_bf16_is_regenerated_in_fp32(trained, tmp_path):
     cfg, model_dir, _ = trained
     manifest = pipeline.manifest_path(cfg, "A")
     out = tmp_path / "gen"
-    fast = GenerateConfig(device="cpu", shards=1, batch_size=8, precision="bf16", channels_last=True)
-    first = generate_shard(manifest, "AtoB", 0, model_dir, out, fast)
+    fast, bf16 = split({"shards": 1, "batch_size": 8, "precision": "bf16", "channels_last": True})
+    first = generate_shard(manifest, "AtoB", 0, model_dir, out, fast, bf16)
     assert first.rows == 24 and first.translated == 24
     staged = out / ".staging" / first.file
-    assert pq.read_schema(staged).metadata[GENERATION_META].decode() == generation_key(fast)
+    assert pq.read_schema(staged).metadata[GENERATION_META].decode() == generation_key(fast, bf16)
     meta = pq.read_metadata(staged)  # row groups of one translation batch: readers take a part in bounded pieces
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [8, 8, 8]
     (out / first.file).parent.mkdir(parents=True)
     staged.rename(out / first.file)
 
-    again = generate_shard(manifest, "AtoB", 0, model_dir, out, fast.model_copy(update={"workers": 0}))
+    again = generate_shard(manifest, "AtoB", 0, model_dir, out, fast.model_copy(update={"workers": 0}), bf16)
     assert again.reused == 24 and again.sha256 == first.sha256  # other thread count: same key, reused
-    plain = generate_shard(manifest, "AtoB", 0, model_dir, out, fast.model_copy(update={"precision": "fp32",
-                                                                                        "channels_last": False}))
+    plain = generate_shard(manifest, "AtoB", 0, model_dir, out, fast, CPU)
     assert plain.translated == 24 and plain.reused == 0
 
 
@@ -112,16 +125,16 @@ def test_a_shard_made_in_bf16_is_regenerated_in_fp32(trained, tmp_path):
 def test_cuda_without_a_gpu_is_a_clear_error(trained):
     _, model_dir, _ = trained
     gens, _ = load_generators(model_dir)
-    with pytest.raises(RuntimeError, match=r"generate.device=cuda:1 but torch sees no CUDA device"):
-        Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cuda:1"))
-    with pytest.raises(RuntimeError, match="generate.device=cuda"):
-        generation_key(GenerateConfig(device="cuda"))
+    with pytest.raises(RuntimeError, match=r"runtime.device=cuda:1 but torch sees no CUDA device"):
+        Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(), StepRuntime(device="cuda:1"))
+    with pytest.raises(RuntimeError, match="runtime.device=cuda"):
+        generation_key(GenerateConfig(), StepRuntime(device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_translation_matches_cpu(trained):
     _, model_dir, sources = trained
     gens, _ = load_generators(model_dir)
-    with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(device="cuda", batch_size=8)) as translator:
+    with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(batch_size=8), StepRuntime(device="cuda")) as translator:
         on_gpu = translator(sources)
     assert np.abs(pixels(on_gpu) - pixels(plain_translation(model_dir, sources, 8))).max() <= 1

@@ -15,6 +15,7 @@ from cyclegan_core.config import AudioConfig, DataConfig, GenerateConfig, load_c
 from cyclegan_core.generate import generation_key
 from cyclegan_core.ingest import processing_key
 from cyclegan_core.models import model_fingerprint
+from cyclegan_core.runtime import StepRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cyclegan_core"
@@ -88,7 +89,7 @@ def test_keys_follow_the_table(monkeypatch):
     cfg = load_config(ROOT / "params.yaml")
     base = inputs.key_of(cfg, "model", A="a", B="b")
     assert model_fingerprint(cfg, "a", "b") == base
-    fast = load_config(ROOT / "params.yaml", ["train.log_every=3", "train.num_threads=1", "validate.kid_subsets=7"])
+    fast = load_config(ROOT / "params.yaml", ["runtime.log_every=3", "runtime.num_threads=1", "validate.kid_subsets=7"])
     assert model_fingerprint(fast, "a", "b") == base  # speed switches and other sections: same model
     assert model_fingerprint(load_config(ROOT / "params.yaml", ["train.lr=0.001"]), "a", "b") != base
     # Audio settings count only for audio collections, and not the ones that decide the inversion.
@@ -96,9 +97,9 @@ def test_keys_follow_the_table(monkeypatch):
     assert processing_key(image) == processing_key(image.model_copy(update={"audio": AudioConfig(n_mels=32)}))
     assert processing_key(audio) != processing_key(audio.model_copy(update={"audio": AudioConfig(n_mels=32)}))
     assert processing_key(audio) == processing_key(audio.model_copy(update={"audio": AudioConfig(griffin_lim_iters=8)}))
-    g = GenerateConfig(device="cpu")
-    assert generation_key(g) == generation_key(g.model_copy(update={"workers": 3, "shards": 5}))
-    assert generation_key(g, AudioConfig()) != generation_key(g, AudioConfig(griffin_lim_iters=8))
+    g, cpu = GenerateConfig(), StepRuntime(device="cpu")
+    assert generation_key(g, cpu) == generation_key(g.model_copy(update={"workers": 3, "shards": 5}), cpu)
+    assert generation_key(g, cpu, AudioConfig()) != generation_key(g, cpu, AudioConfig(griffin_lim_iters=8))
     # Code: a key moves when one of its modules' source does, and only then.
     before = {k: inputs.code_digest(k) for k in inputs.KEYS}
     real = inputs.module_path

@@ -28,7 +28,7 @@ def test_torchrun_trains_the_model_the_flow_then_uses(tmp_path, collections):
     pipeline.step_ingest(cfg)
     assert pipeline.choose_model(cfg).train
     lines: list[str] = []
-    run_torchrun(str(params), ["train.log_every=2"], 1, log=lines.append, timeout=300)
+    run_torchrun(str(params), ["runtime.log_every=2"], 1, log=lines.append, timeout=300)
     choice = pipeline.choose_model(cfg)
     assert not choice.train and (choice.folder / "model.safetensors").exists()
     assert any("torch.distributed.run" in ln for ln in lines)

@@ -8,6 +8,7 @@ import torch
 from cyclegan_core.config import ConfigError, config_from_dict
 from cyclegan_core.models import CheckpointError, load_generators, model_fingerprint
 from cyclegan_core.networks import ResnetGenerator
+from cyclegan_core.runtime import RuntimeConfig
 from cyclegan_core.train import Trainer, lr_factor
 from tests.conftest import tiny_settings
 
@@ -16,10 +17,14 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 1), dtype=np.uint8)
 
 
-def _cfg(tmp_path, model=None, **train):
+def _cfg(tmp_path, model=None, **settings):
+    """The tiny config with ``settings`` applied: runtime keys (device, precision, log_every...) to the runtime
+    section, the others to train."""
     raw = tiny_settings(tmp_path, tmp_path / "A", tmp_path / "B")
     # One thread: these nets are tiny, and on a shared 2-core machine two threads spin-wait.
-    raw["train"].update({"num_threads": 1, **train})
+    runtime = {k: v for k, v in settings.items() if k in RuntimeConfig.model_fields}
+    raw["runtime"].update({"num_threads": 1, **runtime})
+    raw["train"].update({k: v for k, v in settings.items() if k not in runtime})
     raw["model"].update(model or {})
     return config_from_dict(raw)
 
@@ -85,8 +90,8 @@ def test_resume_refuses_other_settings_and_corrupt_files(tmp_path):
     with pytest.raises(CheckpointError, match="model.arch: 'cyclegan' -> 'translator'"):
         Trainer(_cfg(tmp_path, {"arch": "translator"}, steps=3), a, b, tmp_path / "run").try_resume()
     # Logging cadence and speed switches do not change weights: resuming with others is fine.
-    assert Trainer(_cfg(tmp_path, steps=3, log_every=2, channels_last=True, adam_impl="for_loop"), a, b,
-                   tmp_path / "run").try_resume() == 3
+    assert Trainer(_cfg(tmp_path, steps=3, log_every=2, channels_last=True, adam_impl="for_loop", precision="bf16"),
+                   a, b, tmp_path / "run").try_resume() == 3
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="no usable checkpoint: .*corrupt"):
         Trainer(_cfg(tmp_path, steps=3), a, b, tmp_path / "run").try_resume()
@@ -211,7 +216,8 @@ def test_fingerprint_tracks_what_changes_weights(tmp_path):
     assert model_fingerprint(base, "a", "c") != fp
     assert model_fingerprint(_cfg(tmp_path, lr=1e-3), "a", "b") != fp
     assert model_fingerprint(_cfg(tmp_path, {"arch": "translator"}), "a", "b") != fp
-    assert model_fingerprint(_cfg(tmp_path, precision="bf16"), "a", "b") != fp
+    # The runtime block (precision too: it changes the rounding, not the objective) is out of it.
+    assert model_fingerprint(_cfg(tmp_path, precision="bf16"), "a", "b") == fp
     assert model_fingerprint(_cfg(tmp_path, log_every=5, num_threads=1, channels_last=True, compile=True,
                                   device="cpu"), "a", "b") == fp
 
@@ -262,7 +268,8 @@ def test_half_cosine_is_ours_and_named_so():
     ({"model": {"arch": "translator", "n_layers_d": 5}}, r"image_size / 4 \(the encodings\)"),
     ({"model": {"init_type": "uniform"}}, r"model.init_type: .*got 'uniform'"),
     ({"train": {"gan_mode": "hinge"}}, r"train.gan_mode: .*got 'hinge'"),
-    ({"train": {"precision": "fp16", "gan_mode": "wgangp"}}, "use bf16 or fp32"),
+    ({"runtime": {"precision": "fp16"}, "train": {"gan_mode": "wgangp"}}, "use bf16 or fp32"),
+    ({"runtime": {"train": {"precision": "fp16"}}, "train": {"gan_mode": "wgangp"}}, "use bf16 or fp32"),
     ({"train": {"fused_adam": True}}, "train.fused_adam: unknown key"),
     ({"train": {"augment": "rotate"}}, r"train.augment: .*got 'rotate'"),
     ({"train": {"sampling": "serial"}}, r"train.sampling: .*got 'serial'"),

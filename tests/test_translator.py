@@ -12,7 +12,8 @@ from tests.conftest import tiny_settings
 def test_variant_trains_and_generates_both_directions(tmp_path: Path, collections):
     raw = tiny_settings(tmp_path / "work", *collections)
     raw["model"].update({"arch": "translator", "translator_directions": "both"})
-    raw["train"].update({"steps": 2, "num_threads": 1})
+    raw["train"].update({"steps": 2})
+    raw["runtime"].update({"num_threads": 1})
     cfg = config_from_dict(raw)
     step_ingest(cfg)
     trained = step_train(cfg)
