@@ -122,6 +122,8 @@ def test_cut_through_the_pipeline_translates_back_with_the_b_to_a_model(tmp_path
     assert validated.passed  # the tiny config's gate: as for a CycleGAN (test_pipeline)
     published = pipeline.step_publish(cfg, flow_run_id="cut")
     assert published.rows == {"AtoB": 24, "BtoA": 24} and verify(cfg.paths.published) == []
+    assert "- model_arch: `cut`" in (Path(cfg.paths.published) / "README.md").read_text()
+    assert json.loads((Path(cfg.paths.reports) / "metrics.json").read_text())["model"]["arch"] == "cut"
     assert (Path(cfg.paths.reports) / "losses.png").exists()
     header = (Path(cfg.paths.reports) / "losses.tsv").read_text().splitlines()[0].split("\t")
     assert header == ["step", "lr", *LOSS_NAMES]
