@@ -109,7 +109,7 @@ def loss_curves(losses_tsv: str | Path, out_png: str | Path) -> Path | None:
     elif "NCE_AB" in rows[0]:  # CUT / FastCUT: two one-sided models, contrastive losses instead of a cycle
         groups = [("adversarial", ("G_AB", "G_BA", "D_A", "D_B")), ("PatchNCE", ("NCE_AB", "NCE_BA")),
                   ("PatchNCE on the target (CUT)", ("NCE_Y_AB", "NCE_Y_BA"))]
-    elif any(float(r.get("sem_AB") or 0) or float(r.get("sem_BA") or 0) for r in rows):
+    if "T_AB" not in rows[0] and any(float(r.get("sem_AB") or 0) or float(r.get("sem_BA") or 0) for r in rows):
         groups.append(("semantic (label-aware)", ("sem_AB", "sem_BA")))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3))
     for ax, (title, names) in zip(axes, groups, strict=True):

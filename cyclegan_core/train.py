@@ -128,7 +128,7 @@ def _adam(params: list[nn.Parameter], t: TrainConfig, device: torch.device) -> t
 
 def semantic_directions(cfg: Config, labels: dict[str, np.ndarray | None]) -> list[str]:
     """The directions label-aware training applies to: sources and targets labelled, one label space."""
-    if cfg.train.semantic == "off" or cfg.train.lambda_semantic == 0 or cfg.model.arch != "cyclegan":
+    if cfg.train.semantic == "off" or cfg.train.lambda_semantic == 0 or cfg.model.arch == "translator":
         return []
     la, lb = labels.get("A"), labels.get("B")
     if la is None or lb is None or not len(la) or not len(lb) or min(la.min(), lb.min()) < 0:
@@ -235,6 +235,7 @@ class Trainer:
         self.cut = train_cut.CutSteps(
             m, self.opts, self.scaler, self._autocast, t.seed, self.dist.rank, self.dist.enabled,
             {"mode": t.compile_mode, "backend": t.compile_backend} if t.compile else None,
+            self._semantic_loss if self.semantic else None,
         ) if isinstance(m, CUTPair) else None
         self.step = 0
         self.resumed_note: str | None = None

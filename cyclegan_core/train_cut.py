@@ -9,7 +9,9 @@ loss against the stepped discriminator and one step of ``G`` and of the projecti
 
 The reference's optimizer settings: Adam for G, D and F alike with ``train.lr`` (0.0002),
 ``(train.beta1, 0.999)`` = (0.5, 0.999), the LR schedule ``train.lr_policy`` (the reference's CUT uses
-linear); no image pool (its ``pool_size 0``); no label-aware loss. The head is built from the
+linear); no image pool (its ``pool_size 0``). Label-aware training (``train.semantic: auto`` with labelled
+collections, not the reference's) adds the Trainer's semantic-consistency loss on G(x), unflipped, to
+G's loss: ``train.semantic: off`` gives the reference's objective. The head is built from the
 features' shapes before the first step (the reference builds it on the first forward and creates
 its optimizer then: the same thing, done before the optimizers, the checkpoint load and the
 gradient averaging need it). Patch positions and FastCUT's flips come from :attr:`CutSteps.rng`, a
@@ -33,7 +35,8 @@ from torch import nn
 from .config import Config
 from .cut import PRESETS, CUTModel, CUTPair, CutSettings, discriminator_loss, draw_flip, generator_loss
 
-LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "NCE_AB", "NCE_BA", "NCE_Y_AB", "NCE_Y_BA")
+LOSS_NAMES = ("G", "D_A", "D_B", "G_AB", "G_BA", "NCE_AB", "NCE_BA", "NCE_Y_AB", "NCE_Y_BA", "sem_AB", "sem_BA")
+DIRECTIONS = {"AB": "AtoB", "BA": "BtoA"}
 # Per model: its optimizers' names in the Trainer (D_B judges B: the A->B model's).
 OPTIMIZERS = {"AB": ("G_AB", "D_B", "F_AB"), "BA": ("G_BA", "D_A", "F_BA")}
 PATCH_SEED = 2_000_029  # the patch generator's seed offset from train.seed (per rank: + 1_000_003 * rank)
@@ -85,8 +88,10 @@ class CutSteps:
 
     def __init__(self, pair: CUTPair, opts: dict[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler,
                  autocast: Callable[[], contextlib.AbstractContextManager], seed: int, rank: int = 0,
-                 distributed: bool = False, compile_kwargs: dict | None = None):
+                 distributed: bool = False, compile_kwargs: dict | None = None,
+                 semantic: Callable[[str, torch.Tensor], torch.Tensor] | None = None):
         self.pair, self.opts, self.scaler, self.autocast = pair, opts, scaler, autocast
+        self.semantic = semantic  # (direction, G(x)) -> the weighted label-aware loss (zero where not applied)
         self.distributed = distributed
         self.rng = torch.Generator().manual_seed(seed + PATCH_SEED + 1_000_003 * rank)
         if compile_kwargs is not None:
@@ -121,6 +126,10 @@ class CutSteps:
         with self.autocast():
             g = generator_loss(model, real_a, real_b, fake_b.float(),
                                None if idt_b is None else idt_b.float(), flipped, self.rng)
+            g["sem"] = fake_b.new_zeros(()).float()
+            if self.semantic is not None:  # the classifier reads G(x) as x was given: unflipped
+                g["sem"] = self.semantic(DIRECTIONS[key], torch.flip(fake_b, [3]) if flipped else fake_b)
+                g["G"] = g["G"] + g["sem"]
         self._backward(g["G"], [model.G, model.F])
         self.scaler.step(g_opt)
         self.scaler.step(f_opt)
@@ -133,4 +142,5 @@ class CutSteps:
         ba = self.model_step("BA", self.pair.BA, real_b, real_a)
         zero = real_a.new_zeros(())
         return [ab["G"] + ba["G"], ba["D"], ab["D"], ab["G_GAN"], ba["G_GAN"],
-                ab.get("NCE", zero), ba.get("NCE", zero), ab.get("NCE_Y", zero), ba.get("NCE_Y", zero)]
+                ab.get("NCE", zero), ba.get("NCE", zero), ab.get("NCE_Y", zero), ba.get("NCE_Y", zero),
+                ab["sem"], ba["sem"]]

@@ -127,3 +127,26 @@ def test_cut_through_the_pipeline_translates_back_with_the_b_to_a_model(tmp_path
     assert (Path(cfg.paths.reports) / "losses.png").exists()
     header = (Path(cfg.paths.reports) / "losses.tsv").read_text().splitlines()[0].split("\t")
     assert header == ["step", "lr", *LOSS_NAMES]
+
+
+@pytest.mark.parametrize("arch", ["cut", "fastcut"])
+def test_label_aware_training_adds_the_semantic_loss_to_each_model(tmp_path, arch):
+    labels = {"A": np.arange(8) % 2, "B": np.arange(8) % 2}
+    a, b = _images(8, 1), _images(8, 2)
+    on = Trainer(_cfg(tmp_path, {"arch": arch}, semantic_epochs=1, steps=3), a, b, tmp_path / "on", labels=labels)
+    assert on.semantic_directions == ["AtoB", "BtoA"] and set(on.semantic) == {"AtoB", "BtoA"}
+    seen: list[dict[str, float]] = []
+    on.fit(lambda step, total, losses: seen.append(dict(losses)))
+    assert all(v["sem_AB"] > 0 and v["sem_BA"] > 0 for v in seen)
+    for v in seen:  # G is both models' GAN + NCE (CUT: averaged with NCE_Y; FastCUT has none) + semantic
+        nce = v["NCE_AB"] + v["NCE_BA"]
+        if arch == "cut":
+            nce = (nce + v["NCE_Y_AB"] + v["NCE_Y_BA"]) * 0.5
+        assert v["G"] == pytest.approx(v["G_AB"] + v["G_BA"] + nce + v["sem_AB"] + v["sem_BA"], rel=1e-5)
+
+    off = Trainer(_cfg(tmp_path, {"arch": arch}, semantic="off", steps=3), a, b, tmp_path / "off", labels=labels)
+    assert off.semantic_directions == [] and off.cut.semantic is None
+    off.fit()
+    rows = (tmp_path / "off" / "losses.tsv").read_text().splitlines()
+    names = rows[0].split("\t")
+    assert all(float(r.split("\t")[names.index("sem_AB")]) == 0 for r in rows[1:])
