@@ -201,10 +201,15 @@ class ModelConfig(_Strict):
     ``arch: cyclegan`` is the reference CycleGAN (two generators, two image discriminators);
     ``arch: translator`` is the single-translator variant (one shared encoder/decoder trained as an
     autoencoder, a translator on encodings, a discriminator on encodings, a deviation loss): see
-    :mod:`cyclegan_core.translator`.
+    :mod:`cyclegan_core.translator`. ``arch: cut`` / ``fastcut`` are contrastive unpaired translation
+    (Park et al. 2020) in the paper's two settings: one-sided models (a generator, a discriminator and
+    a projection head each, no cycle loss); the pipeline translates both ways, so a run trains two of
+    them, A->B and B->A (see :mod:`cyclegan_core.train_cut`).
     """
 
-    arch: Literal["cyclegan", "translator"] = Field("cyclegan", description="Model family.")
+    arch: Literal["cyclegan", "translator", "cut", "fastcut"] = Field(
+        "cyclegan", description="Model family: cyclegan, translator (single translator), cut or fastcut (one-sided "
+        "contrastive models, one per direction).")
     generator: Literal["resnet", "unet_128", "unet_256"] = Field(
         "resnet", description="resnet (n_blocks residual blocks; 6 and 9 are the reference's) or U-Net."
     )
@@ -251,6 +256,11 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"model.generator={self.generator!r}: arch 'translator' splits a ResNet generator into "
                 "encoder / translator / decoder, so the generator must be 'resnet'"
+            )
+        if self.arch in ("cut", "fastcut") and self.generator != "resnet":
+            raise ValueError(
+                f"model.generator={self.generator!r}: arch {self.arch!r} takes its contrastive features from "
+                "the ResNet generator's layers 0, 4, 8, 12 and 16, so the generator must be 'resnet'"
             )
         return self
 
@@ -305,7 +315,8 @@ class TrainConfig(_Strict):
     lambda_deviation: float = Field(
         10.0, ge=0.0, description="arch translator: weight of |T(E(b)) - E(b)|, keeping T near identity on B."
     )
-    pool_size: int = Field(50, ge=0)
+    pool_size: int = Field(50, ge=0, description="Past fakes the discriminators also see (the reference's 50); "
+                           "arch cut/fastcut use none, as the reference's CUT.")
     semantic: Literal["auto", "off"] = Field(
         "auto",
         description="Label-aware training (CyCADA's semantic consistency): auto adds, for each direction whose "
@@ -694,6 +705,9 @@ class Config(_Strict):
                     f"model.n_layers_d={m.n_layers_d} is too deep for data.image_size={size}: "
                     f"the PatchGAN needs {what} / 2**{layers} >= 3"
                 )
+        if m.arch in ("cut", "fastcut") and self.train.gan_mode == "wgangp":
+            raise ValueError(f"model.arch={m.arch} with train.gan_mode=wgangp: the CUT step has no gradient "
+                             "penalty; use lsgan (the reference's) or vanilla")
         if self.runtime.step("train").precision == "fp16" and self.train.gan_mode == "wgangp":
             raise ValueError("training precision fp16 (runtime.precision or runtime.train.precision) with "
                              "train.gan_mode=wgangp: the gradient penalty's double backward is not scaled; use bf16 "

@@ -109,8 +109,11 @@ def draw_patch_ids(feats: Sequence[torch.Tensor], num_patches: int, generator: t
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    # The reference's Normalize: x / (||x|| + 1e-7) over the channels.
-    return x / (x.pow(2).sum(-1, keepdim=True).pow(0.5) + 1e-7)
+    # The reference's Normalize: x / (||x|| + 1e-7) over the channels. The squared norm is clamped at
+    # 1e-30 (no change to any value): for an all-zero vector (a patch of zeros after a ReLU in small
+    # networks, through a head whose biases start at 0) the square root's gradient is otherwise
+    # infinite and the loss NaN, as it is in the reference.
+    return x / (x.pow(2).sum(-1, keepdim=True).clamp_min(1e-30).pow(0.5) + 1e-7)
 
 
 class PatchSampleMLP(nn.Module):
@@ -198,6 +201,9 @@ class CUTModel(nn.Module):
         self.G = define_generator("resnet", channels, channels, cfg.ngf, cfg.norm, n_blocks=cfg.n_blocks,
                                   use_dropout=cfg.use_dropout, upsample=cfg.upsample, input_skip=cfg.input_skip)
         self.D = define_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.discriminator_norm, cfg.n_layers_d)
+        if settings.nce_layers[-1] >= len(self.G.model):
+            raise ValueError(f"nce_layers {settings.nce_layers}: the ResNet generator with n_blocks={cfg.n_blocks} "
+                             f"has {len(self.G.model)} modules")
         self.F = PatchSampleMLP(settings.head_channels, cfg.init_type, cfg.init_gain)
         for net in (self.G, self.D):
             init_weights(net, cfg.init_type, cfg.init_gain)
@@ -289,3 +295,28 @@ def cut_losses(model: CUTModel, real_a: torch.Tensor, real_b: torch.Tensor, gene
     fake_b, idt_b = model.translate(real_a, real_b, flipped)
     return {**discriminator_loss(model, fake_b, real_b),
             **generator_loss(model, real_a, real_b, fake_b, idt_b, flipped, generator)}
+
+
+class CUTPair(nn.Module):
+    """The two one-sided models of a run: ``AB`` (A->B, its D judging B) and ``BA`` (B->A, judging A).
+
+    The pipeline translates both ways and its cycle figures need a way back, so an ``arch: cut`` run
+    trains both; they share nothing. ``generators()`` / ``exported()`` are ``G_AB`` and ``G_BA``,
+    as a CycleGAN's (an exported CUT model loads into a CycleGAN's generator keys).
+    """
+
+    def __init__(self, cfg: ModelConfig, channels: int, settings: CutSettings = CUT):
+        super().__init__()
+        self.settings = settings
+        self.AB = CUTModel(cfg, channels, settings)
+        self.BA = CUTModel(cfg, channels, settings)
+
+    def models(self) -> dict[str, CUTModel]:
+        return {"AB": self.AB, "BA": self.BA}
+
+    def generators(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"G_AB": self.AB.G, "G_BA": self.BA.G})
+
+    def exported(self) -> nn.ModuleDict:
+        """What an exported model keeps: the two generators (not the heads or discriminators)."""
+        return self.generators()

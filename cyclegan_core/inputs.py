@@ -64,7 +64,8 @@ KEYS: dict[str, Inputs] = {
         speed=("data.audio.inversion", "data.audio.griffin_lim_iters", "data.audio.extensions"),
         why="one normalized sample (ingest reuses it from the last manifest while this key holds)",
     ),
-    "model": Inputs(("model", "train"), ("models", "networks", "translator", "train", "classifiers", "loader"),
+    "model": Inputs(("model", "train"),
+                    ("models", "networks", "translator", "cut", "train", "train_cut", "classifiers", "loader"),
                     why="a trained model, with the training samples' digests"),
     "translation": Inputs(
         ("generate", "data.audio"), ("generate", "images", "audio"),

@@ -1,10 +1,12 @@
 """The model families, how an exported model is stored and loaded, and the fingerprint that keys it.
 
-``CycleGAN`` (two generators, two discriminators) and the single-translator variant of
-:mod:`cyclegan_core.translator` are built by :func:`build_model`. An exported model is two files in
+``CycleGAN`` (two generators, two discriminators), the single-translator variant of
+:mod:`cyclegan_core.translator` and the two one-sided CUT / FastCUT models of :mod:`cyclegan_core.cut`
+(:class:`~cyclegan_core.cut.CUTPair`) are built by :func:`build_model`. An exported model is two files in
 its folder (``paths.models/<fingerprint>``): ``model.safetensors`` (the generators' weights) and
 ``model.json`` (fingerprint, sha256, steps, settings). :func:`load_generators` gives the two
-image-to-image generators of either family, so generation and validation never import the trainer.
+image-to-image generators of any family (for CUT, A->B's and B->A's), so generation and validation
+never import the trainer.
 
 The fingerprint (:func:`model_fingerprint`) is the training samples' digests, the ``model`` key of
 :mod:`cyclegan_core.inputs` (settings and code) and nothing else: a stored model with the same
@@ -20,6 +22,7 @@ from torch import nn
 
 from . import inputs
 from .config import Config, ModelConfig
+from .cut import PRESETS, CUTPair, CutSettings
 from .networks import define_discriminator, define_generator, init_weights
 from .storage import atomic_path, read_json, sha256_file, write_json_atomic
 from .translator import SingleTranslator
@@ -56,10 +59,13 @@ class CycleGAN(nn.Module):
         return self.generators()
 
 
-Model = CycleGAN | SingleTranslator
+Model = CycleGAN | SingleTranslator | CUTPair
 
 
-def build_model(cfg: ModelConfig, channels: int) -> Model:
+def build_model(cfg: ModelConfig, channels: int, cut: CutSettings | None = None) -> Model:
+    """The networks of ``cfg.arch``; ``cut``: CUT's settings (default: the arch's preset)."""
+    if cfg.arch in PRESETS:
+        return CUTPair(cfg, channels, cut or PRESETS[cfg.arch])
     return SingleTranslator(cfg, channels) if cfg.arch == "translator" else CycleGAN(cfg, channels)
 
 

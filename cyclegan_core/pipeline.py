@@ -428,7 +428,8 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
     card_info = {
         "figures": summary["directions"],
         "utility": utility,
-        "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"]},
+        "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"],
+                  "model_arch": model.get("arch", "cyclegan")},
         "bounds": bounds_in_force(cfg.validate_.sample, cfg.validate_.run, cfg.utility.run),
         "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
                     "mode": cfg.data.mode, "kind": cfg.data.kind},
@@ -453,7 +454,7 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
     epoch_curves(model_dir / LOSSES_FILE, reports / EPOCH_LOSSES_FILE, n_train, cfg.train.batch_size)
     metrics = {
         "gate_passed": True,
-        "model": {"fingerprint": model["fingerprint"], "steps": model["steps"],
+        "model": {"fingerprint": model["fingerprint"], "steps": model["steps"], "arch": model.get("arch", "cyclegan"),
                   "train_seconds": model["train_seconds"]},
         "published": {"rows": result.rows, "dropped": result.dropped, "flagged": plan.get("flagged", {}),
                       "shards": result.shards,

@@ -106,7 +106,10 @@ def loss_curves(losses_tsv: str | Path, out_png: str | Path) -> Path | None:
     if "T_AB" in rows[0]:  # the single-translator variant logs its own losses
         groups = [("adversarial (encodings)", ("T_AB", "T_BA", "D_A", "D_B")),
                   ("autoencoder", ("recon_A", "recon_B")), ("deviation", ("dev_A", "dev_B"))]
-    elif any(float(r.get("sem_AB") or 0) or float(r.get("sem_BA") or 0) for r in rows):
+    elif "NCE_AB" in rows[0]:  # CUT / FastCUT: two one-sided models, contrastive losses instead of a cycle
+        groups = [("adversarial", ("G_AB", "G_BA", "D_A", "D_B")), ("PatchNCE", ("NCE_AB", "NCE_BA")),
+                  ("PatchNCE on the target (CUT)", ("NCE_Y_AB", "NCE_Y_BA"))]
+    if "T_AB" not in rows[0] and any(float(r.get("sem_AB") or 0) or float(r.get("sem_BA") or 0) for r in rows):
         groups.append(("semantic (label-aware)", ("sem_AB", "sem_BA")))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3))
     for ax, (title, names) in zip(axes, groups, strict=True):

@@ -4,11 +4,13 @@ export and their fingerprint are in :mod:`cyclegan_core.models`).
 The training steps are in one place each: :meth:`Trainer._step_cyclegan` (forward both cycles,
 generator losses GAN + cycle + identity, one generator step, then both discriminators on pooled
 fakes) and :meth:`Trainer._step_translator` (the single-translator variant of
-:mod:`cyclegan_core.translator`: autoencoder step, translator step, encoding-discriminator step).
+:mod:`cyclegan_core.translator`: autoencoder step, translator step, encoding-discriminator step);
+CUT / FastCUT's step is :mod:`cyclegan_core.train_cut`'s, with this Trainer's optimizers and checkpoints.
 
 Checkpoints are safetensors plus JSON, nothing pickled: weights, optimizer moments, the LR-schedule
 position (a function of the step, and the param groups; for ``plateau`` the schedulers' state and the
-running loss sum of the epoch under way), the grad-scaler state, image pools, the step counter (which is
+running loss sum of the epoch under way), the grad-scaler state, image pools, CUT's patch generator, the step
+counter (which is
 also the position in ``train.sampling: epoch``'s permutations) and RNG states (every rank's under
 torchrun; they also draw ``train.augment``'s crops and flips), so a resumed run continues as if never
 stopped. The previous checkpoint is kept until the new one is written and verified by its sha256;
@@ -41,9 +43,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from . import ddp
+from . import ddp, train_cut
 from .classifiers import SmallCNN, train_classifier
 from .config import Config, TrainConfig
+from .cut import CUTPair
 from .devices import autocast, resolve_device
 from .loader import ArrayImages, ImageSource, StepSampler, batch_indices, crop_and_flip, decoded_bytes, stream_batches
 from .models import CheckpointError, CycleGAN, build_model, code_version, export_model, training_settings
@@ -125,7 +128,7 @@ def _adam(params: list[nn.Parameter], t: TrainConfig, impl: str, device: torch.d
 
 def semantic_directions(cfg: Config, labels: dict[str, np.ndarray | None]) -> list[str]:
     """The directions label-aware training applies to: sources and targets labelled, one label space."""
-    if cfg.train.semantic == "off" or cfg.train.lambda_semantic == 0 or cfg.model.arch != "cyclegan":
+    if cfg.train.semantic == "off" or cfg.train.lambda_semantic == 0 or cfg.model.arch == "translator":
         return []
     la, lb = labels.get("A"), labels.get("B")
     if la is None or lb is None or not len(la) or not len(lb) or min(la.min(), lb.min()) < 0:
@@ -181,13 +184,18 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.arch = cfg.model.arch
-        self.model = build_model(cfg.model, cfg.data.channels).to(self.device)
+        cut = train_cut.cut_settings(cfg) if self.arch in ("cut", "fastcut") else None
+        self.model = build_model(cfg.model, cfg.data.channels, cut).to(self.device)
         if self.rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Batches, pools and penalty weights: a CPU generator, distinct per rank, in the checkpoint.
         self.rng = torch.Generator().manual_seed(t.seed + 1_000_003 * self.dist.rank)
         m = self.model
-        if isinstance(m, SingleTranslator):
+        if isinstance(m, CUTPair):  # G, D and F each have their optimizer; the networks run bare (train_cut)
+            self.loss_names = train_cut.LOSS_NAMES
+            train_cut.build_heads(m, cfg.data.channels, cfg.data.image_size, self.device)
+            groups, trained = train_cut.param_groups(m), {}
+        elif isinstance(m, SingleTranslator):
             self.loss_names = TRANSLATOR_LOSS_NAMES
             groups = {
                 "AE": list(m.ae.parameters()),
@@ -225,6 +233,11 @@ class Trainer:
             if name.startswith("D_"):
                 self._frozen_fn[name] = self._compile(net)
         self.semantic = self._semantic_classifiers(labels, classifier_mask or {})
+        self.cut = train_cut.CutSteps(
+            m, self.opts, self.scaler, self._autocast, t.seed, self.dist.rank, self.dist.enabled,
+            {"mode": self.rt.compile_mode, "backend": self.rt.compile_backend} if self.rt.compile else None,
+            self._semantic_loss if self.semantic else None,
+        ) if isinstance(m, CUTPair) else None
         self.step = 0
         self.resumed_note: str | None = None
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -394,7 +407,9 @@ class Trainer:
             for opt in self.opts.values():
                 for group in opt.param_groups:
                     group["lr"] = self.tcfg.lr * lr_factor(self.step, self.tcfg)
-        if self.arch == "translator":
+        if self.cut is not None:
+            losses = self.cut.step(real_A, real_B)
+        elif self.arch == "translator":
             losses = self._step_translator(real_A, real_B)
         else:
             losses = self._step_cyclegan(real_A, real_B)
@@ -594,6 +609,8 @@ class Trainer:
         # Per-rank state (pools, RNG): every rank's copy, gathered to rank 0.
         local = {f"pool.{d}": p.state_tensor() for d, p in self.pools.items()}
         local["rng"] = self.rng.get_state()
+        if self.cut is not None:
+            local["patch_rng"] = self.cut.rng.get_state()
         if self.plateau:
             local["plateau_sum"] = self._plateau_sum.detach().cpu().clone()
         for key, val in local.items():
@@ -702,6 +719,8 @@ class Trainer:
         for d, pool in self.pools.items():
             pool.load_state_tensor(tensors[f"rank{r}.pool.{d}"], self.device)
         self.rng.set_state(tensors[f"rank{r}.rng"])
+        if self.cut is not None:
+            self.cut.rng.set_state(tensors[f"rank{r}.patch_rng"])
         if self.plateau:
             for name, sched in self.plateau.items():
                 sched.load_state_dict(_from_json_floats(meta["plateau"][name]))

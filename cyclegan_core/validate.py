@@ -10,6 +10,14 @@ Per sample (x a source, G the direction's generator, F the way back):
 - realism: how target-like a domain judge finds G(x), ranked among held-out real targets (below);
 - when sources carry labels, the label a classifier trained on real target samples predicts for G(x).
 
+One-sided models (``model.arch: cut`` / ``fastcut``) have no way back of their own: F is the run's other
+one-sided model (B->A for A->B rows, and the reverse), trained in the same run but never with a cycle
+loss, so the cycle figures measure how well two independent translators undo each other: lower than a
+CycleGAN's by construction (the gate's cycle bounds apply unchanged; loosen them with ``--set`` if a
+CUT run should be judged on realism and labels alone). Identity drift keeps its meaning, how much F
+alters a real sample of its own output domain (CUT's PatchNCE on target images holds it down; FastCUT
+has no such term).
+
 Realism is a conformal p-value, not the judge's softmax. On the bundled digits a two-class judge
 separates the real collections perfectly (held-out accuracy 1.000, with or without blur), so its
 P(target) is 1.000 for anything on the target side of its boundary and says nothing about how

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,22 @@ def test_a_temporary_server_that_does_not_start_in_time_gets_a_hint(params_file,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "temporary Prefect server did not start within 1 s" in r.stderr and "PREFECT_API_URL=" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_with_arch_cut_publishes_a_gated_dataset(params_file, tmp_path):
+    """``cycleaug --set model.arch=cut run``: the whole flow (a temporary Prefect server) with two CUT models."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "--params", str(params_file), "--set", "model.arch=cut",
+                        "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    published = tmp_path / "work" / "published"
+    assert len(pd.read_parquet(published / "data")) == 48
+    assert "- model_arch: `cut`" in (published / "README.md").read_text()
+    metrics = json.loads((tmp_path / "work" / "reports" / "metrics.json").read_text())
+    assert metrics["gate_passed"] and metrics["model"]["arch"] == "cut"
 
 
 def test_relative_paths_are_from_the_params_files_folder(tmp_path):

@@ -18,10 +18,12 @@ from cyclegan_core.train import Trainer
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_one_model(params_file: Path, tmp_path: Path):
+@pytest.mark.parametrize("arch", ["cyclegan", "cut"])
+def test_torchrun_two_processes_train_one_model(params_file: Path, tmp_path: Path, arch: str):
     raw = yaml.safe_load(params_file.read_text())
     raw["train"].update({"steps": 4})
     raw["runtime"].update({"checkpoint_every": 3, "num_threads": 1, "device": "cpu"})
+    raw["model"]["arch"] = arch  # cut: gradients averaged by hand (train_cut), the replica check still holds
     params_file.write_text(yaml.safe_dump(raw))
     cfg = load_config(params_file)
     step_ingest(cfg)
@@ -44,7 +46,10 @@ def test_torchrun_two_processes_train_one_model(params_file: Path, tmp_path: Pat
     tensors = load_file(str(folder / ckpt["file"]))
     # Each rank's own random state and pools are kept, and they differ (ranks sample differently).
     assert {"rank0.rng", "rank1.rng", "rank0.pool.A", "rank1.pool.A"} <= tensors.keys()
-    assert not (tensors["rank0.pool.A"] == tensors["rank1.pool.A"]).all()
+    if arch == "cut":  # no image pool; each rank's patch positions
+        assert not (tensors["rank0.patch_rng"] == tensors["rank1.patch_rng"]).all()
+    else:
+        assert not (tensors["rank0.pool.A"] == tensors["rank1.pool.A"]).all()
     # An exact resume needs the same number of processes.
     images = {d: manifest_images(read_manifest(manifest_path(cfg, d), ("train",))) for d in ("A", "B")}
     with pytest.raises(CheckpointError, match="written by 2 processes, resuming with 1"):

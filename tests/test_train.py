@@ -45,6 +45,8 @@ def _same_state(t1: Trainer, t2: Trainer) -> None:
     for d in t1.pools:
         assert torch.equal(t1.pools[d].state_tensor(), t2.pools[d].state_tensor())
     assert torch.equal(t1.rng.get_state(), t2.rng.get_state())
+    if t1.cut is not None:  # CUT's patch positions and FastCUT's flips
+        assert torch.equal(t1.cut.rng.get_state(), t2.cut.rng.get_state())
 
 
 class Killed(Exception):
@@ -57,7 +59,10 @@ class Killed(Exception):
     ({"norm": "batch", "init_type": "orthogonal", "upsample": "resize_conv"},
      {"lr_policy": "step", "lr_step_size": 3, "gan_mode": "wgangp", "precision": "bf16"}),
     ({}, {"sampling": "epoch", "augment": "crop_flip"}),
-], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16", "epoch-sampling-crop-flip"])
+    ({"arch": "cut"}, {}),
+    ({"arch": "fastcut", "norm": "none", "upsample": "resize_conv"}, {"precision": "bf16"}),
+], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16", "epoch-sampling-crop-flip", "cut",
+        "fastcut-bf16"])
 def test_resume_is_exact(tmp_path, model, train):
     cfg = _cfg(tmp_path, model, steps=8, checkpoint_every=4, **train)
     a, b = _images(10, 1), _images(12, 2)
