@@ -512,6 +512,10 @@ class ValidateConfig(_Strict):
         default_factory=lambda: {d: SampleThresholds() for d in DIRECTIONS})
     run: dict[Literal["AtoB", "BtoA"], RunThresholds] = Field(
         default_factory=lambda: {d: RunThresholds() for d in DIRECTIONS})
+    cycle_bounds: Literal["auto", "on", "off"] = Field(
+        "auto", description="Whether the bounds on the cycle figures (cycle PSNR, robust, L1, SSIM; audio: LSD, "
+                            "SI-SDR) gate: auto = on, except for one-sided models (model.arch cut or fastcut), "
+                            "whose cycle goes through two models trained apart; the figures are reported either way.")
     classifier_epochs: int = Field(8, ge=1, description="Epochs for the judge classifiers.")
     classifier_seed: int = 0
     judge_blur_sigma: float = Field(

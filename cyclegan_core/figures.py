@@ -51,6 +51,12 @@ class Figure:
         return f"mean_{self.name}" if self.per_sample else self.name
 
     @property
+    def cycle(self) -> bool:
+        """Measured through the way back F (the ``cycle_`` figures): its bounds can be off for one-sided
+        models (:func:`cyclegan_core.gate.applicable`)."""
+        return self.name.startswith("cycle_")
+
+    @property
     def tail(self) -> int:
         """The percentile the report shows beside the mean: the bad tail (p10 when higher is better)."""
         return 10 if self.better == "higher" else 90

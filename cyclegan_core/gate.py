@@ -5,7 +5,7 @@ figure each bound limits, and which way, is declared in :mod:`cyclegan_core.figu
 
 from __future__ import annotations
 
-from .config import RunThresholds, SampleThresholds
+from .config import Config, RunThresholds, SampleThresholds
 from .figures import FIGURES
 
 
@@ -122,6 +122,42 @@ def bounds_in_force(sample: dict[str, SampleThresholds], run: dict[str, RunThres
     for d, t in (utility or {}).items():
         out += [f"utility.run.{d}.{k} = {v}" for k, v in t.model_dump().items() if v is not None]
     return out
+
+
+ONE_SIDED = ("cut", "fastcut")
+
+
+def cycle_bounds_apply(arch: str, setting: str) -> bool:
+    """``validate.cycle_bounds``: "on", "off", or "auto": on except for one-sided models (``model.arch`` cut or
+    fastcut), whose cycle goes through two models trained apart, neither of them for the way back."""
+    return setting == "on" or (setting == "auto" and arch not in ONE_SIDED)
+
+
+def applicable(sample: dict[str, SampleThresholds], run: dict[str, RunThresholds], cycle: bool,
+               why: str = "validate.cycle_bounds: off") -> tuple[dict[str, SampleThresholds], dict[str, RunThresholds],
+                                                                 list[str]]:
+    """The bounds the gate applies, and a line for each set bound it leaves out: with ``cycle`` False every
+    bound on a cycle figure (they are still measured and reported)."""
+    if cycle:
+        return sample, run, []
+    keys = {level: {getattr(f, f"{level}_bound") for f in FIGURES if f.cycle} - {None} for level in ("sample", "run")}
+    notes: list[str] = []
+    out: dict[str, dict] = {"sample": {}, "run": {}}
+    for level, per_dir in (("sample", sample), ("run", run)):
+        for d, t in per_dir.items():
+            off = {k: None for k in sorted(keys[level]) if getattr(t, k) is not None}
+            notes += [f"validate.{level}.{d}.{k} = {getattr(t, k)}: not applied, {why}" for k in off]
+            out[level][d] = t.model_copy(update=off)
+    return out["sample"], out["run"], notes
+
+
+def bounds_for(cfg: Config) -> tuple[dict[str, SampleThresholds], dict[str, RunThresholds], list[str]]:
+    """:func:`applicable` for a run's config: its model's arch and ``validate.cycle_bounds``."""
+    v = cfg.validate_
+    why = "validate.cycle_bounds: off" if v.cycle_bounds == "off" else (
+        f"one-sided model (model.arch {cfg.model.arch}: its cycle goes through two models trained apart; "
+        "validate.cycle_bounds: on applies it)")
+    return applicable(v.sample, v.run, cycle_bounds_apply(cfg.model.arch, v.cycle_bounds), why)
 
 
 def check_gate(summary: dict) -> None:

@@ -75,7 +75,7 @@ KEYS: dict[str, Inputs] = {
     "judges": Inputs(("validate.classifier_epochs", "validate.classifier_seed", "validate.judge_blur_sigma",
                       "validate.judge_max_samples"),
                      ("judges", "classifiers", "streamstats"), why="validation's domain and label classifiers"),
-    "validation": Inputs(("data", "validate", "publish.grid_samples"),
+    "validation": Inputs(("data", "model.arch", "validate", "publish.grid_samples"),
                          ("validate", "scoring", "streamstats", "metrics", "figures", "gate", "judges", "classifiers",
                           "models", "report", "images", "audio", "labelnames"),
                          why="the validated figures, per-sample scores, the gate and its report"),

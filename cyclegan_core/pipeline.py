@@ -24,7 +24,7 @@ from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .diff import scan_folder, write_version_diff
-from .gate import GateFailed, bounds_in_force, check_gate, check_utility
+from .gate import GateFailed, bounds_for, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, count_sources, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
 from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
@@ -430,7 +430,7 @@ def step_publish_commit(cfg: Config, plan: dict, shards: list[dict]) -> PublishR
         "utility": utility,
         "model": {"model_fingerprint": model["fingerprint"], "model_steps": model["steps"],
                   "model_arch": model.get("arch", "cyclegan")},
-        "bounds": bounds_in_force(cfg.validate_.sample, cfg.validate_.run, cfg.utility.run),
+        "bounds": bounds_in_force(*bounds_for(cfg)[:2], cfg.utility.run),
         "sources": {"A": redact_url(cfg.data.domain_a), "B": redact_url(cfg.data.domain_b), "size": cfg.data.image_size,
                     "mode": cfg.data.mode, "kind": cfg.data.kind},
     }

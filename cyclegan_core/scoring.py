@@ -23,7 +23,7 @@ from torch import nn
 from .config import DIRECTIONS, Config
 from .devices import resolve_device
 from .figures import AUDIO_SUMMARIZED, SUMMARIZED
-from .gate import reason_key, sample_failures
+from .gate import bounds_for, reason_key, sample_failures
 from .images import decode_png, to_tensor, to_uint8
 from .judges import classify, device_of, inception_features, load_inception, load_judges
 from .metrics import conformal_realism, cycle_errors, margins, perturb, softmax, ssim
@@ -202,7 +202,7 @@ def score_shard(scorer: Scorer, generated_dir: str | Path, shard: str, out_dir: 
     back = "G_BA" if direction == "AtoB" else "G_AB"
     judges, gens = scorer.judges, scorer.gens
     real_margin = scorer.calibration[target]
-    thresholds = v.sample[direction]
+    thresholds = bounds_for(cfg)[0][direction]
     acc = _Shard(v.kid_reservoir, scorer.inception is not None)
     rows: list[dict] = []
     columns = ["sample_id", "split", "label", "source_image", "image", "reconstruction",

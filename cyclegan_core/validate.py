@@ -69,7 +69,7 @@ from . import inputs
 from .config import DIRECTIONS, Config
 from .devices import resolve_device
 from .figures import AUDIO_SUMMARIZED, SUMMARIZED
-from .gate import run_failures, unapplied_bounds
+from .gate import bounds_for, run_failures, unapplied_bounds
 from .judges import (
     calibration_half,
     classify,
@@ -321,20 +321,20 @@ def merge_shards(cfg: Config, prepared: dict, results: list[dict], out_dir: str 
     located = {d: [_located(out, r) for r in rs] for d, rs in by_direction.items()}
     figures: dict[str, dict] = {}
     failures: list[str] = []
-    not_applied: list[str] = []
+    sample_bounds, run_bounds, not_applied = bounds_for(cfg)
     for direction in DIRECTIONS:
         fig = merge_direction(cfg, direction, located[direction], prepared["reference"], audio)
         figures[direction] = fig
-        failures += run_failures(direction, fig, v.run[direction])
-        not_applied += unapplied_bounds(direction, fig, v.run[direction])
+        failures += run_failures(direction, fig, run_bounds[direction])
+        not_applied += unapplied_bounds(direction, fig, run_bounds[direction])
     robust_cycle = {"noise_std": v.robust_noise_std, "jpeg_quality": v.robust_jpeg_quality, "seed": v.robust_seed,
                     "measured": measured}
     summary = {"passed": not failures, "failures": failures, "not_applied": not_applied, "kind": cfg.data.kind,
                "directions": figures,
                "judges": prepared["judge_key"], "robust_cycle": robust_cycle,
                "domain_judge": prepared["judge"],
-               "thresholds": {"sample": {d: v.sample[d].model_dump() for d in DIRECTIONS},
-                              "run": {d: v.run[d].model_dump() for d in DIRECTIONS}}}
+               "thresholds": {"sample": {d: sample_bounds[d].model_dump() for d in DIRECTIONS},
+                              "run": {d: run_bounds[d].model_dump() for d in DIRECTIONS}}}
     with atomic_dir(out) as tmp:
         for direction, rs in by_direction.items():
             (tmp / direction).mkdir()

@@ -56,3 +56,33 @@ def test_bounds_follow_the_declared_direction():
                          "label_accuracy_untranslated": 0.504, "fid_domain_features": 0.177})
     assert line == ("cycle PSNR 22.9 dB, realism 0.494, label accuracy 0.944 (untranslated 0.504), "
                     "FID(domain features) 0.177")
+
+
+def test_one_sided_models_are_not_gated_on_their_cycle():
+    """CUT's cycle goes through two models trained apart: with cycle_bounds auto its cycle bounds are left
+    out (and named), every other bound stays; "on" keeps them; CycleGAN keeps them on auto."""
+    from cyclegan_core.config import config_from_dict
+    from cyclegan_core.gate import bounds_for
+
+    def cfg(arch: str, setting: str):
+        return config_from_dict({"model": {"arch": arch}, "validate": {
+            "cycle_bounds": setting, "sample": {"AtoB": {"min_cycle_psnr": 16.0, "min_realism": 0.01},
+                                                "BtoA": {"max_cycle_l1": 0.3}},
+            "run": {"AtoB": {"min_mean_cycle_psnr": 19.0, "min_label_accuracy": 0.8}}}})
+
+    sample, run, notes = bounds_for(cfg("cut", "auto"))
+    assert sample["AtoB"].min_cycle_psnr is None and sample["AtoB"].min_realism == 0.01
+    assert sample["BtoA"].max_cycle_l1 is None and run["AtoB"].min_mean_cycle_psnr is None
+    assert run["AtoB"].min_label_accuracy == 0.8
+    assert "validate.sample.AtoB.min_cycle_psnr = 16.0: not applied, one-sided model" in notes[0]
+    assert {n.split(" = ")[0] for n in notes} >= {"validate.sample.AtoB.min_cycle_psnr",
+                                                   "validate.sample.BtoA.max_cycle_l1",
+                                                   "validate.run.AtoB.min_mean_cycle_psnr"}
+    row = {"cycle_psnr": 9.0, "cycle_l1": 0.9, "realism": 0.5}
+    assert sample_failures(row, sample["AtoB"]) == [] and sample_failures(row, sample["BtoA"]) == []
+    for arch, setting in (("cut", "on"), ("fastcut", "on"), ("cyclegan", "auto")):
+        s, r, n = bounds_for(cfg(arch, setting))
+        assert n == [] and s["AtoB"].min_cycle_psnr == 16.0 and r["AtoB"].min_mean_cycle_psnr == 19.0
+        assert sample_failures(row, s["AtoB"]) == ["cycle_psnr 9.00 < 16.0"]
+    s, r, n = bounds_for(cfg("cyclegan", "off"))
+    assert s["AtoB"].min_cycle_psnr is None and len(n) >= 3 and n[0].endswith("not applied, validate.cycle_bounds: off")
