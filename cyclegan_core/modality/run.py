@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .. import inputs
 from ..config import Config
 from ..gate import GateFailed
 from ..storage import write_json_atomic
@@ -54,7 +55,6 @@ from .translators import TranslatorError, resolve_translator
 Progress = Callable[..., None]
 log = logging.getLogger(__name__)
 REPORT_FILE = "modality.json"
-PACKAGE = Path(__file__).resolve().parent
 __all__ = ["ModalityError", "ModalityResult", "run_failures", "run_modality", "sample_reasons", "source_batches"]
 
 
@@ -189,13 +189,17 @@ class ModalityResult:
 
 
 def code_version() -> str:
-    """sha256 of the modality package's source and the modules its judge and speech use."""
-    h = hashlib.sha256()
-    files = sorted(PACKAGE.glob("*.py")) + [PACKAGE.parent / f"{n}.py" for n in
-                                            ("audio", "classifiers", "judges", "metrics", "voices", "publish")]
-    for p in files:
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    """sha256 of the modules the step-inputs table names for a modality run (``inputs.KEYS["modality"]``:
+    the modality package and the modules its gates, translators and publisher use)."""
+    return inputs.code_digest("modality")
+
+
+def params_hash(cfg: Config, media: str) -> str:
+    """The settings digest of ``inputs.KEYS["modality"]`` (``modality`` without where it writes, and
+    ``data.audio`` for a speech target, whatever ``data.kind`` says: the speech gate reads it)."""
+    tree = inputs.config_tree(cfg)
+    tree["data"]["audio"] = cfg.data.audio.model_dump(mode="json") if media == "audio" else None
+    return inputs.settings_digest(tree, "modality")
 
 
 def _finite(x: float | None) -> float | None:
@@ -307,8 +311,7 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
             write_json_atomic(report_path, report)
         provenance = {"translator": m.translator, "translator_settings": json.dumps(settings, sort_keys=True),
                       "code_version": code_version(),
-                      "params_hash": hashlib.sha256(json.dumps(m.model_dump(mode="json"), sort_keys=True)
-                                                    .encode()).hexdigest(),
+                      "params_hash": params_hash(cfg, gate.media_column),
                       "seed": m.seed, "flow_run_id": flow_run_id}
         published = publish_pairs(parts, out_dir, provenance=provenance, figures=figures, label_names=gate.labels,
                                   max_shard_bytes=int(m.max_shard_mb * 2**20), source=m.source,
