@@ -41,14 +41,19 @@ def scenes_section(root: Path) -> dict:
             "sample": {"min_fidelity": 0.75}, "run": NO_RUN_BOUNDS}
 
 
-@pytest.fixture(scope="module")
-def scenes_version(tmp_path_factory) -> Path:
-    """A scenes modality run's version, through the library (about 2 s): 8 captions, each drawn once."""
-    root = tmp_path_factory.mktemp("scenes")
+def scenes_project(root: Path) -> Path:
+    """120 real scenes and 8 captions to draw: a scenes modality run of about 2 s (``scenes_section``)."""
     write_scenes(root / "real.parquet", 120, seed=0)
     captions = list(dict.fromkeys(s.caption for s in make_scenes(20, seed=7, points_per_object=0)))[:8]
     pd.DataFrame({"text_id": [f"c{i}" for i in range(len(captions))], "text": captions}).to_csv(
         root / "captions.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scenes_version(tmp_path_factory) -> Path:
+    """A scenes modality run's version, through the library: 8 captions, each drawn once."""
+    root = scenes_project(tmp_path_factory.mktemp("scenes"))
     result = run_modality(config_from_dict({"modality": scenes_section(root)}))
     assert result.passed and result.rows > 0
     return root
