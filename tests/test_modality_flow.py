@@ -55,3 +55,21 @@ def test_a_second_modality_run_into_the_same_folder_waits_for_the_first(tmp_path
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(name)
     assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_without_prefect_a_second_run_into_the_same_folder_waits_for_the_first(tmp_path):
+    from cyclegan_core.modality.run import run_modality
+    from cyclegan_core.storage import folder_lock
+
+    root = scenes_project(tmp_path)
+    cfg = config_from_dict({"modality": scenes_section(root)})
+    results = []
+    with folder_lock(root / "out"):  # another run (here: this thread) is writing the folder
+        runner = threading.Thread(target=lambda: results.append(run_modality(cfg)))
+        runner.start()
+        time.sleep(6)  # long enough for the ~2 s run, had it not waited
+        assert runner.is_alive() and not (root / "out").exists() and not (root / ".out.scored").exists()
+    runner.join(120)
+    assert not runner.is_alive() and results[0].passed
+    assert len(pd.read_parquet(root / "out" / "data")) == results[0].rows > 0
+    assert not list(root.glob(".out.*"))  # no staging left; the lock file is .out-writer.lock

@@ -19,7 +19,8 @@ gate it cross-modally, publish the pairs.
    :class:`~cyclegan_core.gate.GateFailed` and publishes nothing (the previous version stays).
 4. The passing pairs (source text and generated item) are published by
    :func:`cyclegan_core.modality.publish.publish_pairs` in the Hugging Face layout, with the translator's
-   settings as provenance.
+   settings as provenance. Steps 2-4 hold ``modality.output``'s lock
+   (:func:`cyclegan_core.storage.folder_lock`): a second run into the same folder waits.
 
 The gates per target modality (speech, scene images) are in :mod:`cyclegan_core.modality.gates`.
 """
@@ -45,7 +46,7 @@ import pyarrow.parquet as pq
 from .. import inputs
 from ..config import Config
 from ..gate import GateFailed
-from ..storage import write_json_atomic
+from ..storage import folder_lock, write_json_atomic
 from .fidelity import alignment as measure_alignment
 from .fidelity import word_of
 from .gates import ModalityError, make_gate
@@ -221,8 +222,6 @@ def measure_utility(gate, parts: list[Path], per_class: int) -> dict:
 
 def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str | None = None) -> ModalityResult:
     """Translate, gate and publish (see the module docstring); raises GateFailed after writing the report."""
-    from .publish import publish_pairs
-
     t0 = time.perf_counter()
     m = cfg.modality
     translator = resolve_translator(m.translator, m.settings)
@@ -235,6 +234,17 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
              gate.trained_on, gate.roles["held_out"], gate.real_accuracy)
     out_dir = Path(m.output)
     staging = out_dir.parent / f".{out_dir.name}.scored"
+    with folder_lock(out_dir):  # a second run into this folder (with or without Prefect) waits for this one
+        return _translate_gate_publish(cfg, translator, gate, settings, total, staging, flow_run_id, progress, t0)
+
+
+def _translate_gate_publish(cfg: Config, translator, gate, settings: dict, total: int, staging: Path,
+                            flow_run_id: str | None, progress: Progress | None, t0: float) -> ModalityResult:
+    """Steps 2-4 of the module docstring, while :func:`run_modality` holds the output folder."""
+    from .publish import publish_pairs
+
+    m = cfg.modality
+    out_dir = Path(m.output)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
