@@ -321,7 +321,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    "modality.output in a modality run)")
     p.add_argument("--repo", help="git URL or folder of a DVC repository holding published versions")
     p.add_argument("--rev", help="git tag, branch or commit of --repo (e.g. v3)")
-    p.add_argument("--path", help="the dataset's path inside --repo (default: paths.published)")
+    p.add_argument("--path", help="the dataset's path inside --repo (default: as for --dataset)")
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
