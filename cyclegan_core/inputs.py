@@ -8,6 +8,11 @@ with the settings and the source that decide its bytes. Every fingerprint and ca
   ``speed`` keys, which decide where a step puts its outputs or how fast it runs, not what it makes);
 - :func:`code_digest`: sha256 of those modules' source.
 
+The ``modality`` key is a modality run's (``modality.enabled``, :mod:`cyclegan_core.modality.run`): one
+step, translate, gate and publish, with its own params file (``params.tts.yaml``); it has no ``dvc.yaml``
+stage (a stage's params come from ``params.yaml``, whose modality run is off) and stays out of
+:func:`pipeline_code_digest`, the translation run's code version.
+
 :data:`STAGES` lists the pipeline's steps as ``dvc.yaml`` declares them: the keys whose inputs each
 step's outputs depend on, the further settings it reads (where it writes, which stored model it
 picks), further code, and the data it reads. ``tests/test_inputs.py`` checks that ``dvc.yaml``
@@ -49,11 +54,15 @@ class Inputs:
     speed: tuple[str, ...] = ()  # keys under ``params`` left out of the key: they decide where or how fast, not what
     why: str = ""
     runtime: str = ""  # the step whose runtime rounding (precision, memory format, compile) the key adds
+    run: str = "translation"  # the run kind whose outputs these are (``modality``: a modality run's, no dvc stage)
 
 
 def runtime_params(step: str) -> tuple[str, ...]:
     """The ``runtime`` keys a step's rounding comes from: the shared ones and the step's own block."""
     return (*(f"runtime.{k}" for k in StepRuntime.model_fields), f"runtime.{step}")
+
+# Every module of the modality package (a module added there counts without a change here).
+MODALITY_CODE = tuple(f"modality.{p.stem}" for p in sorted((PACKAGE / "modality").glob("*.py")))
 
 KEYS: dict[str, Inputs] = {
     "default_data": Inputs(("data.kind", "data.default"), ("default_data", "voices"),
@@ -84,6 +93,14 @@ KEYS: dict[str, Inputs] = {
                           ("publish", "report", "pipeline", "flags", "history", "diff", "labelnames"),
                           why="a published version (its rows record this settings digest as params_hash); the "
                               "analysts' flags file is one of its data inputs"),
+    "modality": Inputs(
+        ("modality", "data.audio"),
+        (*MODALITY_CODE, "audio", "classifiers", "judges", "metrics", "voices", "publish", "images", "paired.scenes",
+         "paired.oracle"),
+        speed=("modality.output", "modality.reports"), run="modality",
+        why="a modality run's published pairs (their rows record this code digest as code_version and this "
+            "settings digest as params_hash); data.audio counts for a speech target only",
+    ),
 }
 
 
@@ -136,7 +153,8 @@ STAGES: dict[str, Stage] = {
 
 
 def module_path(name: str) -> Path:
-    return PACKAGE / f"{name}.py"
+    """The source of a module named inside cyclegan_core (``paired.scenes``, ``modality.__init__``)."""
+    return PACKAGE / f"{name.replace('.', '/')}.py"
 
 
 def code_digest(key: str) -> str:
@@ -148,9 +166,10 @@ def code_digest(key: str) -> str:
 
 
 def pipeline_code_digest() -> str:
-    """sha256 of every module any key names: the code version a published row records."""
+    """sha256 of every module a translation run's keys name: the code version a published row records
+    (a modality run's rows record :func:`code_digest` of ``modality``)."""
     h = hashlib.sha256()
-    for name in sorted({m for k in KEYS.values() for m in k.code}):
+    for name in sorted({m for k in KEYS.values() if k.run == "translation" for m in k.code}):
         h.update(name.encode() + b"\0" + module_path(name).read_bytes() + b"\0")
     return h.hexdigest()
 

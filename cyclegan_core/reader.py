@@ -11,6 +11,12 @@ protocol that DVC registers; this module never imports DVC) gives a :class:`Publ
   ranks (every row once per epoch) and decodes images (and, for audio datasets, the clips to
   float32 waveforms);
 - ``verify()``: every shard against the manifest's sha256, size and row count.
+
+A modality run's version (format ``cycleaug-modality-1``, :mod:`cyclegan_core.modality.publish`) reads
+the same way: one row per (text, generated item) pair (``pair_columns``: ``text`` and ``audio`` or
+``image``, decoded by ``torch`` like a translation's). It has no ``split`` or ``passed`` column: its
+shards' direction is its split (``train``) and every row passed, so ``split`` picks shards and
+``passed=False`` selects nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ IMAGE_COLUMNS = ("image", "source_image", "reconstruction")
 AUDIO_COLUMNS = ("audio", "source_audio", "reconstruction_audio")  # audio datasets: WAV in the same struct
 BYTES_COLUMNS = IMAGE_COLUMNS + AUDIO_COLUMNS
 Decode = Literal["tensor", "pil", "bytes"]
+MODALITY_FORMAT = "cycleaug-modality-1"  # cyclegan_core.modality.publish.FORMAT (tests check they agree)
 
 
 class DatasetError(ValueError):
@@ -100,6 +107,33 @@ class PublishedDataset:
         with self.fs.open(self._path("README.md"), "rb") as f:
             return f.read().decode("utf-8")
 
+    @property
+    def format(self) -> str | None:
+        return self.manifest.get("format")
+
+    @property
+    def is_modality(self) -> bool:
+        """A modality run's (text, generated item) pairs rather than a translation's rows."""
+        return self.format == MODALITY_FORMAT
+
+    @property
+    def pair_columns(self) -> tuple[str, str] | None:
+        """A modality version's pair: the source text column and the generated item's; None for a translation."""
+        return ("text", self.manifest.get("media", "audio")) if self.is_modality else None
+
+    def _select(self, direction: str | Sequence[str] | None, split: str | Sequence[str] | None,
+                passed: bool | None, extra: ds.Expression | None) -> tuple[Any, ds.Expression | None]:
+        """(directions, filter) of a selection; a modality version's split is its shards' direction."""
+        if not self.is_modality:
+            return direction, row_filter(split=split, passed=passed, extra=extra)
+        if split is not None:
+            if direction is not None:
+                raise ValueError(f"{self.label}: a modality version's split is its shards' direction; give one")
+            direction = split
+        if passed is False:  # every published pair passed its gate
+            extra = ds.scalar(False) if extra is None else extra & ds.scalar(False)
+        return direction, extra
+
     def files(self, direction: str | Sequence[str] | None = None) -> list[str]:
         """Shard paths on ``self.fs`` from the manifest, optionally of some directions only."""
         wanted = None if direction is None else {direction} if isinstance(direction, str) else set(direction)
@@ -121,8 +155,8 @@ class PublishedDataset:
                  split: str | Sequence[str] | None = None, passed: bool | None = None,
                  filter: ds.Expression | None = None) -> pa.Table:
         """Rows as a pyarrow Table; leave the image columns out of ``columns`` to read no image bytes."""
-        return self.arrow(direction).to_table(columns=list(columns) if columns else None,
-                                              filter=row_filter(split=split, passed=passed, extra=filter))
+        direction, where = self._select(direction, split, passed, filter)
+        return self.arrow(direction).to_table(columns=list(columns) if columns else None, filter=where)
 
     def to_pandas(self, columns: Sequence[str] | None = None, **selection) -> Any:
         """Rows as a pandas DataFrame (images as ``{"bytes", "path"}`` dicts); see :meth:`to_table`."""
@@ -134,8 +168,8 @@ class PublishedDataset:
               transform: Callable[[dict], Any] | None = None, shuffle: bool = False, seed: int = 0,
               rank: int | None = None, world_size: int | None = None) -> ShardedParquetDataset:
         """A torch ``IterableDataset`` of row dicts with images decoded (see :class:`ShardedParquetDataset`)."""
-        return ShardedParquetDataset(self.fs, self.files(direction), columns=columns,
-                                     filter=row_filter(split=split, passed=passed, extra=filter), decode=decode,
+        direction, where = self._select(direction, split, passed, filter)
+        return ShardedParquetDataset(self.fs, self.files(direction), columns=columns, filter=where, decode=decode,
                                      transform=transform, shuffle=shuffle, seed=seed, rank=rank,
                                      world_size=world_size)
 

@@ -339,6 +339,33 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def folder_lock(target: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on a local output folder while the block runs (``.<name>-writer.lock`` beside it).
+
+    Another process or thread locking the same folder waits until this block ends; the kernel frees the
+    lock when its process dies, so a crashed writer never leaves it held. The lock file stays (removing it
+    would race a waiter). POSIX ``flock`` only: where ``fcntl`` is missing the block runs unguarded.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(target.parent / f".{target.name}-writer.lock", "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s: another run is writing it", target)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # --- copies to fsspec URLs --------------------------------------------------------------------
 
 def upload_dir(local: str | Path, url: str, *, commit_file: str = "manifest.json", retries: int = 4,

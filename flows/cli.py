@@ -306,19 +306,22 @@ def cmd_paired(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _open_published(cfg: Config, args: argparse.Namespace):
-    """The published version the command names: ``--repo``/``--rev`` (through DVC), ``--dataset``, or ours."""
+    """The published version the command names: ``--repo``/``--rev`` (through DVC), ``--dataset``, or ours
+    (``modality.output`` with ``modality.enabled``)."""
     from cyclegan_core.reader import open_dataset
 
+    ours = cfg.modality.output if cfg.modality.enabled else cfg.paths.published  # a modality run's, or ours
     if args.repo is not None or args.rev is not None:
-        return open_dataset(repo=args.repo, rev=args.rev, path=args.path or cfg.paths.published)
-    return open_dataset(args.dataset or cfg.paths.published)
+        return open_dataset(repo=args.repo, rev=args.rev, path=args.path or ours)
+    return open_dataset(args.dataset or ours)
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="folder or fsspec URL of a published version (default: paths.published)")
+    p.add_argument("--dataset", help="folder or fsspec URL of a published version (default: paths.published, "
+                   "modality.output in a modality run)")
     p.add_argument("--repo", help="git URL or folder of a DVC repository holding published versions")
     p.add_argument("--rev", help="git tag, branch or commit of --repo (e.g. v3)")
-    p.add_argument("--path", help="the dataset's path inside --repo (default: paths.published)")
+    p.add_argument("--path", help="the dataset's path inside --repo (default: as for --dataset)")
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:

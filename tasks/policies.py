@@ -127,9 +127,16 @@ def result_options() -> dict[str, Any]:
 
 def outputs_limit_name(cfg: Config) -> str:
     """The concurrency limit a run holds over its output folders: ``<orchestrate.concurrency_limit>-outputs-``
-    and 12 hex digits of the resolved ``paths`` (the same folders, the same name, from any process)."""
-    folders = {k: (v if v is None or is_remote(v) else str(Path(v).resolve()))
-               for k, v in cfg.paths.model_dump(mode="json").items()}
+    and 12 hex digits of the resolved ``paths`` (the same folders, the same name, from any process).
+
+    A modality run (``modality.enabled``) writes ``modality.output`` (and its staging folder beside it) and
+    ``modality.reports`` only: its name is of those two, so two modality runs into one folder take turns
+    and runs into other folders do not wait."""
+    if cfg.modality.enabled:
+        written = {"modality.output": cfg.modality.output, "modality.reports": cfg.modality.reports}
+    else:
+        written = cfg.paths.model_dump(mode="json")
+    folders = {k: (v if v is None or is_remote(v) else str(Path(v).resolve())) for k, v in written.items()}
     digest = hashlib.sha256(json.dumps(folders, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.orchestrate.concurrency_limit}-outputs-{digest}"
 

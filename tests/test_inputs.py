@@ -170,3 +170,42 @@ def test_long_modules_say_why():
         lines = path.read_text(encoding="utf-8").count("\n")
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert lines <= 500 or "Over 500 lines on purpose" in doc, f"{path.name}: {lines} lines, no reason given"
+
+
+NOT_IN_ANY_KEY = {"config", "schema", "runtime", "storage", "inputs", "gate"}  # parsing, writing, the error class
+
+
+def test_the_modality_run_takes_its_code_version_and_params_hash_from_the_table(monkeypatch):
+    from cyclegan_core.modality import run as modality_run
+
+    spec = inputs.KEYS["modality"]
+    assert spec.run == "modality" and "modality" not in inputs.STAGES  # its own params file, no dvc stage
+    package = sorted(p.stem for p in (PACKAGE / "modality").glob("*.py"))
+    assert sorted(m.removeprefix("modality.") for m in spec.code if m.startswith("modality.")) == package
+    for m in spec.code:
+        assert inputs.module_path(m).is_file(), f"modality: no module {m}"
+    # Every library module the modality package imports is in the key, but what only parses or writes.
+    used = {t.removeprefix("cyclegan_core.") for p in (PACKAGE / "modality").glob("*.py") for t in _imports(p)}
+    used = {u for u in used if (PACKAGE / f"{u.replace('.', '/')}.py").is_file()}
+    assert used - set(spec.code) - NOT_IN_ANY_KEY == set()
+    assert modality_run.code_version() == inputs.code_digest("modality")
+    # An edit to a modality module moves the modality key only, not the translation run's code version.
+    before = {k: inputs.code_digest(k) for k in inputs.KEYS} | {"pipeline": inputs.pipeline_code_digest()}
+    real = inputs.module_path
+    copy_ = Path(__file__).parent / "__speech_edit__.py"
+    copy_.write_bytes(real("modality.speech").read_bytes() + b"\n# an edited comment\n")
+    try:
+        monkeypatch.setattr(inputs, "module_path", lambda name: copy_ if name == "modality.speech" else real(name))
+        after = {k: inputs.code_digest(k) for k in inputs.KEYS} | {"pipeline": inputs.pipeline_code_digest()}
+    finally:
+        copy_.unlink()
+    assert {k for k in before if before[k] != after[k]} == {"modality"}
+    # Settings: where it writes is not in the hash; what it makes is, and data.audio for a speech target only.
+    cfg = load_config(ROOT / "params.tts.yaml")
+    base = modality_run.params_hash(cfg, "audio")
+    moved = load_config(ROOT / "params.tts.yaml", ["modality.output=elsewhere", "modality.reports=r2"])
+    assert modality_run.params_hash(moved, "audio") == base
+    assert modality_run.params_hash(load_config(ROOT / "params.tts.yaml", ["modality.seed=5"]), "audio") != base
+    mels = load_config(ROOT / "params.tts.yaml", ["data.audio.n_mels=32"])
+    assert cfg.data.kind != "audio" and modality_run.params_hash(mels, "audio") != base
+    assert modality_run.params_hash(mels, "image") == modality_run.params_hash(cfg, "image")

@@ -42,7 +42,8 @@ COLUMN_DOCS = {
     "params": "the translator's per-item choices (JSON: voice, rate, pitch, take)",
     "translator": "the translator (a registered name or module:function)",
     "translator_settings": "its settings (JSON), with the per-item params enough to make the row again",
-    "code_version": "sha256 of the modality code", "params_hash": "sha256 of the run's modality settings",
+    "code_version": "sha256 of the modality code (inputs.KEYS[\"modality\"])",
+    "params_hash": "sha256 of the run's modality settings (and data.audio for speech)",
     "seed": "modality.seed", "flow_run_id": "the Prefect flow run (null outside Prefect)",
 }
 SCENE_DOCS = {

@@ -19,7 +19,8 @@ gate it cross-modally, publish the pairs.
    :class:`~cyclegan_core.gate.GateFailed` and publishes nothing (the previous version stays).
 4. The passing pairs (source text and generated item) are published by
    :func:`cyclegan_core.modality.publish.publish_pairs` in the Hugging Face layout, with the translator's
-   settings as provenance.
+   settings as provenance. Steps 2-4 hold ``modality.output``'s lock
+   (:func:`cyclegan_core.storage.folder_lock`): a second run into the same folder waits.
 
 The gates per target modality (speech, scene images) are in :mod:`cyclegan_core.modality.gates`.
 """
@@ -42,9 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .. import inputs
 from ..config import Config
 from ..gate import GateFailed
-from ..storage import write_json_atomic
+from ..storage import folder_lock, write_json_atomic
 from .fidelity import alignment as measure_alignment
 from .fidelity import word_of
 from .gates import ModalityError, make_gate
@@ -54,7 +56,6 @@ from .translators import TranslatorError, resolve_translator
 Progress = Callable[..., None]
 log = logging.getLogger(__name__)
 REPORT_FILE = "modality.json"
-PACKAGE = Path(__file__).resolve().parent
 __all__ = ["ModalityError", "ModalityResult", "run_failures", "run_modality", "sample_reasons", "source_batches"]
 
 
@@ -189,13 +190,17 @@ class ModalityResult:
 
 
 def code_version() -> str:
-    """sha256 of the modality package's source and the modules its judge and speech use."""
-    h = hashlib.sha256()
-    files = sorted(PACKAGE.glob("*.py")) + [PACKAGE.parent / f"{n}.py" for n in
-                                            ("audio", "classifiers", "judges", "metrics", "voices", "publish")]
-    for p in files:
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
+    """sha256 of the modules the step-inputs table names for a modality run (``inputs.KEYS["modality"]``:
+    the modality package and the modules its gates, translators and publisher use)."""
+    return inputs.code_digest("modality")
+
+
+def params_hash(cfg: Config, media: str) -> str:
+    """The settings digest of ``inputs.KEYS["modality"]`` (``modality`` without where it writes, and
+    ``data.audio`` for a speech target, whatever ``data.kind`` says: the speech gate reads it)."""
+    tree = inputs.config_tree(cfg)
+    tree["data"]["audio"] = cfg.data.audio.model_dump(mode="json") if media == "audio" else None
+    return inputs.settings_digest(tree, "modality")
 
 
 def _finite(x: float | None) -> float | None:
@@ -217,8 +222,6 @@ def measure_utility(gate, parts: list[Path], per_class: int) -> dict:
 
 def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str | None = None) -> ModalityResult:
     """Translate, gate and publish (see the module docstring); raises GateFailed after writing the report."""
-    from .publish import publish_pairs
-
     t0 = time.perf_counter()
     m = cfg.modality
     translator = resolve_translator(m.translator, m.settings)
@@ -231,6 +234,17 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
              gate.trained_on, gate.roles["held_out"], gate.real_accuracy)
     out_dir = Path(m.output)
     staging = out_dir.parent / f".{out_dir.name}.scored"
+    with folder_lock(out_dir):  # a second run into this folder (with or without Prefect) waits for this one
+        return _translate_gate_publish(cfg, translator, gate, settings, total, staging, flow_run_id, progress, t0)
+
+
+def _translate_gate_publish(cfg: Config, translator, gate, settings: dict, total: int, staging: Path,
+                            flow_run_id: str | None, progress: Progress | None, t0: float) -> ModalityResult:
+    """Steps 2-4 of the module docstring, while :func:`run_modality` holds the output folder."""
+    from .publish import publish_pairs
+
+    m = cfg.modality
+    out_dir = Path(m.output)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -307,8 +321,7 @@ def run_modality(cfg: Config, progress: Progress | None = None, flow_run_id: str
             write_json_atomic(report_path, report)
         provenance = {"translator": m.translator, "translator_settings": json.dumps(settings, sort_keys=True),
                       "code_version": code_version(),
-                      "params_hash": hashlib.sha256(json.dumps(m.model_dump(mode="json"), sort_keys=True)
-                                                    .encode()).hexdigest(),
+                      "params_hash": params_hash(cfg, gate.media_column),
                       "seed": m.seed, "flow_run_id": flow_run_id}
         published = publish_pairs(parts, out_dir, provenance=provenance, figures=figures, label_names=gate.labels,
                                   max_shard_bytes=int(m.max_shard_mb * 2**20), source=m.source,
