@@ -75,8 +75,9 @@ class SmallCNN(nn.Module):
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epochs: int, seed: int,
-                     blur_sigma: float = 0.0, noise_std: float = 0.0) -> SmallCNN:
-    """Fit a :class:`SmallCNN` on uint8 images (N, H, W, C) with small shifts as augmentation.
+                     blur_sigma: float = 0.0, noise_std: float = 0.0, max_steps: int | None = None) -> SmallCNN:
+    """Fit a :class:`SmallCNN` on uint8 images (N, H, W, C) with small shifts as augmentation: ``epochs``
+    passes in batches of 64, stopped after ``max_steps`` batches when that comes first.
 
     ``noise_std`` > 0 adds Gaussian pixel noise (on the [-1, 1] scale) to every batch: the semantic
     classifier of label-aware training uses it so that a generator cannot satisfy it with faint
@@ -92,9 +93,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epoch
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
     pad = max(1, images.shape[1] // 16)
+    steps = 0
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), 64):
+            if max_steps is not None and steps >= max_steps:
+                return net.eval()
+            steps += 1
             idx = order[start:start + 64]
             dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
             batch = torch.roll(to_tensor(images[idx.numpy()]), shifts=(dy, dx), dims=(2, 3))

@@ -336,8 +336,15 @@ class TrainConfig(_Strict):
         "translations they score, so faint patterns cannot satisfy them.",
     )
     semantic_max_samples: int = Field(
-        20000, ge=1, description="Cap on the samples each semantic classifier learns from (a seeded subset of the "
-        "'classifier' half when there are more), decoded in batches: bounds its memory on large collections.",
+        5000, ge=1, description="Cap on the samples each semantic classifier learns from (a seeded subset of the "
+        "'classifier' half when there are more, decoded once in file order): bounds its memory on large "
+        "collections (as validate.judge_max_samples bounds the judges').",
+    )
+    semantic_max_steps: int = Field(
+        200, ge=1, description="Cap on each semantic classifier's batches of 64 (semantic_epochs passes over its "
+        "samples, or fewer when this is reached first): its training costs the same on any collection larger "
+        "than semantic_max_steps * 64 / semantic_epochs samples, so training's start-up does not grow with the "
+        "collection.",
     )
     seed: int = 0
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -37,7 +38,7 @@ import os
 import posixpath
 import stat
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -56,6 +57,7 @@ from .storage import (
     atomic_path,
     escapes,
     open_fs,
+    parquet_batches,
     redact_url,
     sha256_bytes,
     with_retries,
@@ -584,7 +586,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
             _write_quarantine(quarantine_path, quarantine)
             raise CollectionError(f"{source}: no training {what}: all {samples} usable {what} are in held-out "
                                   "folders (test/, val/); put some under train/")
-        digest = manifest_digest(pq.read_table(tmp, columns=list(DIGEST_COLUMNS)))
+        digest = manifest_digest(tmp)
     _write_quarantine(quarantine_path, quarantine)
     return IngestResult(
         domain=domain, manifest=str(manifest_path), quarantine=str(quarantine_path),
@@ -681,14 +683,30 @@ def _write_quarantine(path: Path, entries: list[tuple[str, str]]) -> None:
 DIGEST_COLUMNS = ("sample_id", "split", "label")  # all that manifest_digest reads (with the schema metadata)
 
 
-def manifest_digest(table: pa.Table, split: str | None = None) -> str:
-    """A content hash of a manifest: its samples, splits, labels and processing (not file names)."""
-    ids = table.column("sample_id").to_pylist()
-    splits = table.column("split").to_pylist()
-    lbls = table.column("label").to_pylist()
-    items = sorted((s, sp, lb) for s, sp, lb in zip(ids, splits, lbls, strict=True) if split in (None, sp))
-    meta = (table.schema.metadata or {}).get(b"cycleaug.processing", b"")
-    return sha256_bytes(json.dumps(items).encode() + meta)
+DIGEST_BATCH_ROWS = 65536  # rows of the digest columns read at a time (about 6 MB)
+
+
+def manifest_digest(manifest: pa.Table | str | Path, split: str | None = None) -> str:
+    """A content hash of a manifest (a table of :data:`DIGEST_COLUMNS`, or a manifest file read
+    :data:`DIGEST_BATCH_ROWS` rows at a time): its samples, splits, labels and processing, not file names
+    nor row order.
+
+    Each (sample id, split, label) is hashed and the hashes are added modulo 2**256 (a multiset hash):
+    the digest needs no sort, so its memory is one batch whatever the manifest's size.
+    """
+    total, count = 0, 0
+    if isinstance(manifest, pa.Table):
+        batches: Iterable = manifest.select(list(DIGEST_COLUMNS)).to_batches()
+        meta = (manifest.schema.metadata or {}).get(b"cycleaug.processing", b"")
+    else:
+        batches = parquet_batches(manifest, list(DIGEST_COLUMNS), DIGEST_BATCH_ROWS)
+        meta = (pq.read_schema(manifest).metadata or {}).get(b"cycleaug.processing", b"")
+    for batch in batches:
+        for sid, sp, lb in zip(*(batch.column(k).to_pylist() for k in range(3)), strict=True):
+            if split in (None, sp):
+                total += int.from_bytes(hashlib.sha256(json.dumps([sid, sp, lb]).encode()).digest(), "big")
+                count += 1
+    return sha256_bytes(b"cycleaug.manifest-digest.2:%d:" % count + (total % 2**256).to_bytes(32, "big") + meta)
 
 
 def read_manifest(path: str | Path, splits: tuple[str, ...] | None = None,

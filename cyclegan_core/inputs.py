@@ -74,7 +74,8 @@ KEYS: dict[str, Inputs] = {
         why="one normalized sample (ingest reuses it from the last manifest while this key holds)",
     ),
     "model": Inputs(("model", "train"),
-                    ("models", "networks", "translator", "cut", "train", "train_cut", "classifiers", "loader"),
+                    ("models", "networks", "translator", "cut", "train", "train_cut", "classifiers", "loader",
+                     "sampleids"),
                     why="a trained model, with the training samples' digests"),
     "translation": Inputs(
         ("generate", "data.audio"), ("generate", "images", "audio"),

@@ -14,20 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import flags, inputs, labelnames
 from .audio import listening_page
-from .classifiers import half_mask
 from .config import DIRECTIONS, Config
 from .default_data import make_default_data
 from .diff import scan_folder, write_version_diff
 from .gate import GateFailed, bounds_for, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, count_sources, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
-from .ingest import DIGEST_COLUMNS, IngestResult, check_collections, ingest_collection, manifest_digest, read_manifest
+from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
 from .overview import LISTEN_DIR
@@ -41,8 +38,9 @@ from .report import (
     utility_chart,
     utility_markdown,
 )
+from .sampleids import moved as samples_moved
+from .sampleids import read_training_data, split_keys, training_labels, write_training_data
 from .storage import (
-    atomic_path,
     download_dir,
     parquet_batches,
     read_json,
@@ -107,37 +105,20 @@ def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, Inge
 
 def current_fingerprint(cfg: Config) -> str:
     """The fingerprint the model for the ingested data and this config must have."""
-    digests = [manifest_digest(read_manifest(manifest_path(cfg, d), columns=list(DIGEST_COLUMNS)), "train")
-               for d in ("A", "B")]
-    return model_fingerprint(cfg, *digests)
-
-
-def _train_ids(cfg: Config) -> dict[str, set[str]]:
-    return {d: set(read_manifest(manifest_path(cfg, d), ("train",), ["sample_id"]).column("sample_id").to_pylist())
-            for d in ("A", "B")}
+    return model_fingerprint(cfg, *(manifest_digest(manifest_path(cfg, d), "train") for d in ("A", "B")))
 
 
 def _write_training_data(cfg: Config, folder: Path) -> None:
     """Record which samples a model was trained on, so later runs can measure how far the data moved."""
-    ids = _train_ids(cfg)
-    rows = [(d, s) for d in ("A", "B") for s in sorted(ids[d])]
-    table = pa.table({"domain": pa.array([d for d, _ in rows], pa.string()),
-                      "sample_id": pa.array([s for _, s in rows], pa.string())})
-    table = table.replace_schema_metadata({"cycleaug.settings_key": settings_key(cfg)})
-    with atomic_path(folder / TRAINING_DATA) as tmp:
-        pq.write_table(table, tmp)
+    write_training_data(folder / TRAINING_DATA, {d: manifest_path(cfg, d) for d in ("A", "B")},
+                        {"cycleaug.settings_key": settings_key(cfg)})
 
 
-def _read_training_data(folder: Path) -> tuple[str, dict[str, set[str]]] | None:
+def _read_training_data(folder: Path) -> tuple[str, dict[str, np.ndarray]] | None:
     path = folder / TRAINING_DATA
     if not (path.exists() and (folder / MODEL_FILE).exists() and (folder / MODEL_JSON).exists()):
         return None
-    table = pq.read_table(path)
-    key = (table.schema.metadata or {}).get(b"cycleaug.settings_key", b"").decode()
-    ids: dict[str, set[str]] = {"A": set(), "B": set()}
-    for d, sid in zip(table.column("domain").to_pylist(), table.column("sample_id").to_pylist(), strict=True):
-        ids[d].add(sid)
-    return key, ids
+    return read_training_data(path)
 
 
 @dataclass(frozen=True)
@@ -174,7 +155,7 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
     models = Path(cfg.paths.models)
     current = models / CURRENT_MODEL
     preferred = Path(read_json(current)["model_dir"]).name if current.exists() else None
-    candidates: list[tuple[float, Path, dict[str, set[str]]]] = []
+    candidates: list[tuple[float, Path, dict[str, np.ndarray]]] = []
     for meta in models.glob(f"*/{MODEL_JSON}"):
         info = _read_training_data(meta.parent)
         if info and info[0] == key:
@@ -185,8 +166,7 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
         return ModelChoice(fp, folder, True, f"training model {fp[:12]}: no stored model was trained with these "
                                              "training settings and this code")
     _, old, seen = max(candidates, key=lambda c: c[0])
-    now = _train_ids(cfg)
-    moved = {d: (len(now[d] - seen[d]), len(seen[d] - now[d])) for d in ("A", "B")}
+    moved = {d: samples_moved(split_keys(manifest_path(cfg, d)), seen[d]) for d in ("A", "B")}
     change = ", ".join(f"{d} +{a}/-{r}" for d, (a, r) in moved.items())
     growth = max((a + r) / max(len(seen[d]), 1) for d, (a, r) in moved.items())
     policy, limit = cfg.orchestrate.retrain, cfg.orchestrate.retrain_growth
@@ -202,18 +182,6 @@ def choose_model(cfg: Config, retrain: bool = False) -> ModelChoice:
                                              f"{growth:.0%}) but {why}; new samples are translated with it")
 
 
-def training_labels(tables: dict[str, pa.Table]) -> tuple[dict[str, np.ndarray | None], dict[str, np.ndarray]]:
-    """Per domain: the labels of the training samples (None unless every one has a label), and the mask of
-    the "classifier" half that label-aware training's classifier may learn from (see classifiers.HALVES)."""
-    labels: dict[str, np.ndarray | None] = {}
-    halves = {}
-    for d, t in tables.items():
-        values = t.column("label").to_pylist()
-        labels[d] = np.asarray(values, dtype=np.int64) if values and None not in values else None
-        halves[d] = half_mask(t.column("sample_id").to_pylist(), "train", "classifier")
-    return labels, halves
-
-
 def _model_url(cfg: Config, fingerprint: str) -> str:
     return f"{str(cfg.paths.models_url).rstrip('/')}/{fingerprint}"
 
@@ -226,10 +194,11 @@ def step_train(cfg: Config, progress: Progress | None = None, retrain: bool = Fa
         meta = read_json(folder / MODEL_JSON)
         result = TrainResult(fp, str(folder), meta["sha256"], True, meta["steps"], 0.0, None)
     else:
-        # Ids and labels only: the images are decoded from the manifests as training needs them (loader.py).
-        tables = {d: read_manifest(manifest_path(cfg, d), ("train",), ["sample_id", "label"]) for d in ("A", "B")}
+        # Labels and halves only, read a batch at a time: the images are decoded from the manifests as training
+        # needs them (loader.py).
         images = {d: ManifestImages(manifest_path(cfg, d), "train") for d in ("A", "B")}
-        labels, halves = training_labels(tables)
+        read = {d: training_labels(manifest_path(cfg, d)) for d in ("A", "B")}
+        labels, halves = {d: r[0] for d, r in read.items()}, {d: r[1] for d, r in read.items()}
         trainer = Trainer(cfg, images["A"], images["B"], folder, labels=labels, classifier_mask=halves)
         resumed = trainer.try_resume()
         seconds = trainer.run((lambda i, n, losses: progress("train", i, n, losses)) if progress else None)

@@ -246,7 +246,8 @@ class Trainer:
     # --- setup helpers -------------------------------------------------------------------------
     def _semantic_classifiers(self, labels: dict, masks: dict[str, np.ndarray]) -> dict[str, SmallCNN]:
         """The frozen classifier of each target domain (keyed by direction), trained once per model folder
-        on its "classifier" half, at most ``train.semantic_max_samples`` of them (a seeded subset)."""
+        on its "classifier" half, at most ``train.semantic_max_samples`` of them (a seeded subset), for at most
+        ``train.semantic_max_steps`` batches: its cost is bounded whatever the collection's size."""
         if not self.semantic_directions:
             return {}
         t = self.tcfg
@@ -273,7 +274,8 @@ class Trainer:
                     images = src.take(keep)
                 # Blurred input and pixel noise: the loss then rewards shapes, not faint high-frequency codes.
                 nets[d] = train_classifier(images, labels[d][keep], classes, t.semantic_epochs,
-                                           t.seed + 7919 * (k + 1), blur_sigma=1.0, noise_std=t.semantic_noise)
+                                           t.seed + 7919 * (k + 1), blur_sigma=1.0, noise_std=t.semantic_noise,
+                                           max_steps=t.semantic_max_steps)
                 del images
             if self.dist.is_main:
                 tensors = {f"{d}.{k}": v.contiguous() for d, net in nets.items() for k, v in net.state_dict().items()}
