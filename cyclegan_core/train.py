@@ -172,8 +172,20 @@ class Trainer:
             d: ArrayImages(x) if isinstance(x, np.ndarray) else x for d, x in (("A", images_a), ("B", images_b))}
         # The decoded training set in memory when it fits the budget (arrays given are in memory already).
         self.cached = sum(decoded_bytes(s) for s in self.sources.values()) <= self.speed.cache_mb * 2**20
-        self.images = {d: self._stage(s.images if isinstance(s, ArrayImages) else s.take(np.arange(len(s))))
-                       for d, s in self.sources.items()} if self.cached else {}
+        # Arrays given are staged whole; manifests are decoded into the cache on first use (:meth:`_fill`), so
+        # start-up does not grow with the collection and a short run decodes only the samples it draws.
+        self.images: dict[str, torch.Tensor] = {}
+        self._decoded: dict[str, torch.Tensor] = {}
+        if self.cached:
+            for d, s in self.sources.items():
+                if isinstance(s, ArrayImages):
+                    self.images[d] = self._stage(s.images)
+                else:
+                    # (N, H, W, C) permuted as _stage lays out decoded arrays: the same strides, so the same
+                    # kernels (a 1-channel cache is also channels_last to torch) and the same weights.
+                    blank = torch.zeros((len(s), *s.sample_shape), dtype=torch.uint8)
+                    self.images[d] = self._placed(blank.permute(0, 3, 1, 2).contiguous())
+                    self._decoded[d] = torch.zeros(len(s), dtype=torch.bool)
         self._streams: dict[str, Iterator[torch.Tensor]] = {}
         labels = labels or {}
         self.semantic_directions = semantic_directions(cfg, labels)
@@ -268,6 +280,7 @@ class Trainer:
                                                                                  replace=False)
                     keep = keep[np.sort(pick)]
                 if self.cached:
+                    self._fill(d, torch.as_tensor(keep))
                     sel = torch.as_tensor(keep, device=self.images[d].device)
                     images = self.images[d][sel].permute(0, 2, 3, 1).cpu().numpy()
                 else:
@@ -301,8 +314,25 @@ class Trainer:
             x = x + self.tcfg.semantic_noise * torch.randn(x.shape, generator=self.rng).to(x.device)
         return nn.functional.cross_entropy(net(x), y) * self.tcfg.lambda_semantic
 
+    def _fill(self, domain: str, idx: torch.Tensor) -> None:
+        """Decode into the cache the samples of ``idx`` it does not hold yet (manifest sources only)."""
+        decoded = self._decoded.get(domain)
+        if decoded is None:
+            return
+        idx = idx.cpu()
+        missing = torch.unique(idx[~decoded[idx]])
+        if len(missing):
+            cache = self.images[domain]
+            fresh = torch.from_numpy(self.sources[domain].take(missing.numpy())).permute(0, 3, 1, 2)
+            cache[missing.to(cache.device)] = fresh.to(cache.device)
+            decoded[missing] = True
+
     def _stage(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        return self._placed(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous())
+
+    def _placed(self, x: torch.Tensor) -> torch.Tensor:
+        """The cache tensor (N, C, H, W) where batches are gathered: on the GPU up to ON_DEVICE_BYTES, else
+        pinned host memory when ``runtime.pin_memory`` (on CUDA), else host memory as it is."""
         if self.device.type == "cuda":
             if x.numel() <= ON_DEVICE_BYTES:
                 return x.to(self.device)
@@ -358,6 +388,7 @@ class Trainer:
         else:
             idx = torch.randint(0, len(images), (t.batch_size,), generator=self.rng)
         self._idx[domain] = idx
+        self._fill(domain, idx)
         if images.device == self.device:
             x = images[idx.to(self.device)]
         elif images.is_pinned():

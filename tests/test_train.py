@@ -545,3 +545,27 @@ def test_epoch_sampling_is_the_same_cached_and_streamed_and_resumes_exactly(tmp_
     plain.fit()
     assert not torch.equal(next(iter(plain.model.state_dict().values())),
                            next(iter(cached.model.state_dict().values())))
+
+
+def test_the_cache_fills_on_first_use_and_trains_as_arrays_in_memory(tmp_path):
+    """A manifest-backed cache decodes a sample when a batch (or a semantic classifier) first draws it, so
+    training's start-up does not decode the whole collection (issue 19); the weights equal those of the
+    same images given as arrays, which are staged whole, label-aware classifiers included."""
+    from cyclegan_core.loader import ManifestImages
+
+    a, b = _images(40, 1), _images(30, 2)
+    _manifest(tmp_path / "a.parquet", a)
+    _manifest(tmp_path / "b.parquet", b)
+    labels = {"A": np.arange(40) % 3, "B": np.arange(30) % 3}
+    masks = {"A": np.arange(40) % 2 == 0, "B": np.arange(30) % 2 == 1}
+    cfg = _cfg(tmp_path, steps=3, batch_size=2, semantic_epochs=1, semantic_max_samples=4)
+    lazy = Trainer(cfg, *(ManifestImages(tmp_path / f"{d}.parquet") for d in "ab"), tmp_path / "lazy",
+                   labels=labels, classifier_mask=masks)
+    assert lazy.cached and int(lazy._decoded["A"].sum()) == 4  # only the semantic classifier's 4 samples
+    lazy.fit()
+    assert 4 < int(lazy._decoded["A"].sum()) <= 4 + 3 * 2  # ... and the 3 batches of 2 drawn since
+    decoded = lazy._decoded["A"].nonzero().flatten()
+    assert torch.equal(lazy.images["A"][decoded], torch.from_numpy(a[decoded.numpy()]).permute(0, 3, 1, 2))
+    eager = Trainer(cfg, a, b, tmp_path / "eager", labels=labels, classifier_mask=masks)
+    eager.fit()
+    _same_state(lazy, eager)
