@@ -11,17 +11,27 @@ source that left the collection leaves the shards.
 For audio (``audio`` settings given) the pictures are spectrograms: each translation and cycle is
 also turned back into a waveform (Griffin-Lim, or the source clip's phase; ``data.audio.inversion``)
 and stored as WAV beside the source clip.
+
+A shard is streamed (issue 19): memory holds a few batches of ``generate.batch_size`` rows and a small
+index (about a hundred bytes a source row), never the shard's pictures; the file is byte for byte the
+one a whole-shard write makes. The module is over 500 lines because the translation key
+(``inputs.KEYS["translation"]``) names its code by module: the translator and the streaming that decides
+which rows are translated, in which batches and order, stay in this one module so that a change to any of
+them changes the key.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +49,7 @@ from .devices import autocast, resolve_device
 from .images import decode_png, encode_png, to_uint8
 from .models import load_generators
 from .runtime import StepRuntime
-from .storage import atomic_path, parquet_batches, sha256_bytes, sha256_file
+from .storage import PARQUET_READ_BUFFER, atomic_path, parquet_batches, sha256_bytes, sha256_file
 
 Progress = Callable[[int, int], None]
 
@@ -66,6 +76,8 @@ GENERATED_SCHEMA = pa.schema(
 GENERATION_META = b"cycleaug.generation"
 STAGING = ".staging"
 SOURCE_BATCH_ROWS = 256  # manifest or generated rows decoded at a time while picking a shard's rows
+INDEX_BATCH_ROWS = 16384  # rows of the small columns (ids, splits, fingerprints) decoded at a time
+SOURCE_COLUMNS = ("sample_id", "relpath", "uri", "split", "label", "image", "audio")
 SOURCE_DOMAIN = {"AtoB": "A", "BtoA": "B"}
 
 
@@ -127,18 +139,21 @@ def now_stamp() -> str:
     return when.replace(microsecond=0).isoformat()
 
 
-def shard_sources(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.Table:
-    """The manifest rows (configured splits) whose translations go to ``shard``, by source id.
+def _in_shard(batch: pa.RecordBatch, cfg: GenerateConfig, shard: int) -> pa.Array:
+    """Which rows of a manifest batch are of the configured splits and go to ``shard``."""
+    ids, splits = batch.column("sample_id").to_pylist(), batch.column("split").to_pylist()
+    return pa.array([sp in cfg.splits and shard_of(s, cfg.shards) == shard for s, sp in zip(ids, splits, strict=True)],
+                    type=pa.bool_())
 
-    Reads the manifest a bounded batch at a time and keeps only this shard's rows, so memory holds
-    the shard (set by ``generate.shards``), not the collection."""
+
+def shard_sources(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.Table:
+    """The manifest rows (configured splits) whose translations go to ``shard``, by source id, as one table.
+
+    Reads the manifest a bounded batch at a time, but the table holds the whole shard: for small shards
+    and checks. :func:`generate_shard` streams instead (memory set by ``generate.batch_size``)."""
     names = pq.read_schema(manifest).names
-    kept = []
-    for batch in parquet_batches(manifest, names, SOURCE_BATCH_ROWS):
-        ids, splits = batch.column(names.index("sample_id")).to_pylist(), batch.column(names.index("split")).to_pylist()
-        keep = [sp in cfg.splits and shard_of(s, cfg.shards) == shard for s, sp in zip(ids, splits, strict=True)]
-        if any(keep):
-            kept.append(pa.Table.from_batches([batch]).filter(pa.array(keep, type=pa.bool_())))
+    kept = [pa.Table.from_batches([b]).filter(_in_shard(b, cfg, shard))
+            for b in parquet_batches(manifest, names, SOURCE_BATCH_ROWS)]
     table = pa.concat_tables(kept) if kept else pq.read_schema(manifest).empty_table()
     return table.replace_schema_metadata(None).sort_by("sample_id")
 
@@ -234,23 +249,22 @@ class Translator:
             rec = self.backward(fake)
         return to_uint8(fake[:n]), to_uint8(rec[:n])
 
-    def batches(self, sources: list[bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
+    def batches(self, sources: Iterable[bytes]) -> Iterator[list[tuple[bytes, bytes]]]:
         """PNG bytes of ``forward(x)`` and ``backward(forward(x))`` for each source PNG, one list per
         batch of ``cfg.batch_size``, in order. The next batch is decoded, and the last one encoded,
-        while the device works."""
-        size = self.cfg.batch_size
-        chunks = [sources[i:i + size] for i in range(0, len(sources), size)]
+        while the device works. ``sources`` is taken a batch at a time (one batch ahead), so an
+        iterator reading sources as asked keeps memory to a few batches."""
+        size, rest = self.cfg.batch_size, iter(sources)
         pool = self.pool
 
-        def decode(chunk: list[bytes]) -> list[Future]:
-            return [pool.submit(decode_png, b) for b in chunk]
+        def decode() -> list[Future]:  # the next batch, sent to the decoding threads
+            return [pool.submit(decode_png, b) for b in itertools.islice(rest, size)]
 
         pending: deque[list[Future]] = deque()
-        upcoming = decode(chunks[0]) if chunks else []
-        for k in range(len(chunks)):
+        upcoming = decode()
+        while upcoming:
             batch = np.stack([f.result() for f in upcoming])
-            if k + 1 < len(chunks):
-                upcoming = decode(chunks[k + 1])
+            upcoming = decode() if len(upcoming) == size else []
             fake, rec = self._run(batch)
             level = self.cfg.png_compress_level
             pending.append([pool.submit(_encode_pair, f, r, level) for f, r in zip(fake, rec, strict=True)])
@@ -285,20 +299,28 @@ def invert_audio(pictures: list[bytes], source_wavs: list[bytes], audio: AudioCo
     return [encode_wav(w, audio.sample_rate) for w in waves]
 
 
-def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fingerprint: str,
-                  key: str) -> dict[str, dict]:
-    """Rows already generated for these sources by this model under this generation key."""
-    found: dict[str, dict] = {}
-    if not source_ids:
-        return found
-    wanted = pa.array(sorted(source_ids), type=pa.string())
+def _previous_parts(out_dir: str | Path, direction: str, key: str) -> list[Path]:
+    """The readable parts of ``direction`` under ``out_dir`` made under generation key ``key``, in name order."""
+    parts = []
     for path in sorted((Path(out_dir) / direction).glob("part-*.parquet")):
         try:
             meta = pq.read_schema(path).metadata or {}
         except (OSError, pa.ArrowInvalid):
             continue  # an unreadable old shard is regenerated, not trusted
-        if meta.get(GENERATION_META, b"").decode() != key:
-            continue
+        if meta.get(GENERATION_META, b"").decode() == key:
+            parts.append(path)
+    return parts
+
+
+def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fingerprint: str,
+                  key: str) -> dict[str, dict]:
+    """Rows already generated for these sources by this model under this generation key, all at once (for
+    small sets and checks; :func:`generate_shard` reads them a chunk at a time)."""
+    found: dict[str, dict] = {}
+    if not source_ids:
+        return found
+    wanted = pa.array(sorted(source_ids), type=pa.string())
+    for path in _previous_parts(out_dir, direction, key):
         names = pq.read_schema(path).names
         for batch in parquet_batches(path, names, SOURCE_BATCH_ROWS):  # one bounded batch of the part at a time
             mask = pc.and_(pc.is_in(batch.column(names.index("source_id")), value_set=wanted),
@@ -306,6 +328,185 @@ def previous_rows(out_dir: str | Path, direction: str, source_ids: set[str], fin
             for row in batch.filter(mask).to_pylist():
                 found[row["source_id"]] = row
     return found
+
+
+# --- streaming a shard ---------------------------------------------------------------------------
+# A shard's sources are spread over the manifest in file order and written sorted by source id; the
+# rows to reuse sit in old parts in their own order. Rather than hold the shard, generate_shard keeps
+# an index of a few bytes a row (the sort order and where each reusable row is, from the small columns),
+# copies the rows it needs once, in file order and a bounded batch at a time, into local scratch files
+# of one row per record batch, and reads them back by position, a batch at a time in source-id order:
+# each file is read once in order plus one read a row, never a row group a row (no N^2 reads).
+
+
+def row_group_batches(path: str | Path, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most ``rows`` rows of a local Parquet file, a reader a row group, in file order.
+
+    As :func:`~cyclegan_core.storage.parquet_batches`, but one reader over a whole file keeps buffers of
+    its binary columns (pyarrow 26: by the last batch, about the whole column), a reader a row group does
+    not: memory is set by ``rows`` and the file's row groups, not by the file."""
+    with pq.ParquetFile(path, buffer_size=PARQUET_READ_BUFFER) as f:
+        for g in range(f.num_row_groups):
+            yield from f.iter_batches(rows, row_groups=[g], columns=columns, use_threads=False)
+
+
+class _Spill:
+    """Rows on local disk, one Arrow IPC record batch each, read back by position: a row costs one read
+    whatever the order asked, and memory holds the rows asked for (and the file's index, 24 bytes a row)."""
+
+    def __init__(self, path: Path):
+        self.path, self.count = path, 0
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self._file: pa.NativeFile | None = None
+        self._reader: pa.ipc.RecordBatchFileReader | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        if self._writer is None:
+            self._sink = pa.BufferedOutputStream(pa.OSFile(str(self.path), "wb"), buffer_size=1 << 20)
+            self._writer = pa.ipc.new_file(self._sink, batch.schema)
+        self._writer.write_table(pa.Table.from_batches([batch]), max_chunksize=1)  # one record batch a row
+        self.count += batch.num_rows
+
+    def _seal(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()  # type: ignore[union-attr]
+            self._writer = None
+
+    def rows(self, positions: np.ndarray) -> list[dict]:
+        """The rows at ``positions`` (numbered in the order added), as dicts, in the order asked."""
+        if not len(positions):
+            return []
+        if self._reader is None:
+            self._seal()
+            self._file = pa.OSFile(str(self.path))
+            self._reader = pa.ipc.open_file(self._file)
+            if self._reader.num_record_batches != self.count:  # a row each, or positions would be wrong
+                raise RuntimeError(f"{self.path}: {self._reader.num_record_batches} batches for {self.count} rows")
+        return pa.concat_batches([self._reader.get_batch(int(i)) for i in positions]).to_pylist()
+
+    def close(self) -> None:
+        self._seal()
+        if self._file is not None:
+            self._file.close()
+        self._file = self._reader = None
+
+
+def _chunked(spill: _Spill, positions: np.ndarray, size: int) -> Iterator[dict]:
+    """The rows of ``spill`` at ``positions``, read ``size`` at a time."""
+    for i in range(0, len(positions), size):
+        yield from spill.rows(positions[i:i + size])
+
+
+def _shard_ids(manifest: str | Path, cfg: GenerateConfig, shard: int) -> pa.Array:
+    """The source ids of ``shard``, in manifest order; reads the id and split columns only."""
+    kept = [b.column("sample_id").filter(_in_shard(b, cfg, shard)).cast(pa.large_string())
+            for b in row_group_batches(manifest, ["sample_id", "split"], INDEX_BATCH_ROWS)]
+    return pa.concat_arrays(kept) if kept else pa.array([], pa.large_string())
+
+
+def _reusable(parts: list[Path], ids: pa.Array, fingerprint: str, cfg: GenerateConfig, shard: int) -> pa.Table:
+    """Where the rows of ``parts`` made by this model for ``ids`` (this shard's sources) are (``source_id``,
+    ``part``, ``row``): one a source, the last found (as :func:`previous_rows` keeps), by part and row. Reads two
+    small columns, keeps the rows of this shard's hash, and looks them up in ``ids`` once (not once a batch)."""
+    found = [pa.table({"source_id": pa.array([], pa.large_string()), "part": pa.array([], pa.int32()),
+                       "row": pa.array([], pa.int64())})]
+    for p, path in enumerate(parts):
+        start = 0
+        for b in row_group_batches(path, ["source_id", "model_fingerprint"], INDEX_BATCH_ROWS):
+            same = pc.fill_null(pc.equal(b.column("model_fingerprint"), fingerprint), False)
+            sids = b.column("source_id").to_pylist()
+            at = np.array([i for i in np.flatnonzero(same.to_numpy(zero_copy_only=False))
+                           if sids[i] is not None and shard_of(sids[i], cfg.shards) == shard], dtype=np.int64)
+            found.append(pa.table({"source_id": b.column("source_id").take(at).cast(pa.large_string()),
+                                   "part": pa.array(np.full(len(at), p, np.int32)), "row": pa.array(at + start)}))
+            start += b.num_rows
+    table = pa.concat_tables(found)
+    table = table.filter(pc.is_in(table.column("source_id"), value_set=ids))
+    table = table.append_column("seq", pa.array(np.arange(len(table), dtype=np.int64)))
+    last = table.group_by("source_id", use_threads=False).aggregate([("seq", "max")]).column("seq_max")
+    return table.take(np.sort(last.to_numpy())).drop_columns(["seq"])  # seq order is part and row order
+
+
+def _spill_sources(manifest: str | Path, cfg: GenerateConfig, shard: int, translate: np.ndarray,
+                   spill: _Spill) -> None:
+    """Copy the shard's manifest rows (in manifest order, as :func:`_shard_ids` lists them) to ``spill``, a
+    bounded batch at a time; the pixels and clip only of those to ``translate``."""
+    names = pq.read_schema(manifest).names
+    changed = f"{manifest}: the manifest changed while shard {shard} was generated; generate it again"
+    for b in row_group_batches(manifest, [c for c in SOURCE_COLUMNS if c in names], SOURCE_BATCH_ROWS):
+        b = b.filter(_in_shard(b, cfg, shard))
+        if spill.count + b.num_rows > len(translate):
+            raise RuntimeError(changed)
+        keep = translate[spill.count:spill.count + b.num_rows]
+        for name in ("image", "audio") if not keep.all() else ():  # a reused row's old row has its source bytes
+            if name in b.schema.names:
+                i = b.schema.get_field_index(name)
+                col = b.column(i)
+                b = b.set_column(i, name, pc.if_else(pa.array(keep), col, pa.nulls(len(keep), col.type)))
+        spill.add(b)
+    if spill.count != len(translate):
+        raise RuntimeError(changed)
+
+
+def _spill_previous(parts: list[Path], where: pa.Table, spill: _Spill) -> None:
+    """Copy the old rows ``where`` lists (by part and row) to ``spill`` in that order, a bounded batch at a time,
+    as :data:`GENERATED_SCHEMA` columns (a column a part lacks is null, as :func:`previous_rows` makes it)."""
+    schema = GENERATED_SCHEMA
+    in_part, at_row = where.column("part").to_numpy(), where.column("row").to_numpy()
+    for p, path in enumerate(parts):
+        wanted = at_row[in_part == p]
+        if not len(wanted):
+            continue
+        names = [n for n in schema.names if n in pq.read_schema(path).names]
+        start = 0
+        for b in row_group_batches(path, names, SOURCE_BATCH_ROWS):
+            lo, hi = np.searchsorted(wanted, [start, start + b.num_rows])
+            if hi > lo:
+                rows = b.take(pa.array(wanted[lo:hi] - start))
+                spill.add(pa.RecordBatch.from_arrays([rows.column(f.name).cast(f.type) if f.name in names
+                                                      else pa.nulls(rows.num_rows, f.type) for f in schema],
+                                                     schema=schema))
+            start += b.num_rows
+            if hi == len(wanted):
+                break
+    if spill.count != len(where):
+        raise RuntimeError("an old part changed while a shard was generated; generate it again")
+
+
+def _translations(rows: Iterator[dict], total: int, model_dir: Path, direction: str, cfg: GenerateConfig,
+                  runtime: StepRuntime, audio: AudioConfig | None, progress: Progress | None,
+                  ) -> Iterator[tuple[dict, dict]]:
+    """Each source row of ``rows`` with its translation and cycle (and their WAVs for audio), in order, in
+    batches of ``cfg.batch_size``. ``rows`` is read as the translator asks for it, a batch ahead."""
+    gens, _ = load_generators(model_dir)
+    fwd, bwd = (gens["G_AB"], gens["G_BA"]) if direction == "AtoB" else (gens["G_BA"], gens["G_AB"])
+    taken: deque[dict] = deque()
+
+    def images() -> Iterator[bytes]:
+        for r in rows:
+            taken.append(r)
+            yield r["image"]
+
+    done = 0
+    with Translator(fwd, bwd, cfg, runtime) as run:
+        for pairs in run.batches(images()):
+            chunk = [taken.popleft() for _ in pairs]
+            outs = [{"image": img, "reconstruction": rec} for img, rec in pairs]
+            if audio is not None:
+                wavs = [r["audio"] for r in chunk]
+                for kind in ("image", "reconstruction"):
+                    name = "audio" if kind == "image" else "reconstruction_audio"
+                    waves = invert_audio([o[kind] for o in outs], wavs, audio, run.device)
+                    for o, w in zip(outs, waves, strict=True):
+                        o[name] = w
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+            yield from zip(chunk, outs, strict=True)
 
 
 def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: str | Path,
@@ -317,6 +518,11 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
     from the current shards (new samples, or a new model or generation key) are translated.
     ``runtime``: the generate step's (``Config.runtime.step("generate")``). ``audio``: the collections
     are audio; translations and cycles are also written as WAV.
+
+    Streams: memory holds a few batches of ``generate.batch_size`` rows and ~100 bytes of index a source row,
+    whatever the shard's size; the rows it needs are copied once to a scratch folder beside the staged shard
+    (removed after). The file is the one the whole shard written at once would make: rows by source id,
+    row groups of ``generate.batch_size`` rows, the new ones translated in batches of that size in order.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -327,54 +533,56 @@ def generate_shard(manifest: str | Path, direction: str, shard: int, model_dir: 
     fingerprint = meta["fingerprint"]
     key = generation_key(cfg, runtime, audio)
     created_at = created_at or now_stamp()
-    src = shard_sources(manifest, cfg, shard).to_pylist()
-    old = previous_rows(out_dir, direction, {r["sample_id"] for r in src}, fingerprint, key)
-    todo = [r for r in src if r["sample_id"] not in old]
-    made: dict[str, dict] = {}
-    if todo:
-        gens, _ = load_generators(model_dir)
-        fwd, bwd = (gens["G_AB"], gens["G_BA"]) if direction == "AtoB" else (gens["G_BA"], gens["G_AB"])
-        done = 0
-        with Translator(fwd, bwd, cfg, runtime) as run:
-            for pairs in run.batches([r["image"] for r in todo]):
-                chunk = todo[done:done + len(pairs)]
-                outs = [{"image": img, "reconstruction": rec} for img, rec in pairs]
-                if audio is not None:
-                    wavs = [r["audio"] for r in chunk]
-                    for kind in ("image", "reconstruction"):
-                        name = "audio" if kind == "image" else "reconstruction_audio"
-                        waves = invert_audio([o[kind] for o in outs], wavs, audio, run.device)
-                        for o, w in zip(outs, waves, strict=True):
-                            o[name] = w
-                for row, o in zip(chunk, outs, strict=True):
-                    made[row["sample_id"]] = o
-                done += len(chunk)
-                if progress:
-                    progress(done, len(todo))
-    rows = []
-    for r in src:  # sorted by source id, so the same rows always make the same bytes
-        prev = old.get(r["sample_id"])
-        if prev is not None:
-            # Provenance of the source can change (a file moved or relabelled) without a new translation.
-            rows.append(prev | {"source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
-                                "label": r["label"]})
-            continue
-        o = made[r["sample_id"]]
-        rows.append({
-            "sample_id": sha256_bytes(o.get("audio") or o["image"]), "direction": direction,
-            "source_id": r["sample_id"], "source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
-            "label": r["label"], "source_image": r["image"], "image": o["image"], "reconstruction": o["reconstruction"],
-            "source_audio": r.get("audio") if audio is not None else None, "audio": o.get("audio"),
-            "reconstruction_audio": o.get("reconstruction_audio"),
-            "model_fingerprint": fingerprint, "created_at": created_at,
-        })
+    ids = _shard_ids(manifest, cfg, shard)
+    parts = _previous_parts(out_dir, direction, key)
+    where = _reusable(parts, ids, fingerprint, cfg, shard)
+    old_at = pc.fill_null(pc.index_in(ids, value_set=where.column("source_id")), -1).to_numpy()
+    order = pc.sort_indices(ids).to_numpy()  # sorted by source id, so the same rows always make the same bytes
+    del ids
+    where = where.drop_columns(["source_id"])  # the walk needs positions only
+    todo = int((old_at < 0).sum())
     name = shard_name(direction, shard)
     target = Path(out_dir) / STAGING / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     schema = GENERATED_SCHEMA.with_metadata({GENERATION_META: key.encode()})
-    with atomic_path(target) as tmp:
-        # Row groups of one translation batch: validation and publishing read a part a row group at a time.
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, row_group_size=cfg.batch_size)
-    return ShardResult(direction, shard, name, len(rows), len(todo), len(rows) - len(todo), sha256_file(target),
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{target.stem}.", dir=target.parent)))
+        src = stack.enter_context(closing(_Spill(scratch / "sources.arrow")))
+        old = stack.enter_context(closing(_Spill(scratch / "previous.arrow")))
+        _spill_sources(manifest, cfg, shard, old_at < 0, src)
+        _spill_previous(parts, where, old)
+        made: Iterator[tuple[dict, dict]] = iter(())
+        if todo:
+            new = _chunked(src, order[old_at[order] < 0], cfg.batch_size)
+            made = stack.enter_context(closing(_translations(new, todo, model_dir, direction, cfg, runtime, audio,
+                                                             progress)))
+        writer = stack.enter_context(pq.ParquetWriter(stack.enter_context(atomic_path(target)), schema))
+        for lo in range(0, len(order), cfg.batch_size):  # one row group a translation batch, as one write makes
+            at = order[lo:lo + cfg.batch_size]
+            kept = at[old_at[at] >= 0]
+            reused = zip(src.rows(kept), old.rows(old_at[kept]), strict=True)
+            rows = []
+            for i in at:
+                if old_at[i] >= 0:
+                    r, prev = next(reused)
+                    # Provenance of the source can change (a file moved or relabelled) without a new translation.
+                    rows.append(prev | {"source_relpath": r["relpath"], "source_uri": r["uri"], "split": r["split"],
+                                        "label": r["label"]})
+                    continue
+                r, o = next(made)
+                rows.append({
+                    "sample_id": sha256_bytes(o.get("audio") or o["image"]), "direction": direction,
+                    "source_id": r["sample_id"], "source_relpath": r["relpath"], "source_uri": r["uri"],
+                    "split": r["split"], "label": r["label"], "source_image": r["image"], "image": o["image"],
+                    "reconstruction": o["reconstruction"],
+                    "source_audio": r.get("audio") if audio is not None else None, "audio": o.get("audio"),
+                    "reconstruction_audio": o.get("reconstruction_audio"),
+                    "model_fingerprint": fingerprint, "created_at": created_at,
+                })
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema), row_group_size=cfg.batch_size)
+        if not len(order):  # an empty shard is one empty row group, as a whole-table write makes
+            writer.write_table(schema.empty_table(), row_group_size=cfg.batch_size)
+    return ShardResult(direction, shard, name, len(order), todo, len(order) - todo, sha256_file(target),
                        fingerprint, key)
 
 

@@ -4,17 +4,21 @@ CPU."""
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cyclegan_core import generate as gen
 from cyclegan_core import pipeline
-from cyclegan_core.config import GenerateConfig
+from cyclegan_core.config import GenerateConfig, config_from_dict
 from cyclegan_core.generate import GENERATION_META, Translator, generate_shard, generation_key
 from cyclegan_core.images import decode_png, encode_png, to_tensor, to_uint8
 from cyclegan_core.ingest import read_manifest
 from cyclegan_core.models import load_generators
 from cyclegan_core.runtime import StepRuntime
+from cyclegan_core.storage import sha256_file
+from tests.conftest import tiny_collections, tiny_settings
 
 
 @pytest.fixture
@@ -138,3 +142,105 @@ def test_cuda_translation_matches_cpu(trained):
     with Translator(gens["G_AB"], gens["G_BA"], GenerateConfig(batch_size=8), StepRuntime(device="cuda")) as translator:
         on_gpu = translator(sources)
     assert np.abs(pixels(on_gpu) - pixels(plain_translation(model_dir, sources, 8))).max() <= 1
+
+
+@pytest.fixture
+def trained48(tmp_path):
+    """48 sources a domain (8 of them test), ingested, and a model."""
+    cfg = config_from_dict(tiny_settings(tmp_path / "work", *tiny_collections(tmp_path / "raw", n=48, n_test=8)))
+    pipeline.step_ingest(cfg)
+    return cfg, Path(pipeline.step_train(cfg).model_dir)
+
+
+def test_a_shard_streams_a_few_batches_at_a_time(trained48, tmp_path, monkeypatch):
+    """Issue 19: memory is set by generate.batch_size, not by the shard. Rows are fetched a batch at a time,
+    a few batches ahead of the writer at most, and the file is the one the whole shard written at once makes."""
+    cfg, model_dir = trained48
+    manifest = pipeline.manifest_path(cfg, "A")
+    out = tmp_path / "gen"
+    size = 4
+    monkeypatch.setattr(gen, "SOURCE_BATCH_ROWS", 8)  # bytes columns are read 8 rows at a time
+    monkeypatch.setattr(gen, "INDEX_BATCH_ROWS", 16)
+    test_only = GenerateConfig(batch_size=size, shards=1, splits=("test",), workers=2)
+    first = generate_shard(manifest, "AtoB", 0, model_dir, out, test_only, CPU, "2026-01-01T00:00:00+00:00")
+    assert (first.rows, first.translated) == (8, 8)
+    (out / "AtoB").mkdir()
+    (out / ".staging" / first.file).rename(out / first.file)
+    before = pq.read_table(out / first.file).to_pylist()
+
+    reads, fetched, written, ahead = [], {"sources.arrow": 0, "previous.arrow": 0}, [0], [0]
+    batches, rows_of = gen.row_group_batches, gen._Spill.rows
+    write_table = pq.ParquetWriter.write_table
+
+    def spy_batches(path, columns, rows):
+        reads.append((Path(path).name, tuple(columns), rows))
+        return batches(path, columns, rows)
+
+    def spy_rows(self, positions):
+        fetched[self.path.name] += len(positions)
+        assert len(positions) <= size, "rows are fetched a translation batch at a time"
+        ahead[0] = max(ahead[0], fetched["sources.arrow"] - written[0])
+        return rows_of(self, positions)
+
+    def spy_write(self, table, row_group_size=None):
+        assert table.num_rows <= size, "the shard is written a row group at a time, never held whole"
+        written[0] += table.num_rows
+        return write_table(self, table, row_group_size=row_group_size)
+
+    every = test_only.model_copy(update={"splits": ("train", "test")})
+    with monkeypatch.context() as spied:
+        spied.setattr(gen, "row_group_batches", spy_batches)
+        spied.setattr(gen._Spill, "rows", spy_rows)
+        spied.setattr(pq.ParquetWriter, "write_table", spy_write)
+        r = generate_shard(manifest, "AtoB", 0, model_dir, out, every, CPU, "2026-01-02T00:00:00+00:00")
+    assert (r.rows, r.translated, r.reused) == (48, 40, 8)
+    assert fetched == {"sources.arrow": 48, "previous.arrow": 8} and written[0] == 48
+    # Sources read from the spill but not yet written: the translator's look-ahead and one output batch, not
+    # the shard (the whole-shard code held all 48 at once).
+    assert 0 < ahead[0] <= 5 * size < r.rows, ahead
+    # Pictures are read from the manifest and the old parts a bounded batch at a time; the index passes read
+    # small columns only.
+    for name, columns, rows in reads:
+        assert rows <= 8 or not {"image", "source_image", "reconstruction", "audio"} & set(columns), (name, columns)
+    assert {name for name, *_ in reads} == {"manifest.parquet", "part-00000.parquet"}
+    assert sorted(p.name for p in (out / ".staging" / "AtoB").iterdir()) == ["part-00000.parquet"]  # scratch gone
+
+    # The bytes a whole-table write of the same rows makes (the code before streaming): same order, schema,
+    # metadata and row groups of batch_size.
+    staged = out / ".staging" / r.file
+    rows = pq.read_table(staged).to_pylist()
+    assert [x["source_id"] for x in rows] == sorted(x["source_id"] for x in rows)
+    reference = tmp_path / "reference.parquet"
+    schema = gen.GENERATED_SCHEMA.with_metadata({GENERATION_META: generation_key(every, CPU).encode()})
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), reference, row_group_size=size)
+    assert r.sha256 == sha256_file(staged) == sha256_file(reference)
+    assert [pq.read_metadata(staged).row_group(i).num_rows for i in range(12)] == [size] * 12
+    # The new rows translated as before: in batches of batch_size over the new sources by id.
+    new = [x for x in rows if x["created_at"].startswith("2026-01-02")]
+    assert [(x["image"], x["reconstruction"]) for x in new] == run(
+        model_dir, [x["source_image"] for x in new], batch_size=size, workers=0)
+    # The reused rows are the old ones.
+    assert [x for x in rows if x["created_at"].startswith("2026-01-01")] == before
+
+
+def test_the_last_old_row_of_a_source_is_reused(trained48, tmp_path):
+    """An old row for the same source in two parts: the later part's is kept, as a dict by source id keeps."""
+    cfg, model_dir = trained48
+    manifest = pipeline.manifest_path(cfg, "A")
+    out = tmp_path / "gen"
+    settings = GenerateConfig(batch_size=5, shards=1, workers=0)
+    first = generate_shard(manifest, "AtoB", 0, model_dir, out, settings, CPU, "2026-01-01T00:00:00+00:00")
+    (out / "AtoB").mkdir()
+    (out / ".staging" / first.file).rename(out / first.file)
+    table = pq.read_table(out / first.file)
+    later = table.slice(10, 20)
+    later = later.set_column(later.schema.get_field_index("created_at"), "created_at",
+                             pa.array(["2000-01-01T00:00:00+00:00"] * len(later)))
+    pq.write_table(later.replace_schema_metadata(table.schema.metadata), out / "AtoB" / "part-00003.parquet",
+                   row_group_size=3)
+    (out / "AtoB" / "part-00004.parquet").write_bytes(b"not parquet")  # unreadable: ignored
+    again = generate_shard(manifest, "AtoB", 0, model_dir, out, settings, CPU, "2026-01-02T00:00:00+00:00")
+    assert (again.translated, again.reused) == (0, 48)
+    stamps = pq.read_table(out / ".staging" / again.file, columns=["created_at"]).column(0).to_pylist()
+    assert stamps == ["2026-01-01T00:00:00+00:00"] * 10 + ["2000-01-01T00:00:00+00:00"] * 20 + \
+        ["2026-01-01T00:00:00+00:00"] * 18
