@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="train.steps of the short training")
     p.add_argument("--utility-steps", type=int, default=50, help="utility.steps of each downstream classifier")
     p.add_argument("--dask", action="store_true", help="also the whole flow on a 2-worker local Dask cluster")
+    p.add_argument("--dask-only", action="store_true", help="only the whole flow on Dask (no step commands)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the JSON")
     a = p.parse_args()
     scales = [int(s) for s in a.scales.split(",")]
@@ -93,7 +94,7 @@ def main() -> None:
         cli(a.work, ["default-data"])
     results = []
     for scale in scales:
-        for kind in ("steps", "dask") if a.dask else ("steps",):
+        for kind in ("dask",) if a.dask_only else ("steps", "dask") if a.dask else ("steps",):
             run = a.work / f"x{scale}-{kind}"
             run.mkdir(exist_ok=True)
             (run / "params.yaml").write_text(yaml.safe_dump(params))

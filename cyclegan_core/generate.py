@@ -14,7 +14,7 @@ and stored as WAV beside the source clip.
 
 A shard is streamed (issue 19): memory holds a few batches of ``generate.batch_size`` rows and a small
 index (about a hundred bytes a source row), never the shard's pictures; the file is byte for byte the
-one a whole-shard write makes. The module is over 500 lines because the translation key
+one a whole-shard write makes. Over 500 lines on purpose, because the translation key
 (``inputs.KEYS["translation"]``) names its code by module: the translator and the streaming that decides
 which rows are translated, in which batches and order, stay in this one module so that a change to any of
 them changes the key.
