@@ -468,42 +468,79 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, bool]:
 
 
 class _Previous:
-    """The last manifest, if made with the same processing: which samples it holds (the ``sample_id``
-    column only, by row group), and their normalized bytes read back one row group at a time."""
+    """The last manifest, if made with the same processing: its sample ids, sorted once by the plan
+    (:func:`_index_previous`) and searched in place (memory-mapped) by every chunk, and their normalized
+    bytes read back one row group at a time."""
 
     COLUMNS = ("orig_width", "orig_height", "orig_mode", "image", "audio", *AUDIO_INFO)
 
-    def __init__(self, manifest: Path, key: str):
-        self.where: dict[str, tuple[int, int]] = {}
+    def __init__(self, manifest: Path, index: str | None):
         self._file: pq.ParquetFile | None = None
         self._group: tuple[int, list[dict]] | None = None
-        if not manifest.exists():
+        self._ids: np.ndarray | None = None
+        self._pos: np.ndarray | None = None
+        if index is None:
             return
+        self._ids = np.load(Path(index) / "ids.npy", mmap_mode="r")
+        self._pos = np.load(Path(index) / "pos.npy", mmap_mode="r")
+        self._file = pq.ParquetFile(manifest)
+
+    @classmethod
+    def usable(cls, manifest: Path, key: str) -> bool:
+        """Whether ``manifest`` exists, was made with processing ``key`` and has the columns reuse reads."""
+        if not manifest.exists():
+            return False
         schema = pq.read_schema(manifest)
         if (schema.metadata or {}).get(b"cycleaug.processing", b"").decode() != key:
-            return
-        if not {"sample_id", *self.COLUMNS} <= set(schema.names):
-            return
-        self._file = pq.ParquetFile(manifest)
-        for g in range(self._file.num_row_groups):
-            ids = self._file.read_row_group(g, columns=["sample_id"]).column(0).to_pylist()
-            for r, sid in enumerate(ids):
-                self.where.setdefault(sid, (g, r))
+            return False
+        return {"sample_id", *cls.COLUMNS} <= set(schema.names)
+
+    def _find(self, sid: str) -> int | None:
+        """``row group << 32 | row`` of the first row holding ``sid``, or None."""
+        if self._ids is None or self._pos is None or not len(self._ids):
+            return None
+        key = sid.encode("utf-8", "surrogatepass")
+        i = int(np.searchsorted(self._ids, key))
+        return int(self._pos[i]) if i < len(self._ids) and self._ids[i] == key else None
 
     def __contains__(self, sid: str) -> bool:
-        return sid in self.where
+        return self._find(sid) is not None
 
     def row(self, sid: str) -> dict:
-        g, r = self.where[sid]
+        at = self._find(sid)
+        assert at is not None and self._file is not None
+        g, r = at >> 32, at & 0xFFFFFFFF
         if self._group is None or self._group[0] != g:  # the listing is in manifest order: groups come in turn
-            assert self._file is not None
-            self._group = (g, self._file.read_row_group(g, columns=list(self.COLUMNS)).to_pylist())
-        return self._group[1][r]
+            self._group = (g, self._file.read_row_group(g, columns=["sample_id", *self.COLUMNS]).to_pylist())
+        row = self._group[1][r]
+        if row["sample_id"] != sid:  # another run replaced the manifest since the plan indexed it
+            raise RuntimeError("the last manifest changed while ingest ran (another run?); run ingest again")
+        return row
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         self._file, self._group = None, None
+
+
+def _index_previous(manifest: Path, key: str, folder: Path) -> str | None:
+    """Sort the last manifest's sample ids once, with their row group and row, into ``folder`` (``ids.npy``,
+    ``pos.npy``) for every chunk to search; None where there is no last manifest made with processing ``key``.
+    Memory: the ids as fixed-width bytes (64 bytes a sample), no Python object per row."""
+    if not _Previous.usable(manifest, key):
+        return None
+    ids, pos = [np.array([], dtype="S1")], [np.array([], dtype=np.int64)]
+    with pq.ParquetFile(manifest) as f:
+        for g in range(f.num_row_groups):
+            col = f.read_row_group(g, columns=["sample_id"]).column(0).to_pylist()
+            ids.append(np.array([sid.encode("utf-8", "surrogatepass") for sid in col], dtype=bytes).reshape(-1))
+            pos.append(np.arange(len(col), dtype=np.int64) + (g << 32))
+    every, where = np.concatenate(ids), np.concatenate(pos)
+    order = np.argsort(every, kind="stable")  # stable: the first row of an id comes first
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "ids.npy", every[order])
+    np.save(folder / "pos.npy", where[order])
+    return str(folder)
 
 
 class _ManifestWriter:
@@ -558,24 +595,41 @@ class IngestPlan:
     files: int
     chunks: list[dict]
     refused: list[tuple[str, str]]
+    previous: str | None  # the staged index of the last manifest's sample ids (None: nothing to reuse)
 
 
 def plan_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
                     label_ids: dict[str, int] | None = None) -> IngestPlan:
-    """List the collection once, read its labels, and cut the sorted listing into chunks of
-    ``cfg.ingest_chunk_files`` files. Nothing is written: chunks stage their parts in a folder of this run's
-    own under ``out_dir/.chunks``, which :func:`commit_collection` (or :func:`discard_staging`) removes."""
+    """List the collection once, read its labels, index the last manifest's sample ids (:func:`_index_previous`)
+    and cut the sorted listing into chunks of ``cfg.ingest_chunk_files`` files. The index and the chunks' parts
+    are staged in a folder of this run's own under ``out_dir/.chunks``, which :func:`commit_collection` (or
+    :func:`discard_staging`) removes."""
     out = Path(out_dir)
     fs, root, files, refused = list_images(url, cfg)
     labels = _read_labels(fs, root, cfg, label_ids)
     stage = out / CHUNKS_DIR / uuid.uuid4().hex
+    previous = _index_previous(out / "manifest.parquet", processing_key(cfg), stage / "previous")
     n = cfg.ingest_chunk_files
     chunks = [{"url": url, "domain": domain, "index": k, "start": start, "staging": str(stage),
-               "manifest": str(out / "manifest.parquet"),
+               "manifest": str(out / "manifest.parquet"), "previous": previous,
                "files": [(rel, size, labels.get(rel, labels.get(shown(rel)))) for rel, size in files[start:start + n]]}
               for k, start in enumerate(range(0, len(files), n))]
     return IngestPlan(url=url, domain=domain, out_dir=str(out), staging=str(stage), files=len(files), chunks=chunks,
-                      refused=refused)
+                      refused=refused, previous=previous)
+
+
+def plan_collections(urls: dict[str, str], out_root: str | Path, cfg: DataConfig,
+                     label_ids: dict[str, int] | None = None) -> dict[str, IngestPlan]:
+    """:func:`plan_collection` for each domain's URL (into ``out_root/<domain>``); a failure leaves none staged."""
+    plans: dict[str, IngestPlan] = {}
+    try:
+        for domain, url in urls.items():
+            plans[domain] = plan_collection(url, domain, Path(out_root) / domain, cfg, label_ids)
+    except BaseException:
+        for plan in plans.values():
+            discard_staging(plan)
+        raise
+    return plans
 
 
 PART_SCHEMA = MANIFEST_SCHEMA.append(pa.field("reused", pa.bool_()))  # a staged part: manifest rows, reused or not
@@ -591,7 +645,7 @@ def ingest_chunk(spec: dict, cfg: DataConfig) -> dict:
     staging folder): its rows go to a staged Parquet part, its quarantine entries beside it. Returns paths and
     counts (JSON)."""
     fs, root = open_fs(spec["url"])
-    previous = _Previous(Path(spec["manifest"]), processing_key(cfg))
+    previous = _Previous(Path(spec["manifest"]), spec["previous"])
     try:
         return _chunk(spec, cfg, fs, root, _AudioDecoder(cfg) if cfg.kind == "audio" else None, previous)
     finally:
@@ -719,7 +773,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
     :func:`commit_collection`), run inline: the collection is listed once; its files are read, hashed and
     normalized in path order, a chunk at a time, into staged parts of row groups (``MANIFEST_GROUP_ROWS``
     rows), merged into the manifest a row group at a time, so memory holds a row group and the listing,
-    never the collection's bytes. Samples of the last manifest are found by its ``sample_id`` column and
+    never the collection's bytes. Samples of the last manifest are found in a sorted index of its ids and
     their normalized bytes read back a row group at a time.
     ``label_ids``: class names -> ids where ``labels.csv`` holds names (:mod:`cyclegan_core.labelnames`).
     """
@@ -728,7 +782,7 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
     try:
         fs, root = open_fs(url)
         audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
-        previous = _Previous(Path(out_dir) / "manifest.parquet", processing_key(cfg))
+        previous = _Previous(Path(out_dir) / "manifest.parquet", plan.previous)
         try:
             for spec in plan.chunks:
                 step = (lambda i, s=spec["start"]: progress(s + i, plan.files)) if progress else None

@@ -32,7 +32,7 @@ from .ingest import (
     discard_staging,
     ingest_collection,
     manifest_digest,
-    plan_collection,
+    plan_collections,
 )
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
@@ -119,7 +119,7 @@ def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, Inge
 def plan_ingest(cfg: Config) -> tuple[dict[str, IngestPlan], dict[str, int] | None]:
     """Both collections listed and cut into chunks (``ingest.ingest_chunk`` each), and the class-name ids."""
     urls, ids = _collections(cfg)
-    return {d: plan_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data, ids) for d in ("A", "B")}, ids
+    return plan_collections(urls, cfg.paths.ingest, cfg.data, ids), ids
 
 
 def commit_ingest(cfg: Config, plans: dict[str, IngestPlan], ids: dict[str, int] | None,
