@@ -142,6 +142,11 @@ class DataConfig(_Strict):
         description="Time limit of one remote storage read (a folder listing, a file): a stalled one counts as a "
                     "transient error, is retried, then the file is quarantined.",
     )
+    ingest_chunk_files: int = Field(
+        2048, ge=1, le=1_000_000,
+        description="Files per ingest chunk: the unit of ingest's reading and decoding that the task runner maps "
+                    "(a speed setting: the manifest's bytes do not depend on it).",
+    )
     default: DefaultDataConfig = DefaultDataConfig()
     audio: AudioConfig = AudioConfig()
 

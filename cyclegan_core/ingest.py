@@ -16,18 +16,28 @@ retried on transient errors, and on remote storage each listing call or file rea
 On a re-run, samples already in the previous manifest (same bytes, same processing) are
 not decoded again.
 
+Ingest is three steps so that a task runner can spread the per-file work: :func:`plan_collection` lists the
+collection once, reads its labels and cuts the listing into chunks of ``data.ingest_chunk_files`` files;
+:func:`ingest_chunk` reads, hashes, decodes and normalizes one chunk into a staged Parquet part (any process
+that sees the collection and the staging folder); :func:`commit_collection` streams the parts in chunk order
+through the content dedupe, the manifest writer, the split rules and the quarantine list. The manifest is
+the same bytes however the listing was cut and wherever the chunks ran; :func:`ingest_collection` runs the
+three inline.
+
 File names that are not valid UTF-8 (Linux allows any bytes; Python holds them as surrogate
 escapes) are ingested: the manifest, quarantine list and logs show them with ``\\xNN`` escapes for
 the bytes that are not UTF-8 (:func:`shown`), and the manifest keeps the exact name bytes in
 ``relpath_bytes`` (null for a UTF-8 name), so nothing is lost. Two names that differ only in their
 Unicode normalization (NFC/NFD) are two files here and both are kept; a warning names them.
 
-Over 500 lines on purpose: listing, the per-file checks with their quarantine reasons, the streamed
-manifest and the reuse of the last one are one path that no bad file may leave half-way.
+Over 500 lines on purpose: listing, the per-file checks with their quarantine reasons, the chunks, their
+ordered merge into the streamed manifest and the reuse of the last one are one path that no bad file may leave
+half-way (and a module apart would import all of this one back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -36,8 +46,10 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import stat
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +74,7 @@ from .storage import (
     sha256_bytes,
     with_retries,
     within,
+    write_bytes_atomic,
 )
 
 Progress = Callable[[int, int], None]
@@ -96,6 +109,8 @@ MAX_LIST_DEPTH = 256
 AUDIO_INFO = ("orig_sample_rate", "orig_channels", "orig_frames", "clip_offset")
 # Rows per manifest row group: ingest holds one group, training's streamed reads a few (LRU).
 MANIFEST_GROUP_ROWS = 256
+# Where chunks stage their parts (inside a collection's ingest folder) until the commit merges them.
+CHUNKS_DIR = ".chunks"
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 
 
@@ -453,42 +468,79 @@ def check_collections(urls: dict[str, str], cfg: DataConfig) -> dict[str, bool]:
 
 
 class _Previous:
-    """The last manifest, if made with the same processing: which samples it holds (the ``sample_id``
-    column only, by row group), and their normalized bytes read back one row group at a time."""
+    """The last manifest, if made with the same processing: its sample ids, sorted once by the plan
+    (:func:`_index_previous`) and searched in place (memory-mapped) by every chunk, and their normalized
+    bytes read back one row group at a time."""
 
     COLUMNS = ("orig_width", "orig_height", "orig_mode", "image", "audio", *AUDIO_INFO)
 
-    def __init__(self, manifest: Path, key: str):
-        self.where: dict[str, tuple[int, int]] = {}
+    def __init__(self, manifest: Path, index: str | None):
         self._file: pq.ParquetFile | None = None
         self._group: tuple[int, list[dict]] | None = None
-        if not manifest.exists():
+        self._ids: np.ndarray | None = None
+        self._pos: np.ndarray | None = None
+        if index is None:
             return
+        self._ids = np.load(Path(index) / "ids.npy", mmap_mode="r")
+        self._pos = np.load(Path(index) / "pos.npy", mmap_mode="r")
+        self._file = pq.ParquetFile(manifest)
+
+    @classmethod
+    def usable(cls, manifest: Path, key: str) -> bool:
+        """Whether ``manifest`` exists, was made with processing ``key`` and has the columns reuse reads."""
+        if not manifest.exists():
+            return False
         schema = pq.read_schema(manifest)
         if (schema.metadata or {}).get(b"cycleaug.processing", b"").decode() != key:
-            return
-        if not {"sample_id", *self.COLUMNS} <= set(schema.names):
-            return
-        self._file = pq.ParquetFile(manifest)
-        for g in range(self._file.num_row_groups):
-            ids = self._file.read_row_group(g, columns=["sample_id"]).column(0).to_pylist()
-            for r, sid in enumerate(ids):
-                self.where.setdefault(sid, (g, r))
+            return False
+        return {"sample_id", *cls.COLUMNS} <= set(schema.names)
+
+    def _find(self, sid: str) -> int | None:
+        """``row group << 32 | row`` of the first row holding ``sid``, or None."""
+        if self._ids is None or self._pos is None or not len(self._ids):
+            return None
+        key = sid.encode("utf-8", "surrogatepass")
+        i = int(np.searchsorted(self._ids, key))
+        return int(self._pos[i]) if i < len(self._ids) and self._ids[i] == key else None
 
     def __contains__(self, sid: str) -> bool:
-        return sid in self.where
+        return self._find(sid) is not None
 
     def row(self, sid: str) -> dict:
-        g, r = self.where[sid]
+        at = self._find(sid)
+        assert at is not None and self._file is not None
+        g, r = at >> 32, at & 0xFFFFFFFF
         if self._group is None or self._group[0] != g:  # the listing is in manifest order: groups come in turn
-            assert self._file is not None
-            self._group = (g, self._file.read_row_group(g, columns=list(self.COLUMNS)).to_pylist())
-        return self._group[1][r]
+            self._group = (g, self._file.read_row_group(g, columns=["sample_id", *self.COLUMNS]).to_pylist())
+        row = self._group[1][r]
+        if row["sample_id"] != sid:  # another run replaced the manifest since the plan indexed it
+            raise RuntimeError("the last manifest changed while ingest ran (another run?); run ingest again")
+        return row
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         self._file, self._group = None, None
+
+
+def _index_previous(manifest: Path, key: str, folder: Path) -> str | None:
+    """Sort the last manifest's sample ids once, with their row group and row, into ``folder`` (``ids.npy``,
+    ``pos.npy``) for every chunk to search; None where there is no last manifest made with processing ``key``.
+    Memory: the ids as fixed-width bytes (64 bytes a sample), no Python object per row."""
+    if not _Previous.usable(manifest, key):
+        return None
+    ids, pos = [np.array([], dtype="S1")], [np.array([], dtype=np.int64)]
+    with pq.ParquetFile(manifest) as f:
+        for g in range(f.num_row_groups):
+            col = f.read_row_group(g, columns=["sample_id"]).column(0).to_pylist()
+            ids.append(np.array([sid.encode("utf-8", "surrogatepass") for sid in col], dtype=bytes).reshape(-1))
+            pos.append(np.arange(len(col), dtype=np.int64) + (g << 32))
+    every, where = np.concatenate(ids), np.concatenate(pos)
+    order = np.argsort(every, kind="stable")  # stable: the first row of an id comes first
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "ids.npy", every[order])
+    np.save(folder / "pos.npy", where[order])
+    return str(folder)
 
 
 class _ManifestWriter:
@@ -528,50 +580,168 @@ def _with_split(src: Path, dst: Path, schema: pa.Schema, sample_id: str, split: 
             w.write_table(t.cast(schema), row_group_size=max(1, t.num_rows))
 
 
-def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
-                      progress: Progress | None = None, label_ids: dict[str, int] | None = None) -> IngestResult:
-    """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``.
+@dataclass(frozen=True)
+class IngestPlan:
+    """One collection listed once and cut into chunks of ``data.ingest_chunk_files`` files (:func:`plan_collection`).
 
-    The collection is listed once; its files are read, hashed and normalized in path order and
-    written to the manifest a row group at a time (``MANIFEST_GROUP_ROWS`` rows), so memory holds
-    one row group and the listing, never the collection's bytes. Samples of the last manifest are
-    found by its ``sample_id`` column and their normalized bytes read back a row group at a time.
-    ``label_ids``: class names -> ids where ``labels.csv`` holds names (:mod:`cyclegan_core.labelnames`).
+    ``chunks`` are the specs :func:`ingest_chunk` takes (plain, picklable: the collection's URL, where to stage
+    the part, and each file's relative path, listed size and label); ``refused`` the listing's quarantine entries.
     """
+
+    url: str
+    domain: str
+    out_dir: str
+    staging: str
+    files: int
+    chunks: list[dict]
+    refused: list[tuple[str, str]]
+    previous: str | None  # the staged index of the last manifest's sample ids (None: nothing to reuse)
+
+
+def plan_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
+                    label_ids: dict[str, int] | None = None) -> IngestPlan:
+    """List the collection once, read its labels, index the last manifest's sample ids (:func:`_index_previous`)
+    and cut the sorted listing into chunks of ``cfg.ingest_chunk_files`` files. The index and the chunks' parts
+    are staged in a folder of this run's own under ``out_dir/.chunks``, which :func:`commit_collection` (or
+    :func:`discard_staging`) removes."""
     out = Path(out_dir)
-    manifest_path, quarantine_path = out / "manifest.parquet", out / "quarantine.csv"
-    key = processing_key(cfg)
-    fs, root, files, quarantine = list_images(url, cfg)
+    fs, root, files, refused = list_images(url, cfg)
     labels = _read_labels(fs, root, cfg, label_ids)
-    audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
-    what = "clips" if audio else "images"
-    source = redact_url(url)
-    schema = MANIFEST_SCHEMA.with_metadata({"cycleaug.processing": key, "cycleaug.source": source})
+    stage = out / CHUNKS_DIR / uuid.uuid4().hex
+    previous = _index_previous(out / "manifest.parquet", processing_key(cfg), stage / "previous")
+    n = cfg.ingest_chunk_files
+    chunks = [{"url": url, "domain": domain, "index": k, "start": start, "staging": str(stage),
+               "manifest": str(out / "manifest.parquet"), "previous": previous,
+               "files": [(rel, size, labels.get(rel, labels.get(shown(rel)))) for rel, size in files[start:start + n]]}
+              for k, start in enumerate(range(0, len(files), n))]
+    return IngestPlan(url=url, domain=domain, out_dir=str(out), staging=str(stage), files=len(files), chunks=chunks,
+                      refused=refused, previous=previous)
+
+
+def plan_collections(urls: dict[str, str], out_root: str | Path, cfg: DataConfig,
+                     label_ids: dict[str, int] | None = None) -> dict[str, IngestPlan]:
+    """:func:`plan_collection` for each domain's URL (into ``out_root/<domain>``); a failure leaves none staged."""
+    plans: dict[str, IngestPlan] = {}
+    try:
+        for domain, url in urls.items():
+            plans[domain] = plan_collection(url, domain, Path(out_root) / domain, cfg, label_ids)
+    except BaseException:
+        for plan in plans.values():
+            discard_staging(plan)
+        raise
+    return plans
+
+
+PART_SCHEMA = MANIFEST_SCHEMA.append(pa.field("reused", pa.bool_()))  # a staged part: manifest rows, reused or not
+
+
+def _part_paths(spec: dict) -> tuple[Path, Path]:
+    stem = Path(spec["staging"]) / f"{spec['domain']}-{spec['index']:06d}"
+    return stem.with_suffix(".parquet"), stem.with_suffix(".json")
+
+
+def ingest_chunk(spec: dict, cfg: DataConfig) -> dict:
+    """Read, hash, decode and normalize one chunk's files (in any process that sees the collection and the
+    staging folder): its rows go to a staged Parquet part, its quarantine entries beside it. Returns paths and
+    counts (JSON)."""
+    fs, root = open_fs(spec["url"])
+    previous = _Previous(Path(spec["manifest"]), spec["previous"])
+    try:
+        return _chunk(spec, cfg, fs, root, _AudioDecoder(cfg) if cfg.kind == "audio" else None, previous)
+    finally:
+        previous.close()
+
+
+def _chunk(spec: dict, cfg: DataConfig, fs, root: str, audio: _AudioDecoder | None, previous: _Previous,
+           progress: Callable[[int], None] | None = None) -> dict:
+    """:func:`ingest_chunk` with the filesystem, decoder and last manifest given (the local run opens them once).
+
+    Duplicates within the chunk are not decoded twice: they are noted with their sample id, and the commit
+    names the file they duplicate (the first usable one in listing order, maybe in an earlier chunk)."""
+    part, notes = _part_paths(spec)
+    part.parent.mkdir(parents=True, exist_ok=True)
     seen: dict[str, str] = {}
-    decoded = reused = n_train = 0
+    quarantine: list[tuple[str, str]] = []
+    duplicates: list[tuple[str, str]] = []
+    rels: list[str] = []
+    with atomic_path(part) as tmp:
+        writer = _ManifestWriter(tmp, PART_SCHEMA, MANIFEST_GROUP_ROWS)
+        try:
+            for i, (rel, size, label) in enumerate(spec["files"]):
+                row = _ingest_one(fs, root, rel, size, cfg, audio, previous, seen, quarantine, duplicates)
+                if row is not None:
+                    row |= {"domain": spec["domain"], "split": _split_of(rel, row["sample_id"], cfg.test_fraction),
+                            "label": label, "reused": row.pop("_reused")}
+                    writer.add(row)
+                    rels.append(rel)
+                if progress:
+                    progress(i + 1)
+        finally:
+            writer.close()
+    # JSON with \\u escapes (ensure_ascii): names that are not UTF-8 come back exactly.
+    write_bytes_atomic(notes, json.dumps({"rels": rels, "quarantine": quarantine, "duplicates": duplicates},
+                                         ensure_ascii=True).encode("ascii"))
+    return {"domain": spec["domain"], "index": spec["index"], "part": str(part), "notes": str(notes),
+            "files": len(spec["files"]), "rows": len(rels), "quarantined": len(quarantine),
+            "duplicates": len(duplicates)}
+
+
+def commit_collection(plan: IngestPlan, chunks: list[dict], cfg: DataConfig) -> IngestResult:
+    """Merge the staged parts in chunk order into ``manifest.parquet`` (dropping content seen in an earlier
+    file), apply the split rules, write ``quarantine.csv`` and remove the staging folder: the bytes a
+    single pass over the listing writes, however the chunks were spread."""
+    try:
+        return _commit(plan, chunks, cfg)
+    finally:
+        discard_staging(plan)
+
+
+def discard_staging(plan: IngestPlan) -> None:
+    """Remove a plan's staged parts (after its commit, or when the run stops before it)."""
+    shutil.rmtree(plan.staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(plan.staging).parent.rmdir()  # .chunks, unless another run stages there now
+
+
+def _commit(plan: IngestPlan, chunks: list[dict], cfg: DataConfig) -> IngestResult:
+    out = Path(plan.out_dir)
+    manifest_path, quarantine_path = out / "manifest.parquet", out / "quarantine.csv"
+    order = sorted(chunks, key=lambda c: c["index"])
+    if [c["index"] for c in order] != list(range(len(plan.chunks))):
+        raise ValueError(f"collection {plan.domain}: chunks {[c['index'] for c in order]} do not match the plan's "
+                         f"{len(plan.chunks)}")
+    what = "clips" if cfg.kind == "audio" else "images"
+    source = redact_url(plan.url)
+    schema = MANIFEST_SCHEMA.with_metadata({"cycleaug.processing": processing_key(cfg), "cycleaug.source": source})
+    seen: dict[str, str] = {}
+    quarantine = list(plan.refused)
+    reused = n_train = 0
     split_dirs = False
     first_id: str | None = None  # the smallest sample id, which takes the train split if nothing else does
-    previous = _Previous(manifest_path, key)
     with atomic_path(manifest_path) as tmp:
         writer = _ManifestWriter(tmp, schema, MANIFEST_GROUP_ROWS)
         try:
-            for i, (rel, size) in enumerate(files):
-                row = _ingest_one(fs, root, rel, size, cfg, audio, previous, seen, quarantine)
-                if row is not None:
-                    reused += row.pop("_reused")
-                    row |= {"domain": domain, "split": _split_of(rel, row["sample_id"], cfg.test_fraction),
-                            "label": labels.get(rel, labels.get(shown(rel)))}
-                    n_train += row["split"] == "train"
-                    split_dirs = split_dirs or _has_split_dir(rel)
-                    first_id = row["sample_id"] if first_id is None else min(first_id, row["sample_id"])
-                    writer.add(row)
-                if progress:
-                    progress(i + 1, len(files))
+            for chunk in order:
+                notes = json.loads(Path(chunk["notes"]).read_text(encoding="ascii"))
+                quarantine += [(rel, reason) for rel, reason in notes["quarantine"]]
+                rels = iter(notes["rels"])
+                for batch in parquet_batches(chunk["part"], PART_SCHEMA.names, MANIFEST_GROUP_ROWS):
+                    for row in batch.to_pylist():
+                        rel, sid = next(rels), row["sample_id"]
+                        if sid in seen:
+                            quarantine.append((rel, f"duplicate content of {shown(seen[sid])}"))
+                            continue
+                        seen[sid] = rel
+                        reused += row.pop("reused")
+                        n_train += row["split"] == "train"
+                        split_dirs = split_dirs or _has_split_dir(rel)
+                        first_id = sid if first_id is None else min(first_id, sid)
+                        writer.add(row)
+                # A duplicate within the chunk follows the file it repeats: that file's sample id is seen by now.
+                quarantine += [(rel, f"duplicate content of {shown(seen[sid])}") for rel, sid in notes["duplicates"]]
         finally:
             writer.close()
-            previous.close()
         samples = writer.count
-        decoded = samples - reused
         quarantine.sort()
         if not samples:
             detail = f"; {len(quarantine)} file(s) quarantined, see {quarantine_path}" if quarantine else ""
@@ -589,10 +759,40 @@ def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfi
         digest = manifest_digest(tmp)
     _write_quarantine(quarantine_path, quarantine)
     return IngestResult(
-        domain=domain, manifest=str(manifest_path), quarantine=str(quarantine_path),
-        manifest_sha256=digest, samples=samples, train=n_train, test=samples - n_train, decoded=decoded,
+        domain=plan.domain, manifest=str(manifest_path), quarantine=str(quarantine_path),
+        manifest_sha256=digest, samples=samples, train=n_train, test=samples - n_train, decoded=samples - reused,
         reused=reused, quarantined=len(quarantine),
     )
+
+
+def ingest_collection(url: str, domain: str, out_dir: str | Path, cfg: DataConfig,
+                      progress: Progress | None = None, label_ids: dict[str, int] | None = None) -> IngestResult:
+    """Ingest one collection into ``out_dir/manifest.parquet`` and ``out_dir/quarantine.csv``, in this process.
+
+    The three steps a task runner spreads (:func:`plan_collection`, :func:`ingest_chunk` per chunk,
+    :func:`commit_collection`), run inline: the collection is listed once; its files are read, hashed and
+    normalized in path order, a chunk at a time, into staged parts of row groups (``MANIFEST_GROUP_ROWS``
+    rows), merged into the manifest a row group at a time, so memory holds a row group and the listing,
+    never the collection's bytes. Samples of the last manifest are found in a sorted index of its ids and
+    their normalized bytes read back a row group at a time.
+    ``label_ids``: class names -> ids where ``labels.csv`` holds names (:mod:`cyclegan_core.labelnames`).
+    """
+    plan = plan_collection(url, domain, out_dir, cfg, label_ids)
+    results = []
+    try:
+        fs, root = open_fs(url)
+        audio = _AudioDecoder(cfg) if cfg.kind == "audio" else None
+        previous = _Previous(Path(out_dir) / "manifest.parquet", plan.previous)
+        try:
+            for spec in plan.chunks:
+                step = (lambda i, s=spec["start"]: progress(s + i, plan.files)) if progress else None
+                results.append(_chunk(spec, cfg, fs, root, audio, previous, step))
+        finally:
+            previous.close()
+    except BaseException:
+        discard_staging(plan)
+        raise
+    return commit_collection(plan, results, cfg)
 
 
 def stored_uri(fs, full: str) -> str:
@@ -611,8 +811,10 @@ def stored_uri(fs, full: str) -> str:
 
 
 def _ingest_one(fs, root: str, rel: str, size: int | None, cfg: DataConfig, audio: _AudioDecoder | None,
-                previous: _Previous, seen: dict[str, str], quarantine: list[tuple[str, str]]) -> dict | None:
-    """One file -> its manifest row (without domain, split and label), or None with a quarantine entry."""
+                previous: _Previous, seen: dict[str, str], quarantine: list[tuple[str, str]],
+                duplicates: list[tuple[str, str]]) -> dict | None:
+    """One file -> its manifest row (without domain, split and label), or None with a quarantine entry (or, for
+    content already in ``seen``, a ``(path, sample id)`` in ``duplicates``)."""
     full = posixpath.join(root, rel) if root else rel
     uri = shown(stored_uri(fs, full))
     too_large = f"> data.max_file_bytes={cfg.max_file_bytes}"
@@ -638,8 +840,8 @@ def _ingest_one(fs, root: str, rel: str, size: int | None, cfg: DataConfig, audi
         quarantine.append((rel, f"file too large: {len(data)} bytes {too_large}"))
         return None
     sid = sha256_bytes(data)
-    if sid in seen:
-        quarantine.append((rel, f"duplicate content of {shown(seen[sid])}"))
+    if sid in seen:  # named by the commit, which sees every chunk
+        duplicates.append((rel, sid))
         return None
     wav, info, was_reused = None, dict.fromkeys(AUDIO_INFO), False
     if sid in previous:

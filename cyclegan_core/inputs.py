@@ -88,10 +88,12 @@ KEYS: dict[str, Inputs] = {
     "validation": Inputs(("data", "model.arch", "validate", "publish.grid_samples"),
                          ("validate", "scoring", "streamstats", "metrics", "figures", "gate", "judges", "classifiers",
                           "models", "report", "images", "audio", "labelnames"),
+                         speed=("data.ingest_chunk_files",),
                          why="the validated figures, per-sample scores, the gate and its report"),
     "utility": Inputs(("utility",), ("utility", "classifiers", "report"), why="the downstream-utility report"),
     "publication": Inputs(("data", "model", "train", "generate", "validate", "utility", "publish"),
                           ("publish", "report", "pipeline", "flags", "history", "diff", "labelnames"),
+                          speed=("data.ingest_chunk_files",),
                           why="a published version (its rows record this settings digest as params_hash); the "
                               "analysts' flags file is one of its data inputs"),
     "modality": Inputs(

@@ -24,7 +24,16 @@ from .diff import scan_folder, write_version_diff
 from .gate import GateFailed, bounds_for, bounds_in_force, check_gate, check_utility
 from .generate import GenerateResult, count_sources, generate, now_stamp
 from .history import HISTORY_FILE, HISTORY_PNG, append_history, history_chart
-from .ingest import IngestResult, check_collections, ingest_collection, manifest_digest
+from .ingest import (
+    IngestPlan,
+    IngestResult,
+    check_collections,
+    commit_collection,
+    discard_staging,
+    ingest_collection,
+    manifest_digest,
+    plan_collections,
+)
 from .loader import ManifestImages
 from .models import MODEL_FILE, MODEL_JSON, model_fingerprint, settings_key
 from .overview import LISTEN_DIR
@@ -90,15 +99,38 @@ def step_default_data(cfg: Config) -> dict:
     return {"made": made, "A": cfg.data.domain_a, "B": cfg.data.domain_b}
 
 
-def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, IngestResult]:
+def _collections(cfg: Config) -> tuple[dict[str, str], dict[str, int] | None]:
+    """Both collections' URLs, checked usable before either is ingested, and their class-name ids."""
     urls = {"A": cfg.data.domain_a, "B": cfg.data.domain_b}
-    check_collections(urls, cfg.data)  # both usable before either is ingested
-    ids = labelnames.collection_ids(urls, cfg.data)  # class names: one map for both collections
-    results = {
-        d: ingest_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data,
-                             (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None, ids)
-        for d in ("A", "B")
-    }
+    check_collections(urls, cfg.data)
+    return urls, labelnames.collection_ids(urls, cfg.data)  # class names: one map for both collections
+
+
+def step_ingest(cfg: Config, progress: Progress | None = None) -> dict[str, IngestResult]:
+    """Ingest both collections in this process (plan, chunks and commit inline: :func:`ingest_collection`)."""
+    urls, ids = _collections(cfg)
+    results = {d: ingest_collection(urls[d], d, Path(cfg.paths.ingest) / d, cfg.data,
+                                    (lambda i, n, d=d: progress(f"ingest {d}", i, n)) if progress else None, ids)
+               for d in ("A", "B")}
+    labelnames.write_names(cfg.paths.ingest, ids)
+    return results
+
+
+def plan_ingest(cfg: Config) -> tuple[dict[str, IngestPlan], dict[str, int] | None]:
+    """Both collections listed and cut into chunks (``ingest.ingest_chunk`` each), and the class-name ids."""
+    urls, ids = _collections(cfg)
+    return plan_collections(urls, cfg.paths.ingest, cfg.data, ids), ids
+
+
+def commit_ingest(cfg: Config, plans: dict[str, IngestPlan], ids: dict[str, int] | None,
+                  chunks: list[dict]) -> dict[str, IngestResult]:
+    """Each collection's chunks merged in order into its manifest (:func:`step_ingest`'s bytes), class names."""
+    try:
+        results = {d: commit_collection(plan, [c for c in chunks if c["domain"] == d], cfg.data)
+                   for d, plan in plans.items()}
+    finally:
+        for plan in plans.values():
+            discard_staging(plan)
     labelnames.write_names(cfg.paths.ingest, ids)
     return results
 

@@ -1,9 +1,10 @@
-"""The augmentation flow: ingest -> train or reuse -> generate (mapped over shards) -> validate (mapped
-over shards, then merged; the gate) -> utility (train on it, test on real; its bounds gate too) -> publish
-(mapped over shards, then committed) -> report.
+"""The augmentation flow: ingest (mapped over chunks of files, then committed) -> train or reuse -> generate
+(mapped over shards) -> validate (mapped over shards, then merged; the gate) -> utility (train on it, test on
+real; its bounds gate too) -> publish (mapped over shards, then committed) -> report.
 
-Generation, validation and publishing run as subflows on the task runner ``orchestrate.task_runner`` names:
-threads in this process, or Dask through prefect-dask (a scheduler address, or a local cluster). Generation,
+Ingest's reading and decoding, generation, validation and publishing run as subflows on the task runner
+``orchestrate.task_runner`` names: threads in this process, or Dask through prefect-dask (a scheduler address, or
+a local cluster); this process plans them, merges their small results and commits. Generation,
 validation and publishing are cached on the content hashes of their inputs, so a run with nothing
 new does none of them again and says why in its log. Results are persisted as JSON (never pickle),
 and a run holds its output folders for its whole run, so overlapping runs of one ``params.yaml``
@@ -41,6 +42,27 @@ def task_runner_for(cfg: Config) -> TaskRunner:
         return DaskTaskRunner(address=o.dask.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": o.dask.workers, "threads_per_worker": o.dask.threads_per_worker,
                                           "processes": True, "dashboard_address": None})
+
+
+@flow(name="cycleaug-ingest", persist_result=True, result_serializer="json")
+def ingest_chunks(params: str, overrides: list[str]) -> dict:
+    """Both collections listed here (the plan), every chunk of ``data.ingest_chunk_files`` files read, hashed
+    and decoded as its own task run (mapped), then one commit that merges the staged parts in order into each
+    manifest: the bytes ``cycleaug ingest`` writes, whichever runner and however many workers."""
+    cfg = load_config(params, tuple(overrides))
+    plans, ids = steps.plan_ingest(cfg)
+    try:
+        specs = [spec for plan in plans.values() for spec in plan.chunks]
+        get_run_logger().info("ingest: %s", ", ".join(f"{d} {p.files} files in {len(p.chunks)} chunks"
+                                                      for d, p in plans.items()))
+        # No per-chunk time limit (as generate_shards): the subflow as a whole has one.
+        chunk_task = configured(steps.ingest_chunk, cfg, timeout=False)
+        futures = chunk_task.map(cfg=unmapped(cfg), domain=[s["domain"] for s in specs],
+                                 index=[s["index"] for s in specs], spec=specs)
+        chunks = [future.result() for future in futures]
+        return configured(steps.commit_ingest, cfg)(cfg, plans, ids, chunks)
+    finally:
+        steps.discard_ingest(plans)
 
 
 @flow(name="cycleaug-generate", persist_result=True, result_serializer="json")
@@ -187,7 +209,8 @@ def _pipeline(params: str, overrides: list[str] | None, retrain: bool) -> dict:
     t = t0
     if cfg.data.uses_default_collections:
         steps.default_data(cfg)
-    ingested = configured(steps.ingest, cfg)(cfg)
+    ingested = ingest_chunks.with_options(task_runner=task_runner_for(cfg),
+                                          timeout_seconds=cfg.orchestrate.step_timeout_s)(params, overrides)
     t = lap("ingest", t)
     model = configured(steps.train_or_reuse, cfg, timeout=cfg.orchestrate.train_timeout_s)(
         cfg, ingested, retrain, params, overrides)

@@ -1,8 +1,9 @@
 """The pipeline steps as Prefect tasks. Each calls ``cyclegan_core`` and returns what it wrote (paths,
 hashes, counts), never tensors or images.
 
-Generation, validation's scoring and publishing's shard writing are one task per shard
-(``generate_shard``, ``validate_shard``, ``publish_shard``), so a task runner can spread shards over
+Ingest's reading and decoding is one task per chunk of files (``ingest_chunk``, then ``commit_ingest``);
+generation, validation's scoring and publishing's shard writing are one task per shard
+(``generate_shard``, ``validate_shard``, ``publish_shard``), so a task runner can spread chunks and shards over
 workers, each running torch on its share of the host's cores; generation, validation and publishing
 are cached on the content hashes of their inputs (see :mod:`tasks.policies`), so a rerun with nothing
 changed does none of them again. Every cached result names the files it stands for with their sha256;
@@ -16,8 +17,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from cyclegan_core import generate as gen
+from cyclegan_core import ingest as ingest_mod
 from cyclegan_core import inputs, overview, pipeline
 from cyclegan_core import publish as pub
 from cyclegan_core.config import DIRECTIONS, Config
@@ -25,6 +28,7 @@ from cyclegan_core.devices import torch_threads
 from cyclegan_core.diff import VERSION_DIFF_MD
 from cyclegan_core.figures import summary_line
 from cyclegan_core.gate import check_gate, check_utility
+from cyclegan_core.ingest import IngestPlan
 from cyclegan_core.report import utility_line
 from cyclegan_core.storage import read_json, sha256_file
 
@@ -47,9 +51,22 @@ def default_data(cfg: Config) -> dict:
     return made
 
 
-@task(name="ingest")
-def ingest(cfg: Config) -> dict:
-    results = pipeline.step_ingest(cfg, StepProgress("ingest"))
+def plan_ingest(cfg: Config) -> tuple[dict[str, IngestPlan], dict[str, int] | None]:
+    """Both collections listed once and cut into chunks of ``data.ingest_chunk_files`` files (in the flow)."""
+    return pipeline.plan_ingest(cfg)
+
+
+@task(name="ingest-chunk", cache_policy=NO_CACHE, task_run_name="ingest-{domain}-{index}")
+def ingest_chunk(cfg: Config, domain: str, index: int, spec: dict) -> dict:
+    """Read, hash, decode and normalize one chunk's files into a staged part; returns its paths and counts."""
+    del domain, index  # the task run's name
+    return ingest_mod.ingest_chunk(spec, cfg.data)
+
+
+@task(name="commit-ingest", cache_policy=NO_CACHE)
+def commit_ingest(cfg: Config, plans: dict[str, IngestPlan], ids: dict[str, int] | None, chunks: list[dict]) -> dict:
+    """Merge the staged parts in chunk order into each collection's manifest and quarantine list."""
+    results = pipeline.commit_ingest(cfg, plans, ids, chunks)
     log = get_run_logger()
     for d, r in results.items():
         log.info(
@@ -57,6 +74,12 @@ def ingest(cfg: Config) -> dict:
             "%d quarantined (%s)", d, r.samples, r.train, r.test, r.decoded, r.reused, r.quarantined, r.quarantine,
         )
     return {d: r.to_dict() for d, r in results.items()}
+
+
+def discard_ingest(plans: dict[str, IngestPlan]) -> None:
+    """Remove every staged part of ``plans`` (a run that stops before or during its commit)."""
+    for plan in plans.values():
+        ingest_mod.discard_staging(plan)
 
 
 @task(name="train-or-reuse")

@@ -1,6 +1,6 @@
-"""The flow on Prefect's test server: a no-change rerun is all cache hits, and generation and validation
-mapped on a 2-worker local Dask cluster write byte-identical shards (and summary.json) to the local
-(threaded) run."""
+"""The flow on Prefect's test server: a no-change rerun is all cache hits, and ingest (in chunks of a few
+files), generation, validation and publishing mapped on a 2-worker local Dask cluster write byte-identical
+manifests, quarantine lists, shards (and summary.json) to the local (threaded) run."""
 
 from pathlib import Path
 
@@ -29,6 +29,11 @@ def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_
 
     # One time stamp for new rows in both runs, as a reproducible build would set it.
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    # Something for the quarantine list: a broken file, and a copy of the first training file listed last
+    # (a duplicate that the commit finds across chunks when ingest runs in chunks).
+    a_train = collections[0] / "train"
+    (a_train / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (a_train / "zz_copy.png").write_bytes(sorted(a_train.glob("*.png"))[0].read_bytes())
     local = write_params(tmp_path / "local.yaml", tmp_path / "local", collections)
     first = augment(params=local)
     assert first["generate"]["translated"] == {"AtoB": 24, "BtoA": 24} and not first["train"]["reused"]
@@ -46,11 +51,29 @@ def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_
     third = augment(params=local)
     assert not third["cached"]["generate"] and victim.read_bytes() == kept
 
-    # Same data and model folder, generation on Dask: the same shard bytes.
+    # Same data and model folder, ingest (5 files a chunk) and generation on Dask: the same manifest and shard bytes.
     dask = write_params(tmp_path / "dask.yaml", tmp_path / "dask", collections,
                         paths={"models": str(tmp_path / "local" / "models")},
-                        orchestrate={"task_runner": "dask", "dask": {"workers": 2}})
+                        orchestrate={"task_runner": "dask", "dask": {"workers": 2}}, data={"ingest_chunk_files": 5})
+    from cyclegan_core.config import load_config
+    from cyclegan_core.pipeline import plan_ingest
+
+    plans, _ = plan_ingest(load_config(dask))
+    assert {d: len(p.chunks) for d, p in plans.items()} == {"A": 6, "B": 5}  # 26 and 24 files
     on_dask = augment(params=dask)
+    for d in ("A", "B"):
+        for name in ("manifest.parquet", "quarantine.csv"):
+            local_file, dask_file = tmp_path / "local" / "ingest" / d / name, tmp_path / "dask" / "ingest" / d / name
+            assert dask_file.read_bytes() == local_file.read_bytes(), (d, name)
+        assert not (tmp_path / "dask" / "ingest" / d / ".chunks").exists()  # the staged parts are gone
+    assert on_dask["ingest"] == {d: r | {"manifest": r["manifest"].replace(str(tmp_path / "local"),
+                                                                           str(tmp_path / "dask")),
+                                         "quarantine": r["quarantine"].replace(str(tmp_path / "local"),
+                                                                               str(tmp_path / "dask"))}
+                                 for d, r in first["ingest"].items()}
+    assert on_dask["ingest"]["A"]["quarantined"] == 2 and on_dask["ingest"]["A"]["samples"] == 24
+    quarantined = (tmp_path / "dask" / "ingest" / "A" / "quarantine.csv").read_text()
+    assert "train/zz_copy.png,duplicate content of train/hand_006.png" in quarantined
     assert on_dask["train"]["reused"] and on_dask["generate"]["translated"] == {"AtoB": 24, "BtoA": 24}
     assert shards(tmp_path / "dask" / "generated") == shards(tmp_path / "local" / "generated")
     assert len(shards(tmp_path / "dask" / "generated")) == 4
@@ -62,7 +85,6 @@ def test_rerun_is_cached_and_dask_shards_match(prefect_server, collections, tmp_
     # Publishing mapped on Dask (a task a shard): the bytes the local loop writes for the same rows and run id.
     import json
 
-    from cyclegan_core.config import load_config
     from cyclegan_core.publish import publish
     cfg, out = load_config(dask), tmp_path / "dask" / "published"
     m = json.loads((out / "manifest.json").read_text())
