@@ -41,6 +41,24 @@ RECIPES: dict[str, list[str]] = {
     "resize_conv+input_skip": ["model.upsample=resize_conv", "model.input_skip=true"],
     "resize_conv+norm_batch+norm_d_instance": ["model.upsample=resize_conv", "model.norm=batch",
                                                "model.norm_d=instance"],
+    # Issue 17: discriminators that do not win so easily (params.yaml's recipe otherwise: norm none,
+    # resize_conv): spectrally normalized convolutions instead of the instance norm, and/or a lower D learning rate.
+    "norm_d_spectral": ["model.norm_d=spectral"],
+    "norm_d_spectral+lr_d_half": ["model.norm_d=spectral", "train.lr_d=0.0001"],
+    "norm_d_spectral+lr_d_double": ["model.norm_d=spectral", "train.lr_d=0.0004"],
+    "lr_d_quarter": ["train.lr_d=0.00005"],
+    "norm_d_batch+lr_d_quarter": ["model.norm_d=batch", "train.lr_d=0.00005"],
+    # The identity loss asks G_BA to leave A's colours alone, and B's graded colours lie inside A's range.
+    "identity_0": ["train.lambda_identity=0.0"],
+    "identity_0.1": ["train.lambda_identity=0.1"],
+    "norm_d_spectral+identity_0": ["model.norm_d=spectral", "train.lambda_identity=0.0"],
+    "norm_d_batch+identity_0": ["model.norm_d=batch", "train.lambda_identity=0.0"],
+    # N(0, 0.02) weights shrink the signal at every layer of a generator without norm (its output starts
+    # flat): initialisations that keep the signal's scale.
+    "init_kaiming": ["model.init_type=kaiming"],
+    "init_xavier_1": ["model.init_type=xavier", "model.init_gain=1.0"],
+    "init_xavier_0.7": ["model.init_type=xavier", "model.init_gain=0.7"],
+    "norm_d_spectral+init_xavier_1": ["model.norm_d=spectral", "model.init_type=xavier", "model.init_gain=1.0"],
 }
 FIGURES = ("label_accuracy", "label_accuracy_untranslated", "mean_cycle_psnr", "mean_cycle_ssim", "mean_realism",
            "fid_domain_features", "kid_domain_features", "pass_rate")

@@ -226,8 +226,9 @@ class ModelConfig(_Strict):
     n_blocks: int = Field(6, ge=0, description="Residual blocks in each ResNet generator (or translator).")
     n_layers_d: int = Field(3, ge=1, description="Strided conv layers in each PatchGAN.")
     norm: Literal["instance", "batch", "none"] = "instance"
-    norm_d: Literal["instance", "batch", "none"] | None = Field(
-        None, description="The discriminators' norm; null: the same as norm (the reference has one norm for all)."
+    norm_d: Literal["instance", "batch", "none", "spectral"] | None = Field(
+        None, description="The discriminators' norm; null: the same as norm (the reference has one norm for all); "
+        "spectral (not the reference's): no norm layers, every convolution spectrally normalized.",
     )
     init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
     init_gain: float = Field(0.02, gt=0.0, description="Scale of normal/xavier/orthogonal init.")
@@ -277,6 +278,10 @@ class TrainConfig(_Strict):
     steps: int = Field(1500, ge=1, description="Optimizer steps in all.")
     batch_size: int = Field(8, ge=1, description="Images per domain per step (per process under torchrun).")
     lr: float = Field(2e-4, gt=0.0)
+    lr_d: float | None = Field(
+        None, gt=0.0, description="arch cyclegan / translator: the discriminators' learning rate (two time-scale "
+        "updates, same schedule); null: lr, as the reference.",
+    )
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     lr_policy: Literal["linear", "step", "cosine", "plateau", "half_cosine"] = Field(
         "linear", description="The reference's schedulers, one step for one of its epochs: linear (held for "

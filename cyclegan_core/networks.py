@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 NormFactory = Callable[[int], nn.Module]
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
@@ -25,14 +26,30 @@ GAN_MODES = ("lsgan", "vanilla", "wgangp")
 
 
 def get_norm_layer(norm: str) -> NormFactory:
-    """``instance`` (no affine, no running stats), ``batch`` or ``none``, as in the reference."""
+    """``instance`` (no affine, no running stats), ``batch`` or ``none``, as in the reference.
+
+    ``spectral`` (discriminators only, not in the reference) has no norm layer, as ``none``: the
+    discriminator's convolutions are spectrally normalized instead (:func:`spectral_convs`)."""
     if norm == "batch":
         return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
     if norm == "instance":
         return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-    if norm == "none":
+    if norm in ("none", "spectral"):
         return lambda _channels: nn.Identity()
-    raise ValueError(f"normalization layer {norm!r} is not one of instance, batch, none")
+    raise ValueError(f"normalization layer {norm!r} is not one of instance, batch, none, spectral")
+
+
+def spectral_convs(net: nn.Module, norm: str) -> nn.Module:
+    """With ``norm == "spectral"``, every convolution of ``net`` divides its weight by its largest singular
+    value (Miyato et al. 2018; one power iteration per training forward): the discriminator stays
+    1-Lipschitz per layer without normalizing away each image's colour and levels, as an instance norm
+    does. The parameters are the same as with ``none`` (the weight lives on as ``original``); other norms:
+    ``net`` unchanged."""
+    if norm == "spectral":
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.utils.parametrizations.spectral_norm(m)
+    return net
 
 
 def _uses_bias(norm: str) -> bool:
@@ -228,7 +245,7 @@ class NLayerDiscriminator(nn.Module):
             norm_layer(ndf * mult), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, kw, stride=1, padding=padw),
         ]
-        self.model = nn.Sequential(*seq)
+        self.model = spectral_convs(nn.Sequential(*seq), norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -245,6 +262,7 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf, ndf * 2, 1, bias=use_bias), norm_layer(ndf * 2), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * 2, 1, 1, bias=use_bias),
         )
+        spectral_convs(self.net, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -283,6 +301,9 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
 
     def init(m: nn.Module) -> None:
         name = type(m).__name__
+        spectral = parametrize.is_parametrized(m, "weight")
+        if spectral:  # norm spectral: initialise the plain weight, then normalize it again from scratch
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
         if hasattr(m, "weight") and ("Conv" in name or "Linear" in name):
             if init_type == "normal":
                 nn.init.normal_(m.weight, 0.0, gain)
@@ -294,6 +315,8 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
                 nn.init.orthogonal_(m.weight, gain=gain)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
+            if spectral:
+                nn.utils.parametrizations.spectral_norm(m)
         elif "BatchNorm2d" in name:
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)

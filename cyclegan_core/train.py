@@ -119,11 +119,12 @@ def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-def _adam(params: list[nn.Parameter], t: TrainConfig, impl: str, device: torch.device) -> torch.optim.Adam:
+def _adam(params: list[nn.Parameter], t: TrainConfig, impl: str, device: torch.device,
+          lr: float | None = None) -> torch.optim.Adam:
     if impl == "auto":
         impl = "fused" if device.type == "cuda" else "for_loop"  # torch's own CPU default, fastest here
     kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"} if impl != "for_loop" else {"foreach": False}
-    return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, 0.999), **kwargs)
+    return torch.optim.Adam(params, lr=t.lr if lr is None else lr, betas=(t.beta1, 0.999), **kwargs)
 
 
 def semantic_directions(cfg: Config, labels: dict[str, np.ndarray | None]) -> list[str]:
@@ -224,7 +225,8 @@ class Trainer:
                 "D": list(m.D_A.parameters()) + list(m.D_B.parameters()),
             }
             trained = {"G_AB": m.G_AB, "G_BA": m.G_BA, "D_A": m.D_A, "D_B": m.D_B}
-        self.opts = {name: _adam(params, t, self.speed.adam_impl, self.device) for name, params in groups.items()}
+        self.opts = {name: _adam(params, t, self.speed.adam_impl, self.device, self._base_lr(name))
+                     for name, params in groups.items()}
         self.pools = {d: ImagePool(t.pool_size, self.rng) for d in ("A", "B")}
         self.gan_loss, self.l1 = GANLoss(t.gan_mode), nn.L1Loss()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.rt.precision == "fp16")
@@ -345,6 +347,11 @@ class Trainer:
             return fn
         return torch.compile(fn, mode=self.rt.compile_mode, backend=self.rt.compile_backend)
 
+    def _base_lr(self, opt_name: str) -> float:
+        """The learning rate of one optimizer before its schedule: ``train.lr_d`` for the discriminators'
+        (arch cyclegan and translator) where it is set, else ``train.lr``."""
+        return self.tcfg.lr_d if opt_name == "D" and self.tcfg.lr_d is not None else self.tcfg.lr
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.rt.precision)
 
@@ -437,9 +444,10 @@ class Trainer:
 
     def _step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> torch.Tensor:
         if not self.plateau:
-            for opt in self.opts.values():
+            factor = lr_factor(self.step, self.tcfg)
+            for name, opt in self.opts.items():
                 for group in opt.param_groups:
-                    group["lr"] = self.tcfg.lr * lr_factor(self.step, self.tcfg)
+                    group["lr"] = self._base_lr(name) * factor
         if self.cut is not None:
             losses = self.cut.step(real_A, real_B)
         elif self.arch == "translator":

@@ -39,6 +39,7 @@ from .networks import (
     resnet_blocks,
     resnet_decoder,
     resnet_encoder,
+    spectral_convs,
 )
 
 LOSS_NAMES = ("T", "D_A", "D_B", "T_AB", "T_BA", "recon_A", "recon_B", "dev_A", "dev_B")
@@ -92,7 +93,7 @@ class EncodingDiscriminator(nn.Module):
         out = ndf * min(2**n_layers, 8)
         seq += [nn.Conv2d(ch, out, 4, stride=1, padding=1, bias=use_bias), norm_layer(out), nn.LeakyReLU(0.2, True),
                 nn.Conv2d(out, 1, 4, stride=1, padding=1)]
-        self.model = nn.Sequential(*seq)
+        self.model = spectral_convs(nn.Sequential(*seq), norm)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.model(h)

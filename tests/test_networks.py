@@ -126,3 +126,30 @@ def test_discriminator_norm_follows_norm_unless_set():
     assert norms(split.G_AB) == set() and _count(split.G_AB) == _count(same.G_AB)
     with pytest.raises(ValueError, match="input_skip"):
         ModelConfig(arch="translator", input_skip=True)
+
+
+def test_spectral_discriminators_keep_the_weights_and_normalize_every_conv():
+    from cyclegan_core.config import ModelConfig
+    from cyclegan_core.train import CycleGAN
+
+    torch.manual_seed(0)
+    plain = CycleGAN(ModelConfig(norm="none", norm_d="none"), 3)
+    spectral = CycleGAN(ModelConfig(norm="none", norm_d="spectral"), 3)
+    # The same parameters as without norm (the weight lives on as ``original``), no norm layers, and the
+    # generators untouched; the reference's discriminator is unchanged.
+    assert _count(spectral.D_A) == _count(plain.D_A) and _count(spectral.G_AB) == _count(plain.G_AB)
+    assert {type(m).__name__ for m in spectral.D_A.modules()} & {"InstanceNorm2d", "BatchNorm2d"} == set()
+    assert _count(define_discriminator("patchgan", 3, 64, "instance", 3)) == 2_764_737
+    convs = [m for m in spectral.D_B.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5
+    # init_weights initialises the plain weights (N(0, 0.02)), then each conv's weight is divided by its
+    # largest singular value (power iteration restarted after the init: ~1 from the first forward).
+    assert all(abs(float(c.parametrizations.weight.original.std()) - 0.02) < 0.004 for c in convs)
+    spectral.D_B(torch.randn(2, 3, 32, 32))
+    sigmas = [float(torch.linalg.matrix_norm(c.weight.detach().flatten(1), 2)) for c in convs]
+    assert all(abs(s - 1) < 0.05 for s in sigmas), sigmas
+    # The pixel discriminator too; the generators' norm cannot be spectral.
+    pixel = define_discriminator("pixel", 3, 8, "spectral")
+    assert sum(isinstance(m, torch.nn.Conv2d) and hasattr(m, "parametrizations") for m in pixel.modules()) == 3
+    with pytest.raises(ValueError, match="norm"):
+        ModelConfig(norm="spectral")

@@ -61,8 +61,9 @@ class Killed(Exception):
     ({}, {"sampling": "epoch", "augment": "crop_flip"}),
     ({"arch": "cut"}, {}),
     ({"arch": "fastcut", "norm": "none", "upsample": "resize_conv"}, {"precision": "bf16"}),
+    ({"norm": "none", "norm_d": "spectral"}, {"lr_d": 1e-4}),
 ], ids=["cyclegan", "translator-cosine", "batchnorm-step-wgangp-bf16", "epoch-sampling-crop-flip", "cut",
-        "fastcut-bf16"])
+        "fastcut-bf16", "spectral-d-lr-d"])
 def test_resume_is_exact(tmp_path, model, train):
     cfg = _cfg(tmp_path, model, steps=8, checkpoint_every=4, **train)
     a, b = _images(10, 1), _images(12, 2)
@@ -569,3 +570,14 @@ def test_the_cache_fills_on_first_use_and_trains_as_arrays_in_memory(tmp_path):
     eager = Trainer(cfg, a, b, tmp_path / "eager", labels=labels, classifier_mask=masks)
     eager.fit()
     _same_state(lazy, eager)
+
+
+def test_lr_d_sets_the_discriminators_rate_on_the_same_schedule(tmp_path):
+    a, b = _images(6, 1), _images(6, 2)
+    same = Trainer(_cfg(tmp_path, steps=4, decay_start=0.5), a, b, tmp_path / "same")
+    two = Trainer(_cfg(tmp_path, steps=4, decay_start=0.5, lr_d=5e-5), a, b, tmp_path / "two")
+    for t in (same, two):
+        t.fit()
+    lr = lambda t, name: t.opts[name].param_groups[0]["lr"]  # noqa: E731
+    assert lr(same, "D") == lr(same, "G") == lr(two, "G") > 0
+    assert lr(two, "D") == pytest.approx(lr(two, "G") * 5e-5 / 2e-4)
