@@ -137,6 +137,8 @@ def main() -> None:
     p.add_argument("--per-domain", type=int, default=12000, help="crops per domain (a fifth held out)")
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (data.image_size)")
     p.add_argument("--limit-mb", type=int, default=1024, help="the memory cgroup's limit for every step")
+    p.add_argument("--steps", default=",".join(STEPS), help="comma-separated steps to run (a later step reuses "
+                   "the work folder's earlier outputs)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the JSON")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,7 @@ def main() -> None:
     group = MemoryCgroup(f"cycleaug-overmem-{os.getpid()}", limit)
     rows = {}
     try:
-        for step in STEPS:
+        for step in a.steps.split(","):
             rows[step] = run_step(group, a.work, [*args, step])
             r = rows[step]
             print(f"{step}: rc {r['rc']}, {sig3(r['seconds'])} s, peak RSS {sig3(r['rss_mb'])} MB, cgroup peak "

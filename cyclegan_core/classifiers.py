@@ -74,10 +74,20 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+BATCH_PIXELS = 64 * 64 * 64  # a classifier batch holds at most this many pixels (64 pictures of 64x64)
+
+
+def batch_rows(height: int, width: int) -> int:
+    """Pictures in a classifier training batch: 64, or as many as :data:`BATCH_PIXELS` allows (at least 4)."""
+    return max(4, min(64, BATCH_PIXELS // (height * width)))
+
+
 def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epochs: int, seed: int,
                      blur_sigma: float = 0.0, noise_std: float = 0.0, max_steps: int | None = None) -> SmallCNN:
     """Fit a :class:`SmallCNN` on uint8 images (N, H, W, C) with small shifts as augmentation: ``epochs``
-    passes in batches of 64, stopped after ``max_steps`` batches when that comes first.
+    passes in batches of :func:`batch_rows` (64 up to 64x64 pixels, fewer for larger pictures, so the
+    activations' memory is bounded whatever the picture size), stopped after ``max_steps`` batches when that
+    comes first.
 
     ``noise_std`` > 0 adds Gaussian pixel noise (on the [-1, 1] scale) to every batch: the semantic
     classifier of label-aware training uses it so that a generator cannot satisfy it with faint
@@ -93,14 +103,14 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, classes: int, epoch
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
     pad = max(1, images.shape[1] // 16)
-    steps = 0
+    steps, rows = 0, batch_rows(images.shape[1], images.shape[2])
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
-        for start in range(0, len(images), 64):
+        for start in range(0, len(images), rows):
             if max_steps is not None and steps >= max_steps:
                 return net.eval()
             steps += 1
-            idx = order[start:start + 64]
+            idx = order[start:start + rows]
             dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
             batch = torch.roll(to_tensor(images[idx.numpy()]), shifts=(dy, dx), dims=(2, 3))
             if noise_std > 0:
