@@ -937,14 +937,14 @@ def iter_manifest_images(path: str | Path, splits: tuple[str, ...] | None = None
     ``batch_rows`` at most at a time: ``(table of columns, uint8 (n, H, W, C) images)``; only the rows
     kept are decoded. Memory holds one row group and one batch."""
     wanted = list(dict.fromkeys([*columns, "sample_id", "split", "image"]))
-    with pq.ParquetFile(path) as f:
-        for batch in f.iter_batches(batch_size=batch_rows, columns=wanted):
-            table = pa.Table.from_batches([batch])
-            mask = np.ones(table.num_rows, dtype=bool)
-            if splits is not None:
-                mask &= np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
-            if keep is not None:
-                mask &= np.asarray([s in keep for s in table.column("sample_id").to_pylist()], dtype=bool)
-            table = table.filter(pa.array(mask))
-            if table.num_rows:
-                yield table.select(list(columns)), manifest_images(table)
+    # parquet_batches: a reader a row group (one reader over the file keeps the image column's buffers)
+    for batch in parquet_batches(path, wanted, batch_rows):
+        table = pa.Table.from_batches([batch])
+        mask = np.ones(table.num_rows, dtype=bool)
+        if splits is not None:
+            mask &= np.isin(np.asarray(table.column("split").to_pylist(), dtype=object), list(splits))
+        if keep is not None:
+            mask &= np.asarray([s in keep for s in table.column("sample_id").to_pylist()], dtype=bool)
+        table = table.filter(pa.array(mask))
+        if table.num_rows:
+            yield table.select(list(columns)), manifest_images(table)

@@ -27,7 +27,7 @@ from .gate import bounds_for, reason_key, sample_failures
 from .images import decode_png, to_tensor, to_uint8
 from .judges import classify, device_of, inception_features, load_inception, load_judges
 from .metrics import conformal_realism, cycle_errors, margins, perturb, softmax, ssim
-from .storage import atomic_path, sha256_file
+from .storage import atomic_path, parquet_batches, sha256_file
 from .streamstats import Moments, Reservoir, load_stats, save_stats
 
 # The per-sample table: one float column per per-sample figure of figures.FIGURES (the audio ones on
@@ -210,7 +210,7 @@ def score_shard(scorer: Scorer, generated_dir: str | Path, shard: str, out_dir: 
     held = 0  # held-out rows so far: their position in the shard's feature sets
     batches = largest = 0
     batch = batch or cfg.generate.batch_size
-    for rb in pq.ParquetFile(Path(generated_dir) / shard).iter_batches(batch_size=batch, columns=columns):
+    for rb in parquet_batches(Path(generated_dir) / shard, columns, batch):  # a reader a row group
         gen = pa.Table.from_batches([rb])
         n = gen.num_rows
         batches, largest = batches + 1, max(largest, n)

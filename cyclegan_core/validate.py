@@ -389,7 +389,7 @@ def iter_validated(out_dir: str | Path, direction: str, columns: list[str] | Non
                    batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
     """The validated rows of ``direction`` as record batches of at most ``batch_size`` rows, in shard order."""
     for path in validated_files(out_dir, direction):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        yield from parquet_batches(path, columns if columns is not None else pq.read_schema(path).names, batch_size)
 
 
 def read_validated(out_dir: str | Path, direction: str, columns: list[str] | None = None) -> pa.Table:
