@@ -351,9 +351,10 @@ class TrainConfig(_Strict):
         "collections (as validate.judge_max_samples bounds the judges').",
     )
     semantic_max_steps: int = Field(
-        200, ge=1, description="Cap on each semantic classifier's batches of 64 (semantic_epochs passes over its "
-        "samples, or fewer when this is reached first): its training costs the same on any collection larger "
-        "than semantic_max_steps * 64 / semantic_epochs samples, so training's start-up does not grow with the "
+        120, ge=1, description="Cap on each semantic classifier's batches (64 pictures up to 64x64, fewer above: "
+        "semantic_epochs passes over its samples, or fewer when this is reached first; the demo's take exactly "
+        "120). It also caps the samples decoded for it at what these batches can draw, so its time and memory "
+        "are the same on any collection larger than that, and training's start-up does not grow with the "
         "collection.",
     )
     seed: int = 0

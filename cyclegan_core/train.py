@@ -44,7 +44,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from . import ddp, train_cut
-from .classifiers import SmallCNN, train_classifier
+from .classifiers import SmallCNN, batch_rows, train_classifier
 from .config import Config, TrainConfig
 from .cut import CUTPair
 from .devices import autocast, resolve_device
@@ -260,8 +260,9 @@ class Trainer:
     # --- setup helpers -------------------------------------------------------------------------
     def _semantic_classifiers(self, labels: dict, masks: dict[str, np.ndarray]) -> dict[str, SmallCNN]:
         """The frozen classifier of each target domain (keyed by direction), trained once per model folder
-        on its "classifier" half, at most ``train.semantic_max_samples`` of them (a seeded subset), for at most
-        ``train.semantic_max_steps`` batches: its cost is bounded whatever the collection's size."""
+        on its "classifier" half, at most ``train.semantic_max_samples`` of them (a seeded subset), and never
+        more than its at most ``train.semantic_max_steps`` batches can draw: its time and memory are bounded
+        whatever the collection's size."""
         if not self.semantic_directions:
             return {}
         t = self.tcfg
@@ -269,6 +270,8 @@ class Trainer:
         channels = self.cfg.data.channels
         path = self.workdir / SEMANTIC_FILE
         nets = {d: SmallCNN(channels, classes, blur_sigma=1.0) for d in ("A", "B")}
+        # No more samples decoded than the capped batches can draw (at 128x128 a batch holds 16 pictures).
+        cap = min(t.semantic_max_samples, t.semantic_max_steps * batch_rows(*self.cfg.data.shape))
         if path.exists():
             tensors = load_file(str(path))
             for d, net in nets.items():
@@ -277,9 +280,8 @@ class Trainer:
             for k, d in enumerate(("A", "B")):
                 src = self.sources[d]
                 keep = np.flatnonzero(masks.get(d, np.ones(len(src), dtype=bool)))
-                if len(keep) > t.semantic_max_samples:
-                    pick = np.random.default_rng(t.seed + 7919 * (k + 1)).choice(len(keep), t.semantic_max_samples,
-                                                                                 replace=False)
+                if len(keep) > cap:
+                    pick = np.random.default_rng(t.seed + 7919 * (k + 1)).choice(len(keep), cap, replace=False)
                     keep = keep[np.sort(pick)]
                 if self.cached:
                     self._fill(d, torch.as_tensor(keep))

@@ -581,3 +581,25 @@ def test_lr_d_sets_the_discriminators_rate_on_the_same_schedule(tmp_path):
     lr = lambda t, name: t.opts[name].param_groups[0]["lr"]  # noqa: E731
     assert lr(same, "D") == lr(same, "G") == lr(two, "G") > 0
     assert lr(two, "D") == pytest.approx(lr(two, "G") * 5e-5 / 2e-4)
+
+
+def test_a_semantic_classifier_decodes_no_more_samples_than_its_capped_batches_draw(tmp_path, monkeypatch):
+    """``train.semantic_max_steps`` batches of :func:`batch_rows` pictures bound the samples decoded for a
+    semantic classifier as well as its steps (issue 19: at 128x128 a batch holds 16 pictures, so 120 batches
+    need 1,920 of the 5,000 samples ``semantic_max_samples`` allows, 94 MB rather than 245 MB of RGB)."""
+    import cyclegan_core.train as train_module
+    from cyclegan_core.loader import ManifestImages
+
+    a, b = _images(40, 1), _images(30, 2)
+    _manifest(tmp_path / "a.parquet", a)
+    _manifest(tmp_path / "b.parquet", b)
+    labels = {"A": np.arange(40) % 3, "B": np.arange(30) % 3}
+    seen: list[int] = []
+    real = train_module.train_classifier
+    monkeypatch.setattr(train_module, "batch_rows", lambda h, w: 2)  # as if the pictures were large
+    monkeypatch.setattr(train_module, "train_classifier",
+                        lambda images, *args, **kw: seen.append(len(images)) or real(images, *args, **kw))
+    cfg = _cfg(tmp_path, steps=1, batch_size=2, semantic_epochs=1, semantic_max_samples=20, semantic_max_steps=3)
+    t = Trainer(cfg, *(ManifestImages(tmp_path / f"{d}.parquet") for d in "ab"), tmp_path / "m", labels=labels)
+    assert seen == [6, 6]  # 3 batches of 2, not the 20 semantic_max_samples allows
+    assert int(t._decoded["A"].sum()) == int(t._decoded["B"].sum()) == 6
