@@ -95,6 +95,16 @@ RECIPES: dict[str, list[str]] = {
     "init_xavier_1": ["model.init_type=xavier", "model.init_gain=1.0"],
     "init_xavier_0.7": ["model.init_type=xavier", "model.init_gain=0.7"],
     "norm_d_spectral+init_xavier_1": ["model.norm_d=spectral", "model.init_type=xavier", "model.init_gain=1.0"],
+    # params.yaml's norm-free generators with the input skip: the last conv sees the input image, so fine texture
+    # need not pass the 8x8 bottleneck (the earlier input_skip rows kept the instance norm).
+    "norm_none+input_skip": ["model.norm=none", "model.input_skip=true"],
+    "norm_none+input_skip+norm_d_batch": ["model.norm=none", "model.input_skip=true", "model.norm_d=batch"],
+    "norm_none+input_skip+init_xavier_1": ["model.norm=none", "model.input_skip=true", "model.init_type=xavier",
+                                           "model.init_gain=1.0"],
+    # The output as tanh(atanh(x) + residual): the identity at a zero residual, the input's texture kept.
+    "residual": ["model.residual_output=true"],
+    "residual+norm_d_batch": ["model.residual_output=true", "model.norm_d=batch"],
+    "residual+identity_0": ["model.residual_output=true", "train.lambda_identity=0.0"],
 }
 
 # The recipes measured in benchmarks/README.md (the default of --recipe).
