@@ -101,10 +101,6 @@ RECIPES: dict[str, list[str]] = {
     "norm_none+input_skip+norm_d_batch": ["model.norm=none", "model.input_skip=true", "model.norm_d=batch"],
     "norm_none+input_skip+init_xavier_1": ["model.norm=none", "model.input_skip=true", "model.init_type=xavier",
                                            "model.init_gain=1.0"],
-    # The output as tanh(atanh(x) + residual): the identity at a zero residual, the input's texture kept.
-    "residual": ["model.residual_output=true"],
-    "residual+norm_d_batch": ["model.residual_output=true", "model.norm_d=batch"],
-    "residual+identity_0": ["model.residual_output=true", "train.lambda_identity=0.0"],
 }
 
 # The recipes measured in benchmarks/README.md (the default of --recipe).

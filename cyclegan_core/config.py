@@ -240,10 +240,6 @@ class ModelConfig(_Strict):
         False, description="ResNet generators: the last conv also sees the input image (colour and levels that "
         "instance norm removes reach the output); false: the reference network.",
     )
-    residual_output: bool = Field(
-        False, description="ResNet generators: the output is tanh(atanh(input) + the net's output), so a zero "
-        "output is the identity and the input's texture reaches the output; false: the reference network.",
-    )
     translator_directions: Literal["AtoB", "both"] = Field(
         "both",
         description="arch translator only: AtoB is the article's single translator (B->A is then the "
@@ -257,12 +253,11 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _translator_needs_resnet(self) -> ModelConfig:
-        for name in ("input_skip", "residual_output"):
-            if getattr(self, name) and (self.arch != "cyclegan" or self.generator != "resnet"):
-                raise ValueError(
-                    f"model.{name}=true needs arch 'cyclegan' with generator 'resnet' (got arch {self.arch!r}, "
-                    f"generator {self.generator!r}): the translator's decoder and the U-Net have no such option"
-                )
+        if self.input_skip and (self.arch != "cyclegan" or self.generator != "resnet"):
+            raise ValueError(
+                f"model.input_skip=true needs arch 'cyclegan' with generator 'resnet' (got arch {self.arch!r}, "
+                f"generator {self.generator!r}): the translator's decoder and the U-Net have no such skip"
+            )
         if self.arch == "translator" and self.generator != "resnet":
             raise ValueError(
                 f"model.generator={self.generator!r}: arch 'translator' splits a ResNet generator into "

@@ -7,8 +7,7 @@ it. Two additions the reference lacks: a resize-then-convolve upsampling option 
 artifacts, Odena et al. 2016) and the split of a ResNet generator into encoder, translator and
 decoder that the single-translator model (:mod:`cyclegan_core.translator`) is built from; and an
 optional input skip of the ResNet generator (the image concatenated to the features its last conv
-sees, so colour and levels that the instance norms remove can reach the output); and an optional
-residual output (tanh of the input's logit plus the net's output). The image
+sees, so colour and levels that the instance norms remove can reach the output). The image
 pool draws from an explicit ``torch.Generator`` so that a run can be checkpointed and resumed exactly.
 """
 
@@ -22,7 +21,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 NormFactory = Callable[[int], nn.Module]
-RESIDUAL_CLAMP = 0.999  # atanh(0.999) = 3.8: black and white inputs stay finite
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 
@@ -134,32 +132,19 @@ class ResnetGenerator(nn.Module):
     ``input_nc * output_nc * 49`` more weights). The instance norm after the first conv removes every
     channel's mean and spread, so without it the generator cannot see an image's colour or levels;
     with it the output is tanh(a linear map of the input's neighbourhood + the features' part).
-
-    ``residual_output`` (not in the reference): the output is tanh(atanh(x) + the net's last conv), the
-    residual added in the tanh's own coordinates, so every output stays in (-1, 1), a zero residual is
-    the identity (x clamped to +-:data:`RESIDUAL_CLAMP`), and the input's texture reaches the output
-    whatever the bottleneck keeps. With ``normal`` 0.02 init and no norm the residual starts near a constant,
-    so the generator starts near the identity.
     """
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance",
                  use_dropout: bool = False, n_blocks: int = 9, upsample: str = "transpose",
-                 input_skip: bool = False, residual_output: bool = False):
+                 input_skip: bool = False):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks={n_blocks} must be >= 0")
-        if residual_output and input_nc != output_nc:
-            raise ValueError(f"residual_output needs as many output channels as input ones ({input_nc} -> {output_nc})")
         decoder = list(resnet_decoder(output_nc, ngf, norm, upsample))
-        self.input_skip, self.residual_output = input_skip, residual_output
+        self.input_skip = input_skip
         if input_skip:
             decoder = decoder[:-3]  # the c7s1-out conv and tanh move to ``out`` and see the input too
             self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf + input_nc, output_nc, 7), nn.Tanh())
-        if residual_output:  # the tanh is applied in forward, to the input's logit plus the net's output
-            if input_skip:
-                self.out = self.out[:-1]
-            else:
-                decoder = decoder[:-1]
         self.model = nn.Sequential(
             *resnet_encoder(input_nc, ngf, norm),
             *resnet_blocks(ngf, norm, n_blocks, use_dropout),
@@ -167,10 +152,9 @@ class ResnetGenerator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.out(torch.cat([self.model(x), x], 1)) if self.input_skip else self.model(x)
-        if self.residual_output:
-            return torch.tanh(torch.atanh(x.clamp(-RESIDUAL_CLAMP, RESIDUAL_CLAMP)) + y)
-        return y
+        if self.input_skip:
+            return self.out(torch.cat([self.model(x), x], 1))
+        return self.model(x)
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -285,16 +269,14 @@ class PixelDiscriminator(nn.Module):
 
 
 def define_generator(kind: str, input_nc: int, output_nc: int, ngf: int, norm: str, *, n_blocks: int = 9,
-                     use_dropout: bool = False, upsample: str = "transpose", input_skip: bool = False,
-                     residual_output: bool = False) -> nn.Module:
+                     use_dropout: bool = False, upsample: str = "transpose", input_skip: bool = False) -> nn.Module:
     """``resnet`` (``n_blocks`` residual blocks: 6 and 9 are the reference's), ``unet_128``, ``unet_256``.
 
-    ``input_skip`` and ``residual_output`` (ResNet only; off is the reference): see :class:`ResnetGenerator`."""
+    ``input_skip`` (ResNet only; off is the reference): see :class:`ResnetGenerator`."""
     if kind == "resnet":
-        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample, input_skip,
-                               residual_output)
-    if input_skip or residual_output:
-        raise ValueError(f"input_skip and residual_output are ResNet generator options, not ones of {kind!r}")
+        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample, input_skip)
+    if input_skip:
+        raise ValueError(f"input_skip is a ResNet generator option, not one of {kind!r}")
     if kind in ("unet_128", "unet_256"):
         return UnetGenerator(input_nc, output_nc, 7 if kind == "unet_128" else 8, ngf, norm, use_dropout, upsample)
     raise ValueError(f"generator {kind!r} is not one of resnet, unet_128, unet_256")

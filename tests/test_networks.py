@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from cyclegan_core.networks import (
     GANLoss,
@@ -114,33 +113,6 @@ def test_input_skip_is_off_by_default_and_adds_only_the_skip_weights():
         assert float((skip(x + offset) - skip(x)).abs().max()) > 1e-4
     with pytest.raises(ValueError, match="ResNet"):
         define_generator("unet_128", 3, 3, 8, "batch", input_skip=True)
-
-
-def test_residual_output_is_the_identity_at_a_zero_residual_and_keeps_the_reference_weights():
-    from cyclegan_core.config import ModelConfig
-
-    ref = define_generator("resnet", 3, 3, 8, "none", n_blocks=2)
-    res = define_generator("resnet", 3, 3, 8, "none", n_blocks=2, residual_output=True)
-    assert ref.state_dict().keys() == res.state_dict().keys() and _count(ref) == _count(res)
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    x[0, :, :4] = 1.0  # white and black pixels: clamped, so atanh stays finite
-    x[1, :, :4] = -1.0
-    last = [m for m in res.modules() if isinstance(m, nn.Conv2d)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-    x.requires_grad_(True)
-    y = res(x)
-    assert float((y - x.clamp(-0.999, 0.999)).abs().max()) < 1e-5
-    y.sum().backward()
-    assert torch.isfinite(x.grad).all()
-    both = define_generator("resnet", 3, 3, 8, "none", n_blocks=2, input_skip=True, residual_output=True)
-    assert _count(both) == _count(define_generator("resnet", 3, 3, 8, "none", n_blocks=2, input_skip=True))
-    assert both(x).shape == x.shape
-    with pytest.raises(ValueError, match="ResNet"):
-        define_generator("unet_128", 3, 3, 8, "batch", residual_output=True)
-    with pytest.raises(ValueError, match="residual_output"):
-        ModelConfig(arch="translator", residual_output=True)
 
 
 def test_discriminator_norm_follows_norm_unless_set():
