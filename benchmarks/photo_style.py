@@ -101,6 +101,8 @@ RECIPES: dict[str, list[str]] = {
     "norm_none+input_skip+norm_d_batch": ["model.norm=none", "model.input_skip=true", "model.norm_d=batch"],
     "norm_none+input_skip+init_xavier_1": ["model.norm=none", "model.input_skip=true", "model.init_type=xavier",
                                            "model.init_gain=1.0"],
+    # The skip's input part starts at the identity: a fresh generator emits its input, not a faint image.
+    "norm_none+input_skip_identity": ["model.norm=none", "model.input_skip=true", "model.skip_init=identity"],
 }
 
 # The recipes measured in benchmarks/README.md (the default of --recipe).

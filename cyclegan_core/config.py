@@ -240,6 +240,10 @@ class ModelConfig(_Strict):
         False, description="ResNet generators: the last conv also sees the input image (colour and levels that "
         "instance norm removes reach the output); false: the reference network.",
     )
+    skip_init: Literal["random", "identity"] = Field(
+        "random", description="With input_skip: identity starts the skip conv's input part at the identity (a "
+        "fresh generator emits its input rather than a flat image); random: initialised as every other weight.",
+    )
     translator_directions: Literal["AtoB", "both"] = Field(
         "both",
         description="arch translator only: AtoB is the article's single translator (B->A is then the "
@@ -253,6 +257,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _translator_needs_resnet(self) -> ModelConfig:
+        if self.skip_init == "identity" and not self.input_skip:
+            raise ValueError("model.skip_init=identity needs model.input_skip=true (it initialises the skip)")
         if self.input_skip and (self.arch != "cyclegan" or self.generator != "resnet"):
             raise ValueError(
                 f"model.input_skip=true needs arch 'cyclegan' with generator 'resnet' (got arch {self.arch!r}, "

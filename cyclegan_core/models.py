@@ -42,7 +42,7 @@ class CycleGAN(nn.Module):
     def __init__(self, cfg: ModelConfig, channels: int):
         super().__init__()
         g = {"n_blocks": cfg.n_blocks, "use_dropout": cfg.use_dropout, "upsample": cfg.upsample,
-             "input_skip": cfg.input_skip}
+             "input_skip": cfg.input_skip, "skip_init": cfg.skip_init}
         self.G_AB = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
         self.G_BA = define_generator(cfg.generator, channels, channels, cfg.ngf, cfg.norm, **g)
         d_norm = cfg.discriminator_norm

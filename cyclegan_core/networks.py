@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 NormFactory = Callable[[int], nn.Module]
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+SKIP_INITS = ("random", "identity")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 
 
@@ -132,16 +133,22 @@ class ResnetGenerator(nn.Module):
     ``input_nc * output_nc * 49`` more weights). The instance norm after the first conv removes every
     channel's mean and spread, so without it the generator cannot see an image's colour or levels;
     with it the output is tanh(a linear map of the input's neighbourhood + the features' part).
+    ``skip_init="identity"``: :func:`init_weights` then starts that linear map at the identity
+    (:meth:`identity_skip_`); ``"random"``: initialised as every other weight.
     """
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance",
                  use_dropout: bool = False, n_blocks: int = 9, upsample: str = "transpose",
-                 input_skip: bool = False):
+                 input_skip: bool = False, skip_init: str = "random"):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks={n_blocks} must be >= 0")
+        if skip_init not in SKIP_INITS:
+            raise ValueError(f"skip_init {skip_init!r} is not one of {', '.join(SKIP_INITS)}")
+        if skip_init == "identity" and (not input_skip or input_nc != output_nc):
+            raise ValueError("skip_init 'identity' needs input_skip and as many output channels as input ones")
         decoder = list(resnet_decoder(output_nc, ngf, norm, upsample))
-        self.input_skip = input_skip
+        self.input_skip, self.skip_init, self.ngf = input_skip, skip_init, ngf
         if input_skip:
             decoder = decoder[:-3]  # the c7s1-out conv and tanh move to ``out`` and see the input too
             self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf + input_nc, output_nc, 7), nn.Tanh())
@@ -150,6 +157,16 @@ class ResnetGenerator(nn.Module):
             *resnet_blocks(ngf, norm, n_blocks, use_dropout),
             *decoder,
         )
+
+    @torch.no_grad()
+    def identity_skip_(self) -> None:
+        """The input part of the skip conv as the identity (each output channel's centre tap on its own input
+        channel 1, the other input taps 0; the features' part and the bias as initialised), so a fresh
+        generator emits tanh(x + its features' small part): its input, not a flat image."""
+        w = self.out[1].weight
+        w[:, self.ngf:].zero_()
+        for c in range(w.shape[0]):
+            w[c, self.ngf + c, w.shape[2] // 2, w.shape[3] // 2] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_skip:
@@ -269,12 +286,14 @@ class PixelDiscriminator(nn.Module):
 
 
 def define_generator(kind: str, input_nc: int, output_nc: int, ngf: int, norm: str, *, n_blocks: int = 9,
-                     use_dropout: bool = False, upsample: str = "transpose", input_skip: bool = False) -> nn.Module:
+                     use_dropout: bool = False, upsample: str = "transpose", input_skip: bool = False,
+                     skip_init: str = "random") -> nn.Module:
     """``resnet`` (``n_blocks`` residual blocks: 6 and 9 are the reference's), ``unet_128``, ``unet_256``.
 
-    ``input_skip`` (ResNet only; off is the reference): see :class:`ResnetGenerator`."""
+    ``input_skip`` and ``skip_init`` (ResNet only; off is the reference): see :class:`ResnetGenerator`."""
     if kind == "resnet":
-        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample, input_skip)
+        return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, upsample, input_skip,
+                               skip_init)
     if input_skip:
         raise ValueError(f"input_skip is a ResNet generator option, not one of {kind!r}")
     if kind in ("unet_128", "unet_256"):
@@ -321,7 +340,11 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
 
-    return net.apply(init)
+    net.apply(init)
+    for m in net.modules():
+        if isinstance(m, ResnetGenerator) and m.input_skip and m.skip_init == "identity":
+            m.identity_skip_()
+    return net
 
 
 class GANLoss(nn.Module):

@@ -115,6 +115,30 @@ def test_input_skip_is_off_by_default_and_adds_only_the_skip_weights():
         define_generator("unet_128", 3, 3, 8, "batch", input_skip=True)
 
 
+def test_an_identity_skip_makes_a_fresh_generator_emit_its_input():
+    """``skip_init: identity``: the skip conv's input part starts at the identity, so a freshly initialised
+    norm-free generator (whose features start near zero with N(0, 0.02) weights) outputs about tanh(x), not
+    a faint image that a discriminator separates at once; ``random`` keeps the weights as before."""
+    from cyclegan_core.config import ModelConfig
+
+    torch.manual_seed(0)
+    flat = init_weights(define_generator("resnet", 3, 3, 8, "none", n_blocks=2, input_skip=True), "normal", 0.02)
+    torch.manual_seed(0)
+    ident = init_weights(define_generator("resnet", 3, 3, 8, "none", n_blocks=2, input_skip=True,
+                                          skip_init="identity"), "normal", 0.02)
+    w_flat, w_ident = flat.out[1].weight, ident.out[1].weight
+    assert torch.equal(w_flat[:, :8], w_ident[:, :8])  # the features' part as initialised
+    assert float(w_ident[:, 8:].abs().sum()) == 3.0 and all(float(w_ident[c, 8 + c, 3, 3]) == 1.0 for c in range(3))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert float((ident(x) - torch.tanh(x)).abs().max()) < 0.05
+        assert float((flat(x) - torch.tanh(x)).abs().mean()) > 0.2  # random: a faint filtered copy at best
+    with pytest.raises(ValueError, match="input_skip"):
+        ModelConfig(skip_init="identity")
+    with pytest.raises(ValueError, match="identity"):
+        define_generator("resnet", 3, 1, 8, "none", input_skip=True, skip_init="identity")
+
+
 def test_discriminator_norm_follows_norm_unless_set():
     from cyclegan_core.config import ModelConfig
     from cyclegan_core.train import CycleGAN
