@@ -138,7 +138,8 @@ class TemporalCrop(Op):
                 audio, eff = s.audio, {"seconds": [start / s.frame_rate, (start + n) / s.frame_rate]}
                 if s.audio is not None:
                     a0 = round(start * s.sample_rate / s.frame_rate)
-                    count = round(n * s.sample_rate / s.frame_rate)
+                    count = round(n / s.frame_rate * s.sample_rate)  # as documented (31 frames at 30 fps, 11025 Hz:
+                    # n * sr / fps is exactly 11392.5 and rounds to even, the documented form gives 11393)
                     audio = _audio_window(s.audio, a0, count)
                     eff["audio_samples"] = [a0, a0 + count]
                 outs.append(s.replace(video=video, audio=audio))
